@@ -1,0 +1,125 @@
+//! The raw inputs: every setting of SPEC §2 as it arrives, from a flag or its environment
+//! variable, still unvalidated. Everything is a string here so that a bad value is reported
+//! by [`super::Settings`] in one line that names the variable.
+
+use clap::Args;
+
+/// Every configuration input. Each field reads its flag, else its environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RawConfig {
+    /// Read the model configuration (same schema as MULTI_MODEL_CONFIG) from a JSON file.
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    pub config_file: Option<String>,
+
+    /// JSON {"models": [ModelSpec, ...]}.
+    #[arg(
+        long,
+        env = "MULTI_MODEL_CONFIG",
+        global = true,
+        hide_env_values = true
+    )]
+    pub multi_model_config: Option<String>,
+
+    /// OCI model-group metadata: a JSON list of {"key", "value"}; key MULTI_MODEL_CONFIG is used.
+    #[arg(
+        long,
+        env = "OCI_MODEL_GROUP_CUSTOM_METADATA",
+        global = true,
+        hide_env_values = true
+    )]
+    pub oci_metadata: Option<String>,
+
+    /// Single-model mode: the model path.
+    #[arg(long, env = "MODEL", global = true)]
+    pub model: Option<String>,
+
+    /// Single-model mode: the engine arguments.
+    #[arg(long, env = "PARAMS", global = true, allow_hyphen_values = true)]
+    pub params: Option<String>,
+
+    /// Engine arguments added to every model (a model's own params win).
+    #[arg(long, env = "VLLM_PARAMS", global = true, allow_hyphen_values = true)]
+    pub vllm_params: Option<String>,
+
+    /// Base directory for relative model paths.
+    #[arg(long, env = "MODELMUX_MODEL_ROOT", global = true)]
+    pub model_root: Option<String>,
+
+    /// Where /predict goes without a `route` header.
+    #[arg(long, env = "MODEL_DEPLOY_PREDICT_ENDPOINT", global = true)]
+    pub predict_endpoint: Option<String>,
+
+    /// An extra path that answers like /health.
+    #[arg(long, env = "MODEL_DEPLOY_HEALTH_ENDPOINT", global = true)]
+    pub health_endpoint: Option<String>,
+
+    /// Accepted for OCI compatibility; streaming always works.
+    #[arg(
+        long,
+        env = "MODEL_DEPLOY_ENABLE_STREAMING",
+        global = true,
+        hide = true
+    )]
+    pub enable_streaming: Option<String>,
+
+    /// Port of the routing front.
+    #[arg(long, env = "PORT", global = true)]
+    pub port: Option<String>,
+
+    /// Port of the health listener (defaults to PORT: one listener serves both).
+    #[arg(long, env = "HEALTH_CHECK_PORT", global = true)]
+    pub health_check_port: Option<String>,
+
+    /// The engine command, split like a shell line.
+    #[arg(
+        long,
+        env = "MODELMUX_ENGINE_CMD",
+        global = true,
+        allow_hyphen_values = true
+    )]
+    pub engine_cmd: Option<String>,
+
+    /// GPU override: a count N, a comma list of indices or UUIDs, or `none`.
+    #[arg(long, env = "MODELMUX_GPUS", global = true)]
+    pub gpus: Option<String>,
+
+    /// Require `Authorization: Bearer <key>` on the front.
+    #[arg(long, env = "MODELMUX_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Log format: text or json.
+    #[arg(long, env = "MODELMUX_LOG_FORMAT", global = true)]
+    pub log_format: Option<String>,
+
+    /// Seconds an engine may take to become ready (default 1800).
+    #[arg(long, env = "MODELMUX_STARTUP_TIMEOUT", global = true)]
+    pub startup_timeout: Option<String>,
+
+    /// Seconds between SIGTERM and SIGKILL at shutdown (default 30).
+    #[arg(long, env = "MODELMUX_SHUTDOWN_GRACE", global = true)]
+    pub shutdown_grace: Option<String>,
+
+    /// Restarts of one model within 10 minutes before it counts as failed (default 5).
+    #[arg(long, env = "MODELMUX_MAX_RESTARTS", global = true)]
+    pub max_restarts: Option<String>,
+
+    /// What a failed model does: exit (default) or degrade.
+    #[arg(long, env = "MODELMUX_ON_FAILURE", global = true)]
+    pub on_failure: Option<String>,
+
+    /// Largest request body the front accepts, in bytes (default 33554432).
+    #[arg(long, env = "MODELMUX_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<String>,
+
+    /// Seconds between health probes of a ready engine (default 10).
+    #[arg(long, env = "MODELMUX_HEALTH_INTERVAL", global = true)]
+    pub health_interval: Option<String>,
+
+    /// Seconds one health probe of a ready engine may take (default 10).
+    #[arg(long, env = "MODELMUX_HEALTH_TIMEOUT", global = true)]
+    pub health_timeout: Option<String>,
+
+    /// First restart delay in seconds; doubles per restart up to 60 (default 1).
+    #[arg(long, env = "MODELMUX_RESTART_DELAY", global = true)]
+    pub restart_delay: Option<String>,
+}

@@ -1,0 +1,310 @@
+//! Validated process-wide settings: ports, timeouts, policies. Models live in
+//! [`super::ModelSpec`]; this is everything else.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ConfigError, RawConfig};
+use crate::gpu::GpuOverride;
+
+/// Default engine command: vLLM's OpenAI server.
+pub const DEFAULT_ENGINE_CMD: &str = "python3 -m vllm.entrypoints.openai.api_server";
+/// Default base directory of relative model paths (where OCI mounts model artifacts).
+pub const DEFAULT_MODEL_ROOT: &str = "/opt/ds/model/deployed_model";
+
+/// What to do when a model keeps failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Shut everything down and exit 1 so that the orchestrator restarts the container.
+    Exit,
+    /// Keep serving the other models; the failed one answers 503.
+    Degrade,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting except the models, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Port of the routing front.
+    pub port: u16,
+    /// Port of the health listener; equal to `port` when one listener serves both.
+    pub health_port: u16,
+    /// The engine command, already split.
+    pub engine_cmd: Vec<String>,
+    /// The GPU override, if `MODELMUX_GPUS` is set.
+    pub gpus: Option<GpuOverride>,
+    /// Bearer key the front requires, if any.
+    pub api_key: Option<String>,
+    /// How long an engine may take to become ready.
+    pub startup_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL at shutdown.
+    pub shutdown_grace: Duration,
+    /// Restarts within 10 minutes before a model is failed.
+    pub max_restarts: u32,
+    /// Policy for a failed model.
+    pub on_failure: OnFailure,
+    /// Largest request body the front accepts.
+    pub max_body_bytes: usize,
+    /// Base of relative model paths.
+    pub model_root: PathBuf,
+    /// Default `/predict` target.
+    pub predict_endpoint: String,
+    /// Extra path answering like `/health`.
+    pub health_endpoint: String,
+    /// Interval between health probes of a ready engine.
+    pub health_interval: Duration,
+    /// Timeout of one health probe of a ready engine.
+    pub health_timeout: Duration,
+    /// First restart delay.
+    pub restart_delay: Duration,
+}
+
+fn parse_port(var: &str, value: &str) -> Result<u16, ConfigError> {
+    match value.trim().parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(ConfigError::var(
+            var,
+            value,
+            "not a port number; use 1-65535",
+        )),
+    }
+}
+
+fn seconds(
+    var: &str,
+    value: Option<&str>,
+    default: f64,
+    min: f64,
+) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(Duration::from_secs_f64(default));
+    };
+    match value.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= min && s < 1e9 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(ConfigError::var(
+            var,
+            value,
+            format!("not a number of seconds (at least {min})"),
+        )),
+    }
+}
+
+fn integer<T: std::str::FromStr>(var: &str, value: &str, what: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse::<T>()
+        .map_err(|_| ConfigError::var(var, value, what))
+}
+
+/// A path for `/predict` or the health alias: must be a plain absolute path.
+pub fn endpoint_path(var: &str, value: &str) -> Result<String, ConfigError> {
+    let path = if value.starts_with('/') {
+        value.to_string()
+    } else {
+        format!("/{value}")
+    };
+    if crate::front::route::is_plain_path(&path) {
+        Ok(path)
+    } else {
+        Err(ConfigError::var(
+            var,
+            value,
+            "not a plain path such as /v1/completions",
+        ))
+    }
+}
+
+/// Parses the log format alone, so that logging can start before anything else is read.
+pub fn log_format(raw: &RawConfig) -> Result<LogFormat, ConfigError> {
+    match raw.log_format.as_deref().map(str::trim) {
+        None | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(ConfigError::var(
+            "MODELMUX_LOG_FORMAT",
+            other,
+            "use text or json",
+        )),
+    }
+}
+
+impl Settings {
+    /// Validates every non-model setting.
+    pub fn from_raw(raw: &RawConfig) -> Result<Self, ConfigError> {
+        log_format(raw)?;
+        let port = match &raw.port {
+            Some(v) => parse_port("PORT", v)?,
+            None => 8080,
+        };
+        let health_port = match &raw.health_check_port {
+            Some(v) => parse_port("HEALTH_CHECK_PORT", v)?,
+            None => port,
+        };
+        let engine_text = raw.engine_cmd.as_deref().unwrap_or(DEFAULT_ENGINE_CMD);
+        let engine_cmd = match shlex::split(engine_text) {
+            Some(words) if !words.is_empty() => words,
+            _ => {
+                return Err(ConfigError::var(
+                    "MODELMUX_ENGINE_CMD",
+                    engine_text,
+                    "not a command line (empty or an unterminated quote)",
+                ));
+            }
+        };
+        let gpus = raw.gpus.as_deref().map(GpuOverride::parse).transpose()?;
+        let api_key = match raw.api_key.as_deref() {
+            Some(k) if k.trim().is_empty() => {
+                return Err(ConfigError::var(
+                    "MODELMUX_API_KEY",
+                    "",
+                    "is empty; unset it to disable authentication or give a key",
+                ));
+            }
+            other => other.map(str::to_string),
+        };
+        let on_failure = match raw.on_failure.as_deref().map(str::trim) {
+            None | Some("exit") => OnFailure::Exit,
+            Some("degrade") => OnFailure::Degrade,
+            Some(other) => {
+                return Err(ConfigError::var(
+                    "MODELMUX_ON_FAILURE",
+                    other,
+                    "use exit or degrade",
+                ));
+            }
+        };
+        let max_restarts = match &raw.max_restarts {
+            Some(v) => integer("MODELMUX_MAX_RESTARTS", v, "not a whole number of restarts")?,
+            None => 5,
+        };
+        let max_body_bytes = match &raw.max_body_bytes {
+            Some(v) => match integer::<usize>("MODELMUX_MAX_BODY_BYTES", v, "not a byte count")? {
+                0 => {
+                    return Err(ConfigError::var(
+                        "MODELMUX_MAX_BODY_BYTES",
+                        v,
+                        "must be above 0",
+                    ));
+                }
+                n => n,
+            },
+            None => 32 * 1024 * 1024,
+        };
+        Ok(Settings {
+            port,
+            health_port,
+            engine_cmd,
+            gpus,
+            api_key,
+            startup_timeout: seconds(
+                "MODELMUX_STARTUP_TIMEOUT",
+                raw.startup_timeout.as_deref(),
+                1800.0,
+                0.1,
+            )?,
+            shutdown_grace: seconds(
+                "MODELMUX_SHUTDOWN_GRACE",
+                raw.shutdown_grace.as_deref(),
+                30.0,
+                0.0,
+            )?,
+            max_restarts,
+            on_failure,
+            max_body_bytes,
+            model_root: PathBuf::from(raw.model_root.as_deref().unwrap_or(DEFAULT_MODEL_ROOT)),
+            predict_endpoint: endpoint_path(
+                "MODEL_DEPLOY_PREDICT_ENDPOINT",
+                raw.predict_endpoint.as_deref().unwrap_or("/v1/completions"),
+            )?,
+            health_endpoint: endpoint_path(
+                "MODEL_DEPLOY_HEALTH_ENDPOINT",
+                raw.health_endpoint.as_deref().unwrap_or("/health"),
+            )?,
+            health_interval: seconds(
+                "MODELMUX_HEALTH_INTERVAL",
+                raw.health_interval.as_deref(),
+                10.0,
+                0.05,
+            )?,
+            health_timeout: seconds(
+                "MODELMUX_HEALTH_TIMEOUT",
+                raw.health_timeout.as_deref(),
+                10.0,
+                0.05,
+            )?,
+            restart_delay: seconds(
+                "MODELMUX_RESTART_DELAY",
+                raw.restart_delay.as_deref(),
+                1.0,
+                0.0,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(f: impl FnOnce(&mut RawConfig)) -> String {
+        let mut raw = RawConfig::default();
+        f(&mut raw);
+        Settings::from_raw(&raw).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = Settings::from_raw(&RawConfig::default()).unwrap();
+        assert_eq!((s.port, s.health_port), (8080, 8080));
+        assert_eq!(s.engine_cmd.join(" "), DEFAULT_ENGINE_CMD);
+        assert_eq!(s.startup_timeout, Duration::from_secs(1800));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(s.max_restarts, 5);
+        assert_eq!(s.on_failure, OnFailure::Exit);
+        assert_eq!(s.max_body_bytes, 33554432);
+        assert_eq!(s.model_root, PathBuf::from("/opt/ds/model/deployed_model"));
+        assert_eq!(s.predict_endpoint, "/v1/completions");
+        assert_eq!(s.health_endpoint, "/health");
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert_eq!(
+            err(|r| r.port = Some("70000".into())),
+            "PORT=\"70000\": not a port number; use 1-65535"
+        );
+        assert_eq!(
+            err(|r| r.health_check_port = Some("x".into())),
+            "HEALTH_CHECK_PORT=\"x\": not a port number; use 1-65535"
+        );
+        assert_eq!(
+            err(|r| r.on_failure = Some("retry".into())),
+            "MODELMUX_ON_FAILURE=\"retry\": use exit or degrade"
+        );
+        assert_eq!(
+            err(|r| r.log_format = Some("xml".into())),
+            "MODELMUX_LOG_FORMAT=\"xml\": use text or json"
+        );
+        assert!(
+            err(|r| r.startup_timeout = Some("soon".into()))
+                .starts_with("MODELMUX_STARTUP_TIMEOUT=\"soon\": not a number of seconds")
+        );
+        assert!(err(|r| r.engine_cmd = Some("'vllm".into())).starts_with("MODELMUX_ENGINE_CMD="));
+        assert!(
+            err(|r| r.max_body_bytes = Some("0".into())).starts_with("MODELMUX_MAX_BODY_BYTES=")
+        );
+        assert!(err(|r| r.gpus = Some("two".into())).starts_with("MODELMUX_GPUS=\"two\""));
+        assert!(
+            err(|r| r.predict_endpoint = Some("http://evil/x".into()))
+                .starts_with("MODEL_DEPLOY_PREDICT_ENDPOINT=")
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! GPUs: which are there and how close they are ([`Inventory`], from NVML or the
+//! `MODELMUX_GPUS` override, behind the [`GpuDiscovery`] trait so tests can feed fake
+//! machines), and who gets which ([`allocate`], a pure function).
+
+mod allocate;
+mod nvml;
+mod overrides;
+
+pub use allocate::{AllocError, Demand, allocate};
+pub use nvml::NvmlDiscovery;
+pub use overrides::GpuOverride;
+
+use serde::Serialize;
+
+/// One GPU as modelmux sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gpu {
+    /// NVML index (PCI bus order), or the index given in the override.
+    pub index: u32,
+    /// GPU UUID (`GPU-...`, `MIG-...`), empty when unknown.
+    pub uuid: String,
+    /// Product name, or `unknown` when the override gives none.
+    pub name: String,
+    /// Total memory in bytes (0 when unknown).
+    pub memory_total: u64,
+    /// Free memory in bytes (0 when unknown).
+    pub memory_free: u64,
+    /// What the engine's `CUDA_VISIBLE_DEVICES` lists for this GPU: the index, or the UUID
+    /// when the override named UUIDs.
+    pub visible_id: String,
+}
+
+/// Where the inventory came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuSource {
+    /// Discovered through NVML.
+    Nvml,
+    /// `MODELMUX_GPUS` (or `--gpus`).
+    Override,
+    /// Neither: NVML could not be used; the reason says why.
+    Unavailable,
+}
+
+/// The GPUs and their pairwise distances.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inventory {
+    /// Where the list came from.
+    pub source: GpuSource,
+    /// Why NVML was not used, when it was not.
+    pub note: Option<String>,
+    /// True for `MODELMUX_GPUS=none`: engines get no GPU and models need none.
+    pub disabled: bool,
+    /// The GPUs, in index order.
+    pub gpus: Vec<Gpu>,
+    /// `distance[i][j]`: 0 for an NVLink pair, then NVML's topology levels from the same
+    /// board (1) to across sockets (6). Empty when unknown (all pairs count as equal).
+    #[serde(skip)]
+    pub distance: Vec<Vec<u8>>,
+}
+
+impl Inventory {
+    /// Distance between the GPUs at positions `a` and `b` of [`Inventory::gpus`].
+    pub fn distance(&self, a: usize, b: usize) -> u8 {
+        if a == b {
+            return 0;
+        }
+        self.distance
+            .get(a)
+            .and_then(|row| row.get(b))
+            .copied()
+            .unwrap_or(1)
+    }
+}
+
+/// A source of GPUs. NVML on real machines; tests implement it with fake topologies.
+pub trait GpuDiscovery {
+    /// Lists the GPUs. An unusable NVML is not an error: it gives an empty inventory with
+    /// [`GpuSource::Unavailable`] and a note.
+    fn discover(&self) -> Inventory;
+}
+
+/// The inventory `serve` and `plan` use: the override if given, else discovery.
+pub fn inventory(over: Option<&GpuOverride>, discovery: &dyn GpuDiscovery) -> Inventory {
+    match over {
+        Some(o) => o.inventory(),
+        None => discovery.discover(),
+    }
+}
+
+/// Human-readable lines for `modelmux gpus`.
+pub fn describe(inv: &Inventory) -> String {
+    let mut out = String::new();
+    let source = match inv.source {
+        GpuSource::Nvml => "NVML".to_string(),
+        GpuSource::Override => "MODELMUX_GPUS".to_string(),
+        GpuSource::Unavailable => "none".to_string(),
+    };
+    if inv.disabled {
+        out.push_str("GPUs disabled by MODELMUX_GPUS=none: engines get no GPU\n");
+        return out;
+    }
+    if inv.gpus.is_empty() {
+        let why = inv.note.as_deref().unwrap_or("no GPU found");
+        out.push_str(&format!(
+            "no GPUs: {why}; set MODELMUX_GPUS to a count, a list of indices or UUIDs, or none\n"
+        ));
+        return out;
+    }
+    out.push_str(&format!("{} GPU(s) from {source}\n", inv.gpus.len()));
+    const GIB: f64 = (1u64 << 30) as f64;
+    for g in &inv.gpus {
+        out.push_str(&format!(
+            "  {:>2}  {:<40}  {:<28}  {:>7.1} GiB total  {:>7.1} GiB free\n",
+            g.index,
+            if g.uuid.is_empty() { "-" } else { &g.uuid },
+            g.name,
+            g.memory_total as f64 / GIB,
+            g.memory_free as f64 / GIB
+        ));
+    }
+    out
+}

@@ -1,0 +1,1 @@
+//! Prometheus metrics, kept in atomics so that the proxy hot path never takes a lock.
