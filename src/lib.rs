@@ -26,3 +26,5 @@ pub mod gpu;
 pub mod observability;
 pub mod plan;
 pub mod serve;
+pub mod state;
+pub mod supervisor;

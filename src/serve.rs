@@ -1,12 +1,195 @@
 //! `modelmux serve`: plan, start the supervisor and the front, wait for a signal or a fatal
-//! failure, shut down in order.
+//! failure, shut down in order (front drains, engines get SIGTERM, then SIGKILL).
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::RawConfig;
+use nix::sys::signal::Signal;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::cli::{EXIT_CONFIG, load_plan};
+use crate::config::{OnFailure, RawConfig, Settings};
+use crate::front::{self, App};
+use crate::plan::LaunchPlan;
+use crate::state::{Snapshot, StateRx};
+use crate::supervisor::{Failure, Reaper, Supervisor, group};
 
 /// Runs `serve` to completion and returns the process exit code.
 pub fn main(raw: &RawConfig) -> ExitCode {
-    let _ = raw;
-    ExitCode::SUCCESS
+    let (config, plan) = match load_plan(raw) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // Orphans of engines (say a vLLM worker whose parent died) come back to modelmux and
+    // are reaped. As PID 1 they come anyway.
+    if nix::unistd::getpid().as_raw() != 1
+        && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
+    {
+        tracing::warn!("cannot become a child subreaper ({e}); orphaned engine workers may linger");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run(config.settings, plan));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// Why serving ended.
+enum Outcome {
+    Signal(&'static str),
+    Failed(Failure),
+    FrontDied(String),
+}
+
+async fn bind(var: &str, port: u16) -> Result<TcpListener, ExitCode> {
+    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    TcpListener::bind(addr).await.map_err(|e| {
+        tracing::error!("cannot listen on {var}={port}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Kills every engine group at once (the second signal).
+fn kill_all_now(state: &StateRx) {
+    for pid in state.borrow().models.iter().filter_map(|m| m.pid) {
+        group::signal_group(pid, Signal::SIGKILL);
+    }
+}
+
+/// Serves until a signal or a fatal failure; returns the exit code.
+pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
+    let settings = Arc::new(settings);
+    let reaper = match Reaper::start() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot set up child reaping: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (Ok(mut sigterm), Ok(mut sigint)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    // Bind before starting engines: a port in use fails fast, before any GPU is touched.
+    let front_listener = match bind("PORT", settings.port).await {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let health_listener = if settings.health_port != settings.port {
+        match bind("HEALTH_CHECK_PORT", settings.health_port).await {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+
+    let (state_tx, state_rx) = watch::channel(Snapshot::initial(&plan));
+    let app = Arc::new(App::new(&plan, &settings, state_rx.clone()));
+    let (stop_front, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut front_task = tokio::spawn(front::serve(
+        front_listener,
+        front::router(app.clone(), &settings.health_endpoint),
+        stopped(),
+    ));
+    let health_task = health_listener.map(|l| {
+        tokio::spawn(front::serve(
+            l,
+            front::health_router(app.clone(), &settings.health_endpoint),
+            stopped(),
+        ))
+    });
+    tracing::info!(
+        port = settings.port,
+        health_port = settings.health_port,
+        models = plan.models.len(),
+        "modelmux is up; starting engines"
+    );
+    let mut supervisor = Supervisor::start(&plan, settings.clone(), reaper, state_tx.clone());
+
+    let exit_on_failure = settings.on_failure == OnFailure::Exit;
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => Outcome::Signal("SIGTERM"),
+        _ = sigint.recv() => Outcome::Signal("SIGINT"),
+        f = supervisor.next_failure(), if exit_on_failure => Outcome::Failed(f),
+        r = &mut front_task => Outcome::FrontDied(match r {
+            Ok(Ok(())) => "the front stopped".into(),
+            Ok(Err(e)) => format!("the front failed: {e}"),
+            Err(e) => format!("the front panicked: {e}"),
+        }),
+    };
+    match &outcome {
+        Outcome::Signal(name) => {
+            tracing::info!("{name} received; shutting down (send it again to kill at once)")
+        }
+        Outcome::Failed(f) => tracing::error!("{f}; shutting down (MODELMUX_ON_FAILURE=exit)"),
+        Outcome::FrontDied(why) => tracing::error!("{why}; shutting down"),
+    }
+
+    // Health turns 503 and new requests are refused from here on.
+    state_tx.send_modify(|s| s.stopping = true);
+    let kill_state = state_rx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        tracing::warn!("second signal: killing every engine now");
+        kill_all_now(&kill_state);
+        std::process::exit(1);
+    });
+
+    let _ = stop_front.send(true);
+    let grace = settings.shutdown_grace;
+    if !front_task.is_finished() {
+        match tokio::time::timeout(grace, &mut front_task).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    "in-flight requests did not finish within MODELMUX_SHUTDOWN_GRACE ({:.0} s); closing them",
+                    grace.as_secs_f64()
+                );
+                front_task.abort();
+            }
+        }
+    }
+    if let Some(t) = health_task {
+        t.abort();
+    }
+    supervisor.shutdown().await;
+    match outcome {
+        Outcome::Signal(_) => {
+            tracing::info!("clean shutdown");
+            ExitCode::SUCCESS
+        }
+        Outcome::Failed(f) => {
+            tracing::error!("exiting with status 1: {f}");
+            ExitCode::FAILURE
+        }
+        Outcome::FrontDied(_) => ExitCode::FAILURE,
+    }
 }

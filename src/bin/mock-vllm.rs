@@ -1,1 +1,349 @@
-fn main() {}
+//! mock-vllm: a small, fast, OpenAI-compatible fake engine that accepts vLLM's command line.
+//! The demo, the tests and the benchmarks run it in place of vLLM so that everything works
+//! without a GPU.
+//!
+//! Flags (as vLLM): `--model`, `--served-model-name NAME...`, `--host`, `--port`,
+//! `--lora-modules NAME=PATH...`; any other flag is ignored.
+//!
+//! Knobs (environment):
+//! - `MOCK_STARTUP_DELAY_MS`: `/health` answers 503 until this much time has passed.
+//! - `MOCK_CRASH_AT_START=MSG`: print MSG on stderr and exit 1 at once.
+//! - `MOCK_CRASH_AFTER_MS`: exit 1 after this long.
+//! - `MOCK_HANG_AFTER_MS`: after this long, `/health` never answers.
+//! - `MOCK_IGNORE_SIGTERM=1`: ignore SIGTERM (modelmux must SIGKILL).
+//! - `MOCK_SPAWN_CHILD=1`: start a `sleep` child of its own (its pid goes in the report).
+//! - `MOCK_REPORT_FILE`: write `{pid, argv, cuda_visible_devices, cuda_device_order, child_pid}`.
+//! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `cancelled`, ...).
+//! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
+//!
+//! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+struct Mock {
+    names: Vec<String>,
+    loras: Vec<String>,
+    started: Instant,
+    startup_delay: Duration,
+    hang_after: Option<Duration>,
+    chunks: u64,
+    chunk_delay: u64,
+    response_delay: u64,
+    events: Option<String>,
+}
+
+fn env_ms(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+fn event(path: &Option<String>, what: &str) {
+    if let Some(path) = path
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(f, "{what} {}", std::process::id());
+    }
+}
+
+/// Values of a flag: `--flag a b` (until the next flag) or `--flag=a`.
+fn flag_values(args: &[String], flag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if let Some(v) = args[i].strip_prefix(&format!("{flag}=")) {
+            out.push(v.to_string());
+        } else if args[i] == flag {
+            i += 1;
+            while i < args.len() && !args[i].starts_with("--") {
+                out.push(args[i].clone());
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Ok(msg) = std::env::var("MOCK_CRASH_AT_START") {
+        eprintln!("{msg}");
+        std::process::exit(1);
+    }
+    let threads = env_ms("MOCK_THREADS").unwrap_or(2).max(1) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    std::process::exit(rt.block_on(run(args)));
+}
+
+async fn run(args: Vec<String>) -> i32 {
+    let model = flag_values(&args, "--model")
+        .pop()
+        .unwrap_or_else(|| "mock".into());
+    let mut names = flag_values(&args, "--served-model-name");
+    if names.is_empty() {
+        names.push(model.clone());
+    }
+    let loras = flag_values(&args, "--lora-modules")
+        .into_iter()
+        .filter_map(|v| v.split_once('=').map(|(n, _)| n.to_string()))
+        .collect();
+    let host = flag_values(&args, "--host")
+        .pop()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = flag_values(&args, "--port")
+        .pop()
+        .unwrap_or_else(|| "8000".into());
+    let events = std::env::var("MOCK_EVENTS_FILE").ok();
+    event(&events, "start");
+
+    let child_pid = std::env::var("MOCK_SPAWN_CHILD").ok().and_then(|_| {
+        std::process::Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .ok()
+            .map(|c| c.id())
+    });
+    if let Ok(path) = std::env::var("MOCK_REPORT_FILE") {
+        let report = json!({
+            "pid": std::process::id(),
+            "argv": args,
+            "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            "cuda_device_order": std::env::var("CUDA_DEVICE_ORDER").ok(),
+            "child_pid": child_pid,
+        });
+        let _ = std::fs::write(path, report.to_string());
+    }
+
+    let listener = match tokio::net::TcpListener::bind(format!("{host}:{port}")).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mock-vllm: cannot listen on {host}:{port}: {e}");
+            return 1;
+        }
+    };
+    eprintln!("mock-vllm: serving {names:?} on {host}:{port}");
+    let mock = Arc::new(Mock {
+        names,
+        loras,
+        started: Instant::now(),
+        startup_delay: Duration::from_millis(env_ms("MOCK_STARTUP_DELAY_MS").unwrap_or(0)),
+        hang_after: env_ms("MOCK_HANG_AFTER_MS").map(Duration::from_millis),
+        chunks: env_ms("MOCK_STREAM_CHUNKS").unwrap_or(16),
+        chunk_delay: env_ms("MOCK_STREAM_DELAY_MS").unwrap_or(0),
+        response_delay: env_ms("MOCK_RESPONSE_DELAY_MS").unwrap_or(0),
+        events: events.clone(),
+    });
+    if let Some(ms) = env_ms("MOCK_CRASH_AFTER_MS") {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            eprintln!("mock-vllm: crashing after {ms} ms as asked (MOCK_CRASH_AFTER_MS)");
+            std::process::exit(1);
+        });
+    }
+    let ignore_term = std::env::var("MOCK_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
+    let term_events = events.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        loop {
+            term.recv().await;
+            event(&term_events, "sigterm");
+            if ignore_term {
+                eprintln!("mock-vllm: ignoring SIGTERM as asked");
+            } else {
+                eprintln!("mock-vllm: SIGTERM, shutting down");
+                std::process::exit(0);
+            }
+        }
+    });
+
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .fallback(answer)
+        .with_state(mock);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    match axum::serve(listener, app).await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mock-vllm: server error: {e}");
+            1
+        }
+    }
+}
+
+async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
+    let up = m.started.elapsed();
+    if m.hang_after.is_some_and(|h| up >= h) {
+        std::future::pending::<()>().await;
+    }
+    if up >= m.startup_delay {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn models(State(m): State<Arc<Mock>>) -> Response {
+    let data: Vec<Value> = m
+        .names
+        .iter()
+        .chain(&m.loras)
+        .map(|n| json!({"id": n, "object": "model", "owned_by": "mock-vllm"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    let body =
+        json!({"error": {"message": message, "type": "NotFoundError", "code": status.as_u16()}});
+    (status, axum::Json(body)).into_response()
+}
+
+async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(&m.names[0])
+        .to_string();
+    if !m.names.contains(&model) && !m.loras.contains(&model) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("The model `{model}` does not exist."),
+        );
+    }
+    let path = uri.path().to_string();
+    let num = |k: &str| req.get(k).and_then(Value::as_u64);
+    let mut resp = if req.get("stream").and_then(Value::as_bool) == Some(true) {
+        let chunks = num("mock_chunks").unwrap_or(m.chunks);
+        let delay = num("mock_delay_ms").unwrap_or(m.chunk_delay);
+        let die_after = num("mock_die_after_chunks");
+        stream(m.clone(), path.clone(), model, chunks, delay, die_after)
+    } else {
+        if m.response_delay > 0 {
+            tokio::time::sleep(Duration::from_millis(m.response_delay)).await;
+        }
+        axum::Json(completion(&path, &model, &req)).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        "x-mock-served-by",
+        HeaderValue::from_str(&m.names[0]).unwrap_or(HeaderValue::from_static("?")),
+    );
+    h.insert(
+        "x-mock-path",
+        HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("?")),
+    );
+    if let Some(id) = headers.get("x-request-id") {
+        h.insert("x-mock-request-id", id.clone());
+    }
+    resp
+}
+
+fn completion(path: &str, model: &str, req: &Value) -> Value {
+    let text = format!("mock completion from {model}");
+    match path {
+        "/v1/completions" => json!({
+            "id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}}),
+        "/v1/chat/completions" => json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}}),
+        "/v1/embeddings" => json!({
+            "object": "list", "model": model,
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+            "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
+        _ => json!({"object": "mock", "path": path, "model": model, "echo": req}),
+    }
+}
+
+/// A response body fed by a channel: a failed send means the client went away.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+fn stream(
+    m: Arc<Mock>,
+    path: String,
+    model: String,
+    chunks: u64,
+    delay: u64,
+    die_after: Option<u64>,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let chat = path == "/v1/chat/completions";
+        for i in 0..chunks {
+            if die_after == Some(i) {
+                eprintln!("mock-vllm: dying mid-stream as asked (mock_die_after_chunks)");
+                std::process::exit(1);
+            }
+            if delay > 0 && i > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let chunk = if chat {
+                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
+                       "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]})
+            } else {
+                json!({"id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
+                       "choices": [{"index": 0, "text": format!("tok{i} "), "finish_reason": null}]})
+            };
+            if tx
+                .send(Bytes::from(format!("data: {chunk}\n\n")))
+                .await
+                .is_err()
+            {
+                event(&m.events, "cancelled");
+                return;
+            }
+        }
+        if tx
+            .send(Bytes::from_static(b"data: [DONE]\n\n"))
+            .await
+            .is_err()
+        {
+            event(&m.events, "cancelled");
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::new(ChannelBody(rx)))
+        .expect("valid response")
+}

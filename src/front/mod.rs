@@ -1,4 +1,140 @@
 //! The HTTP front: routing by model, the proxy hot path, OCI's `/predict`, errors, auth,
 //! health and metrics. It never touches a process; it reads [`crate::state`] only.
+//!
+//! - [`proxy`]: the hot path (body, `"model"`, forward, stream back).
+//! - [`body`]: size-limited reads and the metered pass-through response body.
+//! - [`route`]: the `route` header rules of `/predict`.
+//! - [`health`]: `/health`, `/livez`, `/metrics`, `/v1/models`.
+//! - [`auth`], [`errors`]: API key and OpenAI-shaped errors.
 
+pub mod auth;
+pub mod body;
+pub mod errors;
+pub mod health;
+pub mod proxy;
 pub mod route;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderValue;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::observability::metrics::Metrics;
+use crate::plan::LaunchPlan;
+use crate::state::{RoutingTable, StateRx};
+
+/// Everything the handlers share.
+pub struct App {
+    /// Names to engines.
+    pub table: RoutingTable,
+    /// The supervisor's latest snapshot.
+    pub state: StateRx,
+    /// Request metrics.
+    pub metrics: Metrics,
+    /// Pooled keep-alive HTTP/1.1 client to the engines; ignores proxy variables.
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// Required bearer key, if any.
+    pub api_key: Option<String>,
+    /// Largest accepted body.
+    pub max_body: usize,
+    /// `created` of `/v1/models` entries (start time).
+    pub created: u64,
+    id_prefix: u32,
+    id_counter: AtomicU64,
+}
+
+impl App {
+    /// Builds the shared state from the plan and the settings.
+    pub fn new(plan: &LaunchPlan, settings: &Settings, state: StateRx) -> Self {
+        let table = RoutingTable::from_plan(plan);
+        let metrics = Metrics::new(table.models.iter().map(|r| &*r.model));
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        App {
+            table,
+            state,
+            metrics,
+            client,
+            api_key: settings.api_key.clone(),
+            max_body: settings.max_body_bytes,
+            created: now.as_secs(),
+            id_prefix: now.subsec_nanos() ^ std::process::id().rotate_left(16),
+            id_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh request id: unique within this process, cheap to make.
+    pub fn new_request_id(&self) -> HeaderValue {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("mmx-{:08x}-{n:012x}", self.id_prefix)).expect("ascii")
+    }
+}
+
+/// The routes of the health listener (a subset of the front's).
+fn health_routes(app: &Arc<App>, health_endpoint: &str) -> Router<Arc<App>> {
+    let mut r = Router::new()
+        .route("/health", get(health::health))
+        .route("/livez", get(health::livez))
+        .route("/metrics", get(health::metrics));
+    if health_endpoint != "/health" && health_endpoint != "/livez" && health_endpoint != "/metrics"
+    {
+        r = r.route(health_endpoint, get(health::health));
+    }
+    let _ = app;
+    r
+}
+
+/// The front's router.
+pub fn router(app: Arc<App>, health_endpoint: &str) -> Router {
+    health_routes(&app, health_endpoint)
+        .route("/v1/models", get(health::list_models))
+        .route("/v1/models/{*id}", get(health::get_model))
+        .fallback(proxy::handle)
+        .with_state(app)
+}
+
+/// The health listener's router: health, liveness and metrics only.
+pub fn health_router(app: Arc<App>, health_endpoint: &str) -> Router {
+    health_routes(&app, health_endpoint)
+        .fallback(|| async {
+            errors::error(
+                axum::http::StatusCode::NOT_FOUND,
+                "the health port serves /health, /livez and /metrics",
+            )
+        })
+        .with_state(app)
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish (the caller bounds how long).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,1 +1,178 @@
 //! Prometheus metrics, kept in atomics so that the proxy hot path never takes a lock.
+//! Model state and restarts are read from the state snapshot at scrape time.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::state::{Phase, Snapshot};
+
+/// Histogram bucket bounds in seconds (requests run from milliseconds to minutes).
+const BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// A fixed-bucket histogram.
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, model: &str) {
+        let mut cumulative = 0;
+        for (b, c) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{model=\"{model}\",le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{model=\"{model}\",le=\"+Inf\"}} {count}"
+        );
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{model=\"{model}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{model=\"{model}\"}} {count}");
+    }
+}
+
+/// Per-model request metrics.
+pub struct ModelMetrics {
+    name: String,
+    by_code: Box<[AtomicU64; 600]>,
+    /// Request duration, first byte sent to last byte received.
+    pub duration: Histogram,
+    /// Time to the first body byte of streamed responses.
+    pub ttfb: Histogram,
+    /// Requests under way.
+    pub inflight: AtomicI64,
+}
+
+impl ModelMetrics {
+    fn new(name: &str) -> Self {
+        ModelMetrics {
+            name: escape(name),
+            by_code: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+            duration: Histogram::default(),
+            ttfb: Histogram::default(),
+            inflight: AtomicI64::new(0),
+        }
+    }
+
+    /// Counts a finished request with its status code.
+    pub fn count(&self, status: u16) {
+        if let Some(c) = self.by_code.get(status as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// All metrics: one entry per model plus one for requests that reached no model.
+pub struct Metrics {
+    models: Vec<ModelMetrics>,
+    unrouted: ModelMetrics,
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    /// Metrics for these models, in plan order.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Metrics {
+            models: names.into_iter().map(ModelMetrics::new).collect(),
+            unrouted: ModelMetrics::new(""),
+        }
+    }
+
+    /// The metrics of the model at `index`, or of "no model".
+    pub fn model(&self, index: Option<usize>) -> &ModelMetrics {
+        index
+            .and_then(|i| self.models.get(i))
+            .unwrap_or(&self.unrouted)
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str(
+            "# HELP modelmux_requests_total Requests answered, by model and status code.\n",
+        );
+        out.push_str("# TYPE modelmux_requests_total counter\n");
+        for m in self.models.iter().chain([&self.unrouted]) {
+            for (code, c) in m.by_code.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "modelmux_requests_total{{model=\"{}\",code=\"{code}\"}} {n}",
+                        m.name
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP modelmux_request_duration_seconds Time from request to the end of the response.\n");
+        out.push_str("# TYPE modelmux_request_duration_seconds histogram\n");
+        for m in &self.models {
+            m.duration
+                .render(&mut out, "modelmux_request_duration_seconds", &m.name);
+        }
+        out.push_str("# HELP modelmux_time_to_first_byte_seconds Time to the first body byte of streamed responses.\n");
+        out.push_str("# TYPE modelmux_time_to_first_byte_seconds histogram\n");
+        for m in &self.models {
+            m.ttfb
+                .render(&mut out, "modelmux_time_to_first_byte_seconds", &m.name);
+        }
+        out.push_str("# HELP modelmux_inflight_requests Requests under way.\n");
+        out.push_str("# TYPE modelmux_inflight_requests gauge\n");
+        for m in &self.models {
+            let _ = writeln!(
+                out,
+                "modelmux_inflight_requests{{model=\"{}\"}} {}",
+                m.name,
+                m.inflight.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP modelmux_model_state 1 for the state each model is in.\n");
+        out.push_str("# TYPE modelmux_model_state gauge\n");
+        for (m, s) in self.models.iter().zip(&snapshot.models) {
+            for phase in Phase::ALL {
+                let v = u8::from(s.state == phase);
+                let _ = writeln!(
+                    out,
+                    "modelmux_model_state{{model=\"{}\",state=\"{}\"}} {v}",
+                    m.name,
+                    phase.as_str()
+                );
+            }
+        }
+        out.push_str("# HELP modelmux_model_restarts_total Engine restarts.\n");
+        out.push_str("# TYPE modelmux_model_restarts_total counter\n");
+        for (m, s) in self.models.iter().zip(&snapshot.models) {
+            let _ = writeln!(
+                out,
+                "modelmux_model_restarts_total{{model=\"{}\"}} {}",
+                m.name, s.restarts
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Placeholder until the benchmark issue lands.
+echo "benchmarks: not written yet"

@@ -1,0 +1,124 @@
+//! `/health` (and its OCI alias), `/livez`, `/metrics` and `/v1/models`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::errors::error;
+use super::{App, auth};
+use crate::state::now_unix;
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .body(Body::from(body.to_string()))
+        .expect("valid response")
+}
+
+/// 200 when every model is ready, else 503; the body lists each model's state.
+pub async fn health(State(app): State<Arc<App>>) -> Response {
+    let snapshot = app.state.borrow().clone();
+    let now = now_unix();
+    let models: Vec<Value> = snapshot
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name, "state": m.state, "gpus": m.gpus, "port": m.port, "pid": m.pid,
+                "restarts": m.restarts, "last_exit": m.last_exit,
+                "seconds_in_state": ((now - m.since) * 10.0).round() / 10.0,
+            })
+        })
+        .collect();
+    let ok = snapshot.all_ready();
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ok { "ready" } else if snapshot.stopping { "stopping" } else { "not ready" },
+        "models": models,
+    });
+    json_response(status, &body)
+}
+
+/// 200 while modelmux runs.
+pub async fn livez() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "alive"}))
+}
+
+/// Prometheus text.
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let text = app.metrics.render(&app.state.borrow());
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )
+        .body(Body::from(text))
+        .expect("valid response")
+}
+
+fn model_objects(app: &App) -> Vec<Value> {
+    let snapshot = app.state.borrow();
+    app.table
+        .names
+        .iter()
+        .map(|(name, index, adapter)| {
+            let base = &app.table.models[*index].model;
+            json!({
+                "id": name,
+                "object": "model",
+                "created": app.created,
+                "owned_by": "modelmux",
+                "root": if *adapter { name.as_str() } else { base.as_ref() },
+                "parent": if *adapter { Some(base.as_ref()) } else { None },
+                "state": snapshot.models[*index].state,
+            })
+        })
+        .collect()
+}
+
+/// Every configured model and adapter, in OpenAI's list shape.
+pub async fn list_models(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if !auth::authorized(app.api_key.as_deref(), &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": model_objects(&app)}),
+    )
+}
+
+/// One model or adapter by id.
+pub async fn get_model(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !auth::authorized(app.api_key.as_deref(), &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong API key");
+    }
+    match model_objects(&app)
+        .into_iter()
+        .find(|m| m["id"] == id.as_str())
+    {
+        Some(m) => json_response(StatusCode::OK, &m),
+        None => error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "model {id:?} is not served here; available: {}",
+                app.table.available()
+            ),
+        ),
+    }
+}

@@ -1,0 +1,299 @@
+//! The hot path: read the body, find the model, forward the original bytes to its engine
+//! and stream the answer back frame by frame.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use http_body_util::Full;
+use tokio::time::Instant;
+
+use super::body::{Exchange, Inflight, Metered, ReadError, read_limited};
+use super::errors::{error, unavailable};
+use super::{App, auth, route};
+use crate::state::{Lookup, Phase};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Only `"model"` is read from the body; serde skips the rest without building a tree.
+#[derive(serde::Deserialize)]
+struct ModelField<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+}
+
+/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the proxy sets.
+fn is_hop_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let listed: Vec<&str> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for (name, value) in from {
+        if !is_hop_header(name) && !listed.iter().any(|l| name.as_str().eq_ignore_ascii_case(l)) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Any request that is not a health, metrics or models route.
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let request_id = match parts.headers.get(&X_REQUEST_ID) {
+        Some(v) if !v.is_empty() => v.clone(),
+        _ => app.new_request_id(),
+    };
+    let path = parts.uri.path().to_string();
+    let mut resp = match forward(
+        &app,
+        parts.method,
+        parts.uri,
+        parts.headers,
+        body,
+        &request_id,
+        started,
+    )
+    .await
+    {
+        Ok(resp) => resp,
+        Err((model, resp)) => {
+            let status = resp.status().as_u16();
+            app.metrics.model(model).count(status);
+            tracing::info!(target: "access", path = %path, status, request_id = ?request_id, "refused: {}", resp.status());
+            resp
+        }
+    };
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    resp
+}
+
+type Refusal = (Option<usize>, Response);
+
+async fn forward(
+    app: &Arc<App>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+    request_id: &HeaderValue,
+    started: Instant,
+) -> Result<Response, Refusal> {
+    if method != Method::POST {
+        let status = if method == Method::GET {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::METHOD_NOT_ALLOWED
+        };
+        return Err((
+            None,
+            error(
+                status,
+                &format!(
+                    "{method} {} is not served; inference routes take POST",
+                    uri.path()
+                ),
+            ),
+        ));
+    }
+    if !auth::authorized(app.api_key.as_deref(), &headers) {
+        return Err((
+            None,
+            error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key: send Authorization: Bearer <MODELMUX_API_KEY>",
+            ),
+        ));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = match read_limited(body, length, app.max_body).await {
+        Ok(b) => b,
+        Err(ReadError::TooLarge { drained }) => {
+            let mut resp = error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "request body is larger than MODELMUX_MAX_BODY_BYTES ({} bytes)",
+                    app.max_body
+                ),
+            );
+            if !drained {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return Err((None, resp));
+        }
+        Err(ReadError::Broken(e)) => {
+            return Err((
+                None,
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the request body: {e}"),
+                ),
+            ));
+        }
+    };
+    let model = match serde_json::from_slice::<ModelField>(&bytes) {
+        Ok(f) => f.model,
+        Err(e) => {
+            return Err((
+                None,
+                error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("malformed JSON body: {e}"),
+                ),
+            ));
+        }
+    };
+    let target = match app.table.lookup(model.as_deref()) {
+        Lookup::Found(r) => r,
+        Lookup::Unknown => {
+            let msg = format!(
+                "model {:?} is not served here; available: {}",
+                model.as_deref().unwrap_or_default(),
+                app.table.available()
+            );
+            return Err((None, error(StatusCode::NOT_FOUND, &msg)));
+        }
+        Lookup::Missing => {
+            let msg = format!(
+                "the body has no \"model\"; available: {}",
+                app.table.available()
+            );
+            return Err((None, error(StatusCode::BAD_REQUEST, &msg)));
+        }
+    };
+    let index = target.index;
+
+    let path_and_query = match uri.path() {
+        "/predict" | "/predictWithResponseStream" => match headers.get("route") {
+            Some(value) => match value.to_str().ok().and_then(route::route_path) {
+                Some(p) => p,
+                None => {
+                    let msg = "the route header must be a plain path such as /v1/chat/completions";
+                    return Err((Some(index), error(StatusCode::BAD_REQUEST, msg)));
+                }
+            },
+            None => target.predict_route.to_string(),
+        },
+        _ => uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string()),
+    };
+
+    {
+        let snapshot = app.state.borrow();
+        if snapshot.stopping {
+            return Err((Some(index), unavailable("modelmux is shutting down", 5)));
+        }
+        let status = &snapshot.models[index];
+        match status.state {
+            Phase::Ready => {}
+            Phase::Failed => {
+                let msg = format!(
+                    "model {} failed and is not served ({})",
+                    target.model,
+                    status.last_exit.as_deref().unwrap_or("no reason recorded")
+                );
+                return Err((Some(index), unavailable(&msg, 60)));
+            }
+            state => {
+                let msg = format!(
+                    "model {} is {}; retry shortly",
+                    target.model,
+                    state.as_str()
+                );
+                return Err((Some(index), unavailable(&msg, 5)));
+            }
+        }
+    }
+
+    let upstream_uri = Uri::builder()
+        .scheme("http")
+        .authority(&*target.authority)
+        .path_and_query(path_and_query.as_str())
+        .build()
+        .map_err(|e| {
+            (
+                Some(index),
+                error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")),
+            )
+        })?;
+    let mut upstream = hyper::Request::new(Full::new(bytes));
+    *upstream.method_mut() = Method::POST;
+    *upstream.uri_mut() = upstream_uri;
+    let h = upstream.headers_mut();
+    copy_end_to_end(&headers, h);
+    h.insert(
+        header::HOST,
+        HeaderValue::from_str(&target.authority).expect("authority is a valid header"),
+    );
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    let inflight = Inflight::new(app.clone(), index);
+    let resp = match app.client.request(upstream).await {
+        Ok(r) => r,
+        Err(e) => {
+            drop(inflight);
+            let msg = format!("engine of model {} did not answer: {e}", target.model);
+            return Err((Some(index), error(StatusCode::BAD_GATEWAY, &msg)));
+        }
+    };
+    let (mut parts, incoming) = resp.into_parts();
+    let hops: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|n| is_hop_header(n) && *n != header::CONTENT_LENGTH)
+        .cloned()
+        .collect();
+    for name in hops {
+        parts.headers.remove(&name);
+    }
+    let streamed = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if streamed {
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    let exchange = Exchange {
+        app: app.clone(),
+        model: index,
+        status: parts.status.as_u16(),
+        path: uri.path().to_string(),
+        request_id: request_id.to_str().unwrap_or("-").to_string(),
+        started,
+        streamed,
+        inflight,
+    };
+    Ok(Response::from_parts(
+        parts,
+        Body::new(Metered::new(incoming, exchange)),
+    ))
+}

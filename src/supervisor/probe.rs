@@ -1,0 +1,42 @@
+//! Health probes: `GET /health` on an engine's loopback port.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// A small HTTP client for probes; it never goes through a proxy (engines are on loopback).
+#[derive(Clone)]
+pub struct Prober {
+    client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Prober {
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(1)
+                .build(connector),
+        }
+    }
+}
+
+impl Prober {
+    /// True when `GET http://127.0.0.1:{port}/health` answers 200 within `timeout`.
+    pub async fn healthy(&self, port: u16, timeout: Duration) -> bool {
+        let uri = format!("http://127.0.0.1:{port}/health");
+        let Ok(uri) = uri.parse::<hyper::Uri>() else {
+            return false;
+        };
+        match tokio::time::timeout(timeout, self.client.get(uri)).await {
+            Ok(Ok(resp)) => resp.status() == hyper::StatusCode::OK,
+            _ => false,
+        }
+    }
+}
