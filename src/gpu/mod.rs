@@ -42,6 +42,16 @@ pub enum GpuSource {
     Unavailable,
 }
 
+impl std::fmt::Display for GpuSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GpuSource::Nvml => "NVML",
+            GpuSource::Override => "MODELMUX_GPUS",
+            GpuSource::Unavailable => "nowhere (no NVML)",
+        })
+    }
+}
+
 /// The GPUs and their pairwise distances.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
@@ -91,11 +101,7 @@ pub fn inventory(over: Option<&GpuOverride>, discovery: &dyn GpuDiscovery) -> In
 /// Human-readable lines for `modelmux gpus`.
 pub fn describe(inv: &Inventory) -> String {
     let mut out = String::new();
-    let source = match inv.source {
-        GpuSource::Nvml => "NVML".to_string(),
-        GpuSource::Override => "MODELMUX_GPUS".to_string(),
-        GpuSource::Unavailable => "none".to_string(),
-    };
+    let source = &inv.source;
     if inv.disabled {
         out.push_str("GPUs disabled by MODELMUX_GPUS=none: engines get no GPU\n");
         return out;
