@@ -16,7 +16,8 @@
 //! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `cancelled`, ...).
 //! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
 //!
-//! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`.
+//! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
+//! `mock_exit` (exit at once without an answer).
 
 use std::io::Write;
 use std::pin::Pin;
@@ -56,7 +57,8 @@ fn event(path: &Option<String>, what: &str) {
             .append(true)
             .open(path)
     {
-        let _ = writeln!(f, "{what} {}", std::process::id());
+        // One write(2) per line: O_APPEND keeps concurrent writers' lines whole.
+        let _ = f.write_all(format!("{what} {}\n", std::process::id()).as_bytes());
     }
 }
 
@@ -162,9 +164,10 @@ async fn run(args: Vec<String>) -> i32 {
     }
     let ignore_term = std::env::var("MOCK_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
     let term_events = events.clone();
+    // Installed before /health can answer, so that a SIGTERM is never missed.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         loop {
             term.recv().await;
             event(&term_events, "sigterm");
@@ -235,7 +238,11 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
             format!("The model `{model}` does not exist."),
         );
     }
-    let path = uri.path().to_string();
+    if req.get("mock_exit").and_then(Value::as_bool) == Some(true) {
+        eprintln!("mock-vllm: exiting without an answer as asked (mock_exit)");
+        std::process::exit(1);
+    }
+    let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);
     let mut resp = if req.get("stream").and_then(Value::as_bool) == Some(true) {
         let chunks = num("mock_chunks").unwrap_or(m.chunks);
@@ -246,7 +253,7 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
         if m.response_delay > 0 {
             tokio::time::sleep(Duration::from_millis(m.response_delay)).await;
         }
-        axum::Json(completion(&path, &model, &req)).into_response()
+        axum::Json(completion(&path, &model)).into_response()
     };
     let h = resp.headers_mut();
     h.insert(
@@ -263,9 +270,9 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     resp
 }
 
-fn completion(path: &str, model: &str, req: &Value) -> Value {
+fn completion(path: &str, model: &str) -> Value {
     let text = format!("mock completion from {model}");
-    match path {
+    match path.split('?').next().unwrap_or(path) {
         "/v1/completions" => json!({
             "id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
             "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
@@ -278,7 +285,7 @@ fn completion(path: &str, model: &str, req: &Value) -> Value {
             "object": "list", "model": model,
             "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
             "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
-        _ => json!({"object": "mock", "path": path, "model": model, "echo": req}),
+        _ => json!({"object": "mock", "path": path, "model": model}),
     }
 }
 
@@ -308,7 +315,7 @@ fn stream(
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
-        let chat = path == "/v1/chat/completions";
+        let chat = path.starts_with("/v1/chat/completions");
         for i in 0..chunks {
             if die_after == Some(i) {
                 eprintln!("mock-vllm: dying mid-stream as asked (mock_die_after_chunks)");

@@ -175,6 +175,15 @@ impl EngineArgs {
         }
     }
 
+    /// The values of every flag with this canonical name (for tests and messages).
+    pub fn take_clone(&self, name: &str) -> Vec<Vec<String>> {
+        self.args
+            .iter()
+            .filter(|a| a.name == name)
+            .map(|a| a.values.clone())
+            .collect()
+    }
+
     /// All tokens, in order.
     pub fn tokens(&self) -> Vec<String> {
         self.args.iter().flat_map(Arg::tokens).collect()
@@ -289,16 +298,5 @@ mod tests {
                 .unwrap(),
             1
         );
-    }
-}
-
-impl EngineArgs {
-    /// The values of every flag with this canonical name (for tests and messages).
-    pub fn take_clone(&self, name: &str) -> Vec<Vec<String>> {
-        self.args
-            .iter()
-            .filter(|a| a.name == name)
-            .map(|a| a.values.clone())
-            .collect()
     }
 }

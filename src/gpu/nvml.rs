@@ -64,14 +64,18 @@ fn discover_nvml() -> Result<Inventory, String> {
         });
     }
     let n = gpus.len();
-    let mut distance = vec![vec![0u8; n]; n];
-    for a in 0..n {
-        for b in (a + 1)..n {
-            let d = pair_distance(&nvml, a as u32, b as u32);
-            distance[a][b] = d;
-            distance[b][a] = d;
-        }
-    }
+    let distance = (0..n)
+        .map(|a| {
+            (0..n)
+                .map(|b| match a.cmp(&b) {
+                    std::cmp::Ordering::Equal => 0,
+                    // NVML answers symmetrically; ask once per pair in index order.
+                    std::cmp::Ordering::Less => pair_distance(&nvml, a as u32, b as u32),
+                    std::cmp::Ordering::Greater => pair_distance(&nvml, b as u32, a as u32),
+                })
+                .collect()
+        })
+        .collect();
     Ok(Inventory {
         source: GpuSource::Nvml,
         note: None,

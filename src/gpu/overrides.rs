@@ -108,7 +108,7 @@ mod tests {
             GpuOverride::parse("0,2,3").unwrap(),
             GpuOverride::Indices(vec![0, 2, 3])
         );
-        assert_eq!(GpuOverride::parse("5,").is_err(), true);
+        assert!(GpuOverride::parse("5,").is_err());
         let u = GpuOverride::parse("GPU-aa, MIG-bb").unwrap();
         assert_eq!(
             u,
