@@ -54,11 +54,13 @@ pub fn main() -> ExitCode {
         }
     };
     observability::init(format);
-    match cli.command.clone().unwrap_or(Command::Serve) {
+    let code = match cli.command.clone().unwrap_or(Command::Serve) {
         Command::Serve => serve::main(&cli.raw),
         Command::Plan { json } => print_plan(&cli.raw, json),
         Command::Gpus { json } => print_gpus(&cli.raw, json),
-    }
+    };
+    observability::sink::flush();
+    code
 }
 
 /// Loads the configuration and builds the plan, logging the source and the warnings.

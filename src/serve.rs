@@ -34,6 +34,7 @@ pub fn main(raw: &RawConfig) -> ExitCode {
     {
         tracing::warn!("cannot become a child subreaper ({e}); orphaned engine workers may linger");
     }
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,6 +48,18 @@ pub fn main(raw: &RawConfig) -> ExitCode {
     let code = runtime.block_on(run(config.settings, plan));
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// Each streamed request holds two sockets (client and engine): lift the soft limit on open
+/// files to the hard one, as servers commonly do, so that 1,024 is not the ceiling.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+    }
 }
 
 /// Why serving ended.
@@ -160,6 +173,7 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         }
         tracing::warn!("second signal: killing every engine now");
         kill_all_now(&kill_state);
+        crate::observability::sink::flush();
         std::process::exit(1);
     });
 

@@ -12,7 +12,8 @@
 //! - `MOCK_HANG_AFTER_MS`: after this long, `/health` never answers.
 //! - `MOCK_IGNORE_SIGTERM=1`: ignore SIGTERM (modelmux must SIGKILL).
 //! - `MOCK_SPAWN_CHILD=1`: start a `sleep` child of its own (its pid goes in the report).
-//! - `MOCK_REPORT_FILE`: write `{pid, argv, cuda_visible_devices, cuda_device_order, child_pid}`.
+//! - `MOCK_REPORT_FILE`: write `{pid, argv, cuda_visible_devices, cuda_device_order, child_pid,
+//!   ready_unix}` (`ready_unix`: when `/health` turns 200).
 //! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `cancelled`, ...).
 //! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
 //!
@@ -125,8 +126,14 @@ async fn run(args: Vec<String>) -> i32 {
             .ok()
             .map(|c| c.id())
     });
+    let started = Instant::now();
+    let startup_delay = Duration::from_millis(env_ms("MOCK_STARTUP_DELAY_MS").unwrap_or(0));
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     if let Ok(path) = std::env::var("MOCK_REPORT_FILE") {
         let report = json!({
+            "ready_unix": now_unix + startup_delay.as_secs_f64(),
             "pid": std::process::id(),
             "argv": args,
             "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
@@ -147,8 +154,8 @@ async fn run(args: Vec<String>) -> i32 {
     let mock = Arc::new(Mock {
         names,
         loras,
-        started: Instant::now(),
-        startup_delay: Duration::from_millis(env_ms("MOCK_STARTUP_DELAY_MS").unwrap_or(0)),
+        started,
+        startup_delay,
         hang_after: env_ms("MOCK_HANG_AFTER_MS").map(Duration::from_millis),
         chunks: env_ms("MOCK_STREAM_CHUNKS").unwrap_or(16),
         chunk_delay: env_ms("MOCK_STREAM_DELAY_MS").unwrap_or(0),

@@ -1,6 +1,7 @@
 //! Observability: log set-up (text or JSON on stderr) and the Prometheus metrics registry.
 
 pub mod metrics;
+pub mod sink;
 
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::prelude::*;
@@ -19,7 +20,7 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(sink::BatchedStderr)
                     .with_target(false)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
             )
@@ -29,7 +30,7 @@ pub fn init(format: LogFormat) {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(sink::BatchedStderr),
             )
             .try_init(),
     };
