@@ -503,11 +503,9 @@ fn request_ids_are_passed_on_or_made_up() {
             "errors carry one too"
         );
     });
-    assert!(
-        m.log().contains("request_id=abc-123"),
-        "access log line: {}",
-        m.log()
-    );
+    wait_until(Duration::from_secs(5), "the access log line", || {
+        m.log().contains("request_id=abc-123")
+    });
 }
 
 #[test]
@@ -597,4 +595,68 @@ fn metrics_line(m: &common::Modelmux, line: &str) -> bool {
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
     buf.lines().any(|l| l == line)
+}
+
+#[test]
+fn pooled_connections_to_a_restarted_engine_are_not_reused() {
+    let m = Setup::new(&[("chat", json!({}))])
+        .env("MODELMUX_RESTART_DELAY", "0.1")
+        .start();
+    m.wait_ready(T);
+    run_async(T, async {
+        let c = client();
+        // Several requests at once leave several idle engine connections in the pool.
+        let url = m.url("/v1/completions");
+        let many = (0..8).map(|_| post(&c, &url, r#"{"model": "chat"}"#));
+        for a in futures_join(many).await {
+            assert_eq!(a.status, 200);
+        }
+        let a = post(
+            &c,
+            &m.url("/v1/completions"),
+            r#"{"model": "chat", "mock_exit": true}"#,
+        )
+        .await;
+        assert_eq!(a.status, 502);
+    });
+    wait_until(T, "engine restarted", || m.log().contains("restart 1 in"));
+    m.wait_ready(T);
+    run_async(T, async {
+        let c = client();
+        for _ in 0..10 {
+            let a = post(&c, &m.url("/v1/completions"), r#"{"model": "chat"}"#).await;
+            assert_eq!(
+                a.status, 200,
+                "a stale pooled connection leaked through: {}",
+                a.body
+            );
+        }
+    });
+}
+
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.collect();
+    let mut out = Vec::new();
+    // Poll them together so that they overlap.
+    let mut pinned: Vec<_> = handles.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (f, d) in pinned.iter_mut().zip(done.iter_mut()) {
+            if d.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *d = Some(v),
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(done.into_iter().map(|d| d.unwrap()));
+    out
 }

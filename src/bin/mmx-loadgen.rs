@@ -47,10 +47,18 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--url" => a.urls.push(value()?.parse().map_err(|e| format!("--url: {e}"))?),
+            "--url" => a
+                .urls
+                .push(value()?.parse().map_err(|e| format!("--url: {e}"))?),
             "--body" => a.bodies.push(Bytes::from(value()?)),
-            "--concurrency" => a.concurrency = value()?.parse().map_err(|e| format!("--concurrency: {e}"))?,
-            "--duration" => a.duration = value()?.parse().map_err(|e| format!("--duration: {e}"))?,
+            "--concurrency" => {
+                a.concurrency = value()?
+                    .parse()
+                    .map_err(|e| format!("--concurrency: {e}"))?
+            }
+            "--duration" => {
+                a.duration = value()?.parse().map_err(|e| format!("--duration: {e}"))?
+            }
             "--warmup" => a.warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--label" => a.label = value()?,
@@ -77,7 +85,12 @@ struct Samples {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-async fn one(client: &HttpClient, url: &hyper::Uri, body: &Bytes, stream: bool) -> Result<(Duration, Option<Duration>), ()> {
+async fn one(
+    client: &HttpClient,
+    url: &hyper::Uri,
+    body: &Bytes,
+    stream: bool,
+) -> Result<(Duration, Option<Duration>), ()> {
     let req = hyper::Request::post(url.clone())
         .header("content-type", "application/json")
         .body(Full::new(body.clone()))
@@ -144,7 +157,12 @@ async fn run(args: Args) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (client, args, measuring, stop) = (client.clone(), args.clone(), measuring.clone(), stop.clone());
+        let (client, args, measuring, stop) = (
+            client.clone(),
+            args.clone(),
+            measuring.clone(),
+            stop.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut s = Samples::default();
             let mut i = w;

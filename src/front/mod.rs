@@ -3,6 +3,7 @@
 //!
 //! - [`proxy`]: the hot path (body, `"model"`, forward, stream back).
 //! - [`body`]: size-limited reads and the metered pass-through response body.
+//! - [`upstream`]: connections to the engines, driven by the response body.
 //! - [`route`]: the `route` header rules of `/predict`.
 //! - [`health`]: `/health`, `/livez`, `/metrics`, `/v1/models`.
 //! - [`auth`], [`errors`]: API key and OpenAI-shaped errors.
@@ -13,21 +14,15 @@ pub mod errors;
 pub mod health;
 pub mod proxy;
 pub mod route;
-
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+pub mod upstream;
 
 use axum::Router;
 use axum::http::HeaderValue;
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
@@ -43,8 +38,8 @@ pub struct App {
     pub state: StateRx,
     /// Request metrics.
     pub metrics: Metrics,
-    /// Pooled keep-alive HTTP/1.1 client to the engines; ignores proxy variables.
-    pub client: Client<HttpConnector, Full<Bytes>>,
+    /// Keep-alive HTTP/1.1 connections to the engines (never through an HTTP proxy).
+    pub upstream: Arc<upstream::Upstream>,
     /// Required bearer key, if any.
     pub api_key: Option<String>,
     /// Largest accepted body.
@@ -60,12 +55,7 @@ impl App {
     pub fn new(plan: &LaunchPlan, settings: &Settings, state: StateRx) -> Self {
         let table = RoutingTable::from_plan(plan);
         let metrics = Metrics::new(table.models.iter().map(|r| &*r.model));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let upstream = upstream::Upstream::new(table.models.len());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -73,7 +63,7 @@ impl App {
             table,
             state,
             metrics,
-            client,
+            upstream,
             api_key: settings.api_key.clone(),
             max_body: settings.max_body_bytes,
             created: now.as_secs(),

@@ -232,30 +232,30 @@ async fn forward(
         }
     }
 
-    let upstream_uri = Uri::builder()
-        .scheme("http")
-        .authority(&*target.authority)
-        .path_and_query(path_and_query.as_str())
-        .build()
-        .map_err(|e| {
-            (
-                Some(index),
-                error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")),
-            )
-        })?;
-    let mut upstream = hyper::Request::new(Full::new(bytes));
-    *upstream.method_mut() = Method::POST;
-    *upstream.uri_mut() = upstream_uri;
-    let h = upstream.headers_mut();
-    copy_end_to_end(&headers, h);
-    h.insert(
+    // Origin form (`/path?query`): the engine sees the same request line as a direct call.
+    let upstream_uri = Uri::try_from(path_and_query).map_err(|e| {
+        (
+            Some(index),
+            error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")),
+        )
+    })?;
+    let mut upstream_headers = HeaderMap::with_capacity(headers.len() + 2);
+    copy_end_to_end(&headers, &mut upstream_headers);
+    upstream_headers.insert(
         header::HOST,
         HeaderValue::from_str(&target.authority).expect("authority is a valid header"),
     );
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+    upstream_headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    let make = || {
+        let mut req = hyper::Request::new(Full::new(bytes.clone()));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = upstream_uri.clone();
+        *req.headers_mut() = upstream_headers.clone();
+        req
+    };
 
     let inflight = Inflight::new(app.clone(), index);
-    let resp = match app.client.request(upstream).await {
+    let resp = match app.upstream.send(index, &target.authority, make).await {
         Ok(r) => r,
         Err(e) => {
             drop(inflight);
