@@ -19,5 +19,8 @@ lint:
 bench: build
 	scripts/bench.sh
 
+smoke: build
+	python3 scripts/smoke-container.py
+
 clean:
 	$(CARGO) clean

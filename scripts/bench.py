@@ -10,7 +10,9 @@ router is what is measured):
 
 Writes bench-results/results.json and bench-results/results.md. Loopback only; every run
 is bounded in time. Environment: BENCH_DURATION (10), BENCH_WARMUP (2), BENCH_PEERS (0),
-BENCH_CONCURRENCY ("1,16,64,256").
+BENCH_CONCURRENCY ("1,16,64,256"),
+BENCH_TARGETS, BENCH_MODES ("completions,chat"), BENCH_STREAMS ("plain,stream"), BENCH_QUICK=1
+(the matrix alone).
 """
 
 import json
@@ -34,6 +36,10 @@ DURATION = float(os.environ.get("BENCH_DURATION", "10"))
 WARMUP = float(os.environ.get("BENCH_WARMUP", "2"))
 PEERS = os.environ.get("BENCH_PEERS") == "1"
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64,256").split(",")]
+TARGETS = os.environ.get("BENCH_TARGETS", "direct,modelmux,nginx,litellm").split(",")
+MODES = os.environ.get("BENCH_MODES", "completions,chat").split(",")
+STREAMS = [s == "stream" for s in os.environ.get("BENCH_STREAMS", "plain,stream").split(",")]
+QUICK = os.environ.get("BENCH_QUICK") == "1"  # the matrix only: no startup, scale or 1,000 streams
 VENV = os.path.join(ROOT, "target", "bench-peers", "venv")
 PROCS = []
 
@@ -201,10 +207,11 @@ def matrix(work, results):
     ports = [m["port"] for m in health["models"]]
     targets = {"direct": None, "modelmux": None}
     peers = []
-    if PEERS:
+    if PEERS and "nginx" in TARGETS:
         n, nport = start_nginx(ports, work)
         peers.append(n)
         targets["nginx"] = nport
+    if PEERS and "litellm" in TARGETS:
         try:
             l, lport = start_litellm(ports, work)
             peers.append(l)
@@ -213,8 +220,11 @@ def matrix(work, results):
             print(f"bench: LiteLLM did not start ({e}); see {work}/litellm.log", file=sys.stderr)
     reset_peak(mm.pid)
     runs = []
+    targets = {t: targets[t] for t in TARGETS if t in targets}
     for mode, path in (("completions", "/v1/completions"), ("chat", "/v1/chat/completions")):
-        for stream in (False, True):
+        if mode not in MODES:
+            continue
+        for stream in STREAMS:
             for c in CONCURRENCY:
                 for target in targets:
                     bodies = []
@@ -245,6 +255,11 @@ def matrix(work, results):
     results["runs"] = runs
     results["rss_peak_load_mib"] = proc_status(mm.pid, "VmHWM")
 
+    if QUICK:
+        for p in peers:
+            stop(p)
+        stop(mm)
+        return
     # 1,000 concurrent streams held open through modelmux.
     reset_peak(mm.pid)
     bodies = [{"model": m, "prompt": "x", "stream": True, "mock_delay_ms": 50} for m in ("m0", "m1")]
@@ -320,8 +335,8 @@ def table(results):
     lines = []
     by = {(r["mode"], r["stream"], r["concurrency"], r["target"]): r for r in runs}
     targets = [t for t in ("direct", "modelmux", "nginx", "litellm") if any(r["target"] == t for r in runs)]
-    for mode in ("completions", "chat"):
-        for stream in (False, True):
+    for mode in MODES:
+        for stream in STREAMS:
             lines.append(f"\n### {mode}, {'streaming (16 chunks)' if stream else 'non-streaming'}\n")
             head = "| conc | target | req/s | p50 ms | p90 ms | p99 ms | max ms |"
             sep = "|---:|---|---:|---:|---:|---:|---:|"
@@ -361,11 +376,15 @@ def main():
         "duration_s": DURATION, "warmup_s": WARMUP, "peers": PEERS,
     }
     try:
-        startup(work, results)
-        scale(work, results)
+        if not QUICK:
+            startup(work, results)
+            scale(work, results)
         matrix(work, results)
     finally:
         cleanup()
+    if QUICK:
+        print(table(results))
+        return
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     md = [f"Run {results['date']} on {results['machine']}; {DURATION:.0f} s per run after {WARMUP:.0f} s warm-up.",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -71,7 +71,12 @@ enum Outcome {
 
 async fn bind(var: &str, port: u16) -> Result<TcpListener, ExitCode> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    TcpListener::bind(addr).await.map_err(|e| {
+    let bound = TcpSocket::new_v4().and_then(|s| {
+        s.set_reuseaddr(true)?;
+        s.bind(addr)?;
+        s.listen(1024)
+    });
+    bound.map_err(|e| {
         tracing::error!("cannot listen on {var}={port}: {e}");
         ExitCode::FAILURE
     })
@@ -118,17 +123,26 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
     let (state_tx, state_rx) = watch::channel(Snapshot::initial(&plan));
     let app = Arc::new(App::new(&plan, &settings, state_rx.clone()));
     let (stop_front, stop_rx) = watch::channel(false);
+    let front_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let mut front_task = tokio::spawn(front::serve(
-        front_listener,
-        front::router(app.clone(), &settings.health_endpoint),
-        stopped(),
-    ));
+    // The front runs on threads of its own, one per core (see front::workers).
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let front_router = front::router(app.clone(), &settings.health_endpoint);
+    let mut front = match front_listener
+        .into_std()
+        .and_then(|l| front::workers::spawn(l, threads, front_router, front_stop))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("cannot start the front: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let health_task = health_listener.map(|l| {
         tokio::spawn(front::serve(
             l,
@@ -149,10 +163,9 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         _ = sigterm.recv() => Outcome::Signal("SIGTERM"),
         _ = sigint.recv() => Outcome::Signal("SIGINT"),
         f = supervisor.next_failure(), if exit_on_failure => Outcome::Failed(f),
-        r = &mut front_task => Outcome::FrontDied(match r {
-            Ok(Ok(())) => "the front stopped".into(),
-            Ok(Err(e)) => format!("the front failed: {e}"),
-            Err(e) => format!("the front panicked: {e}"),
+        r = front.next_exit() => Outcome::FrontDied(match r {
+            Ok(()) => "the front stopped".into(),
+            Err(e) => format!("the front failed: {e}"),
         }),
     };
     match &outcome {
@@ -179,17 +192,11 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
 
     let _ = stop_front.send(true);
     let grace = settings.shutdown_grace;
-    if !front_task.is_finished() {
-        match tokio::time::timeout(grace, &mut front_task).await {
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!(
-                    "in-flight requests did not finish within MODELMUX_SHUTDOWN_GRACE ({:.0} s); closing them",
-                    grace.as_secs_f64()
-                );
-                front_task.abort();
-            }
-        }
+    if tokio::time::timeout(grace, front.join()).await.is_err() {
+        tracing::warn!(
+            "in-flight requests did not finish within MODELMUX_SHUTDOWN_GRACE ({:.0} s); closing them",
+            grace.as_secs_f64()
+        );
     }
     if let Some(t) = health_task {
         t.abort();

@@ -151,8 +151,19 @@ pub struct RoutingTable {
     routes: HashMap<String, Route>,
     /// Model entries in plan order (one per engine), for the single-model default.
     pub models: Vec<Route>,
-    /// Every name with its base model, in plan order, for `/v1/models`.
-    pub names: Vec<(String, usize, bool)>,
+    /// Every served name and adapter name, in plan order, for `/v1/models`.
+    pub names: Vec<ServedName>,
+}
+
+/// One name requests can use.
+#[derive(Debug, Clone)]
+pub struct ServedName {
+    /// The name.
+    pub name: String,
+    /// Index of the model whose engine serves it.
+    pub model: usize,
+    /// True for a LoRA adapter.
+    pub adapter: bool,
 }
 
 impl RoutingTable {
@@ -169,11 +180,19 @@ impl RoutingTable {
             table.models.push(route.clone());
             for name in &m.served_names {
                 table.routes.insert(name.clone(), route.clone());
-                table.names.push((name.clone(), index, false));
+                table.names.push(ServedName {
+                    name: name.clone(),
+                    model: index,
+                    adapter: false,
+                });
             }
             for name in &m.adapters {
                 table.routes.insert(name.clone(), route.clone());
-                table.names.push((name.clone(), index, true));
+                table.names.push(ServedName {
+                    name: name.clone(),
+                    model: index,
+                    adapter: true,
+                });
             }
         }
         table
@@ -193,7 +212,7 @@ impl RoutingTable {
     pub fn available(&self) -> String {
         self.names
             .iter()
-            .map(|(n, _, _)| n.as_str())
+            .map(|n| n.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -73,16 +73,16 @@ fn model_objects(app: &App) -> Vec<Value> {
     app.table
         .names
         .iter()
-        .map(|(name, index, adapter)| {
-            let base = &app.table.models[*index].model;
+        .map(|n| {
+            let base = &app.table.models[n.model].model;
             json!({
-                "id": name,
+                "id": n.name,
                 "object": "model",
                 "created": app.created,
                 "owned_by": "modelmux",
-                "root": if *adapter { name.as_str() } else { base.as_ref() },
-                "parent": if *adapter { Some(base.as_ref()) } else { None },
-                "state": snapshot.models[*index].state,
+                "root": if n.adapter { n.name.as_str() } else { base.as_ref() },
+                "parent": if n.adapter { Some(base.as_ref()) } else { None },
+                "state": snapshot.models[n.model].state,
             })
         })
         .collect()

@@ -4,6 +4,7 @@
 //! - [`proxy`]: the hot path (body, `"model"`, forward, stream back).
 //! - [`body`]: size-limited reads and the metered pass-through response body.
 //! - [`upstream`]: connections to the engines, driven by the response body.
+//! - [`workers`]: one single-threaded runtime per core accepting on the front's socket.
 //! - [`route`]: the `route` header rules of `/predict`.
 //! - [`health`]: `/health`, `/livez`, `/metrics`, `/v1/models`.
 //! - [`auth`], [`errors`]: API key and OpenAI-shaped errors.
@@ -15,6 +16,7 @@ pub mod health;
 pub mod proxy;
 pub mod route;
 pub mod upstream;
+pub mod workers;
 
 use axum::Router;
 use axum::http::HeaderValue;
@@ -80,7 +82,7 @@ impl App {
 }
 
 /// The routes of the health listener (a subset of the front's).
-fn health_routes(app: &Arc<App>, health_endpoint: &str) -> Router<Arc<App>> {
+fn health_routes(health_endpoint: &str) -> Router<Arc<App>> {
     let mut r = Router::new()
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
@@ -89,13 +91,12 @@ fn health_routes(app: &Arc<App>, health_endpoint: &str) -> Router<Arc<App>> {
     {
         r = r.route(health_endpoint, get(health::health));
     }
-    let _ = app;
     r
 }
 
 /// The front's router.
 pub fn router(app: Arc<App>, health_endpoint: &str) -> Router {
-    health_routes(&app, health_endpoint)
+    health_routes(health_endpoint)
         .route("/v1/models", get(health::list_models))
         .route("/v1/models/{*id}", get(health::get_model))
         .fallback(proxy::handle)
@@ -104,7 +105,7 @@ pub fn router(app: Arc<App>, health_endpoint: &str) -> Router {
 
 /// The health listener's router: health, liveness and metrics only.
 pub fn health_router(app: Arc<App>, health_endpoint: &str) -> Router {
-    health_routes(&app, health_endpoint)
+    health_routes(health_endpoint)
         .fallback(|| async {
             errors::error(
                 axum::http::StatusCode::NOT_FOUND,
