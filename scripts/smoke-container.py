@@ -83,7 +83,8 @@ def main():
     as_pid1 = os.geteuid() == 0 and subprocess.run(
         ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
     if as_pid1:
-        argv = ["unshare", "--pid", "--fork", "--mount-proc"] + argv
+        # --kill-child: if this script dies, the namespace (and every engine) goes with it.
+        argv = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"] + argv
     print(f"smoke: {' '.join(argv)} (as {'PID 1' if as_pid1 else 'a child: not root'}), port {port}")
     proc = subprocess.Popen(argv, env=run_env, stdin=subprocess.DEVNULL)
     try:
@@ -105,7 +106,12 @@ def main():
         status, body = get(f"http://127.0.0.1:{port}/v1/completions",
                            {"model": "chat", "prompt": "hi", "stream": True, "mock_chunks": 3})
         assert status == 200 and body.endswith("data: [DONE]\n\n"), body
-        proc.send_signal(signal.SIGTERM)
+        # What `docker stop` does: SIGTERM to the container's PID 1 (unshare forwards nothing).
+        target = proc.pid
+        if as_pid1:
+            children = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
+            target = int(children[0])
+        os.kill(target, signal.SIGTERM)
         code = proc.wait(timeout=30)
         assert code == 0, f"exit status {code}"
         print("smoke: ok (health, chat, /predict, stream, SIGTERM -> exit 0)")
