@@ -19,6 +19,11 @@ pub fn error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({
         "error": {"message": message, "type": kind, "code": status.as_u16()}
     });
+    json(status, &body)
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Response {
     Response::builder()
         .status(status)
         .header(
@@ -26,7 +31,7 @@ pub fn error(status: StatusCode, message: &str) -> Response {
             HeaderValue::from_static("application/json"),
         )
         .body(Body::from(body.to_string()))
-        .expect("valid error response")
+        .expect("valid JSON response")
 }
 
 /// A 503 with `Retry-After`.

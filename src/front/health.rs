@@ -8,20 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use super::errors::error;
+use super::errors::{error, json as json_response};
 use super::{App, auth};
 use crate::state::now_unix;
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    Response::builder()
-        .status(status)
-        .header(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )
-        .body(Body::from(body.to_string()))
-        .expect("valid response")
-}
 
 /// 200 when every model is ready, else 503; the body lists each model's state.
 pub async fn health(State(app): State<Arc<App>>) -> Response {
