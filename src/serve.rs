@@ -27,6 +27,10 @@ pub fn main(raw: &RawConfig) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = check_engine_program(&config.settings.engine_cmd[0]) {
+        tracing::error!("invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     // Orphans of engines (say a vLLM worker whose parent died) come back to modelmux and
     // are reaped. As PID 1 they come anyway.
     if nix::unistd::getpid().as_raw() != 1
@@ -59,6 +63,32 @@ fn raise_open_files_limit() {
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
     {
         tracing::warn!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+    }
+}
+
+/// The engine program must exist before anything starts: otherwise every model would
+/// crash-loop through its restart budget and the real cause would hide in the logs.
+fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if program.contains('/') {
+        executable(std::path::Path::new(program))
+    } else {
+        std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| executable(&dir.join(program)))
+        })
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(crate::config::ConfigError::var(
+            "MODELMUX_ENGINE_CMD",
+            program,
+            "the engine program is not an executable file nor found in PATH; install vLLM or point MODELMUX_ENGINE_CMD at the engine",
+        ))
     }
 }
 

@@ -226,3 +226,22 @@ fn flags_mirror_the_variables() {
     assert_eq!(plan["models"][0]["gpus"], serde_json::json!(["0"]));
     assert_eq!(plan["source"]["kind"], "single_model");
 }
+
+#[test]
+fn serve_refuses_a_missing_engine_program_before_starting_anything() {
+    let out = run(
+        &["serve"],
+        &[
+            ("MULTI_MODEL_CONFIG", CONFIG),
+            ("MODELMUX_GPUS", "4"),
+            ("MODELMUX_ENGINE_CMD", "/nonexistent/vllm serve"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MODELMUX_ENGINE_CMD=\"/nonexistent/vllm\": the engine program is not an executable file nor found in PATH"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("engine started"), "{stderr}");
+}
