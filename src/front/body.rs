@@ -98,10 +98,10 @@ pub struct Exchange {
     pub model: usize,
     /// Status sent to the client.
     pub status: u16,
-    /// Request path as received.
-    pub path: String,
+    /// Request URI as received.
+    pub uri: axum::http::Uri,
     /// Request id.
-    pub request_id: String,
+    pub request_id: axum::http::HeaderValue,
     /// When the request arrived.
     pub started: Instant,
     /// True for event streams.
@@ -216,14 +216,14 @@ impl<B> Drop for Metered<B> {
         tracing::info!(
             target: "access",
             method = "POST",
-            path = %e.path,
+            path = %e.uri.path(),
             model = %model,
             status = e.status,
             us = elapsed.as_micros() as u64,
             bytes = self.bytes,
             streamed = e.streamed,
             complete = self.finished,
-            request_id = %e.request_id,
+            request_id = %e.request_id.to_str().unwrap_or("-"),
         );
     }
 }

@@ -66,7 +66,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         Some(v) if !v.is_empty() => v.clone(),
         _ => app.new_request_id(),
     };
-    let path = parts.uri.path().to_string();
+    // Uri clones share their bytes: no copy of the path per request.
+    let uri = parts.uri.clone();
     let mut resp = match forward(
         &app,
         parts.method,
@@ -82,7 +83,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         Err((model, resp)) => {
             let status = resp.status().as_u16();
             app.metrics.model(model).count(status);
-            tracing::info!(target: "access", path = %path, status, request_id = ?request_id, "refused: {}", resp.status());
+            tracing::info!(target: "access", path = %uri.path(), status, request_id = ?request_id, "refused: {}", resp.status());
             resp
         }
     };
@@ -189,20 +190,33 @@ async fn forward(
     };
     let index = target.index;
 
-    let path_and_query = match uri.path() {
-        "/predict" | "/predictWithResponseStream" => match headers.get("route") {
-            Some(value) => match value.to_str().ok().and_then(route::route_path) {
-                Some(p) => p,
-                None => {
-                    let msg = "the route header must be a plain path such as /v1/chat/completions";
-                    return Err((Some(index), error(StatusCode::BAD_REQUEST, msg)));
-                }
-            },
-            None => target.predict_route.to_string(),
-        },
-        _ => uri
-            .path_and_query()
-            .map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string()),
+    // Origin form (`/path?query`): the engine sees the same request line as a direct call.
+    let upstream_uri = match uri.path() {
+        "/predict" | "/predictWithResponseStream" => {
+            let path = match headers.get("route") {
+                Some(value) => match value.to_str().ok().and_then(route::route_path) {
+                    Some(p) => p,
+                    None => {
+                        let msg =
+                            "the route header must be a plain path such as /v1/chat/completions";
+                        return Err((Some(index), error(StatusCode::BAD_REQUEST, msg)));
+                    }
+                },
+                None => target.predict_route.to_string(),
+            };
+            Uri::try_from(path).map_err(|e| {
+                let msg = format!("bad path: {e}");
+                (Some(index), error(StatusCode::BAD_REQUEST, &msg))
+            })?
+        }
+        _ => {
+            let mut origin = http::uri::Parts::default();
+            origin.path_and_query = uri.path_and_query().cloned();
+            Uri::from_parts(origin).map_err(|e| {
+                let msg = format!("bad path: {e}");
+                (Some(index), error(StatusCode::BAD_REQUEST, &msg))
+            })?
+        }
     };
 
     {
@@ -232,13 +246,6 @@ async fn forward(
         }
     }
 
-    // Origin form (`/path?query`): the engine sees the same request line as a direct call.
-    let upstream_uri = Uri::try_from(path_and_query).map_err(|e| {
-        (
-            Some(index),
-            error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")),
-        )
-    })?;
     let mut upstream_headers = HeaderMap::with_capacity(headers.len() + 2);
     copy_end_to_end(&headers, &mut upstream_headers);
     upstream_headers.insert(
@@ -286,8 +293,8 @@ async fn forward(
         app: app.clone(),
         model: index,
         status: parts.status.as_u16(),
-        path: uri.path().to_string(),
-        request_id: request_id.to_str().unwrap_or("-").to_string(),
+        uri,
+        request_id: request_id.clone(),
         started,
         streamed,
         inflight,
