@@ -409,7 +409,14 @@ fn pid1_in_a_pid_namespace_reaps_orphans_and_handles_sigterm() {
     let port = common::free_port();
     let base = setup.command(dir.path(), port);
     let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", common::MODELMUX]);
+    // --kill-child: if the test fails and kills unshare, the namespace goes with it.
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        common::MODELMUX,
+    ]);
     for (k, v) in base.get_envs() {
         if let Some(v) = v {
             cmd.env(k, v);
