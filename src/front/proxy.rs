@@ -246,18 +246,23 @@ async fn forward(
         }
     }
 
-    let mut upstream_headers = HeaderMap::with_capacity(headers.len() + 2);
-    copy_end_to_end(&headers, &mut upstream_headers);
-    upstream_headers.insert(
-        header::HOST,
-        HeaderValue::from_str(&target.authority).expect("authority is a valid header"),
-    );
-    upstream_headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    let build_headers = || {
+        let mut h = HeaderMap::with_capacity(headers.len() + 2);
+        copy_end_to_end(&headers, &mut h);
+        h.insert(
+            header::HOST,
+            HeaderValue::from_str(&target.authority).expect("authority is a valid header"),
+        );
+        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+        h
+    };
+    // Built once and moved into the request; rebuilt only for the rare retry.
+    let mut prepared = Some(build_headers());
     let make = || {
         let mut req = hyper::Request::new(Full::new(bytes.clone()));
         *req.method_mut() = Method::POST;
         *req.uri_mut() = upstream_uri.clone();
-        *req.headers_mut() = upstream_headers.clone();
+        *req.headers_mut() = prepared.take().unwrap_or_else(build_headers);
         req
     };
 

@@ -115,7 +115,7 @@ impl Upstream {
         self: &Arc<Self>,
         engine: usize,
         authority: &str,
-        make: impl Fn() -> Request<Full<Bytes>>,
+        mut make: impl FnMut() -> Request<Full<Bytes>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if let Some(conn) = self.checkout(engine) {
             match exchange(conn, make()).await {
