@@ -83,6 +83,22 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid):
+    """CPU time of a process and its direct children (nginx's workers, LiteLLM's worker)."""
+    total = cpu_seconds(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        kids = []
+    for k in kids:
+        try:
+            total += cpu_seconds(k)
+        except OSError:
+            pass
+    return total
+
+
 def reset_peak(pid):
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
@@ -206,16 +222,19 @@ def matrix(work, results):
     _, health = http_json(f"http://127.0.0.1:{port}/health")
     ports = [m["port"] for m in health["models"]]
     targets = {"direct": None, "modelmux": None}
+    pids = {"modelmux": mm.pid}
     peers = []
     if PEERS and "nginx" in TARGETS:
         n, nport = start_nginx(ports, work)
         peers.append(n)
         targets["nginx"] = nport
+        pids["nginx"] = n.pid
     if PEERS and "litellm" in TARGETS:
         try:
             l, lport = start_litellm(ports, work)
             peers.append(l)
             targets["litellm"] = lport
+            pids["litellm"] = l.pid
         except SystemExit as e:
             print(f"bench: LiteLLM did not start ({e}); see {work}/litellm.log", file=sys.stderr)
     reset_peak(mm.pid)
@@ -245,11 +264,12 @@ def matrix(work, results):
                         urls = [f"http://127.0.0.1:{targets['nginx']}/m0{path}", f"http://127.0.0.1:{targets['nginx']}/m1{path}"]
                     else:
                         urls = [f"http://127.0.0.1:{targets['litellm']}{path}"]
-                    cpu0 = cpu_seconds(mm.pid)
+                    cpu0 = tree_cpu_seconds(pids[target]) if target in pids else 0.0
                     r = loadgen(urls, bodies, c, stream, target)
                     r.update(mode=mode, target=target)
-                    if target == "modelmux" and r["requests"]:
-                        r["cpu_us_per_req"] = (cpu_seconds(mm.pid) - cpu0) / r["requests"] * 1e6
+                    if target in pids and r["requests"]:
+                        cpu = tree_cpu_seconds(pids[target]) - cpu0
+                        r["cpu_us_per_req"] = cpu / r["requests"] * 1e6
                     runs.append(r)
                     print(json.dumps(r), flush=True)
     results["runs"] = runs
@@ -343,8 +363,8 @@ def table(results):
             if stream:
                 head += " TTFB p50 | TTFB p99 |"
                 sep += "---:|---:|"
-            head += " errors | added p50 / p99 vs direct | modelmux req/s ÷ this |"
-            sep += "---:|---|---:|"
+            head += " errors | CPU µs/req | added p50 / p99 vs direct | modelmux req/s ÷ this |"
+            sep += "---:|---:|---|---:|"
             lines += [head, sep]
             for c in CONCURRENCY:
                 d = by.get((mode, stream, c, "direct"))
@@ -358,7 +378,8 @@ def table(results):
                         row += f" {r['ttfb_p50_ms']:.3f} | {r['ttfb_p99_ms']:.3f} |"
                     added = "" if t == "direct" or not d else f"+{r['p50_ms'] - d['p50_ms']:.3f} / +{r['p99_ms'] - d['p99_ms']:.3f}"
                     ratio = "" if t in ("direct", "modelmux") or not mm or not r["rps"] else f"{mm['rps'] / r['rps']:.2f}×"
-                    row += f" {r['errors']} | {added} | {ratio} |"
+                    cpu = f"{r['cpu_us_per_req']:.1f}" if r.get("cpu_us_per_req") else ""
+                    row += f" {r['errors']} | {cpu} | {added} | {ratio} |"
                     lines.append(row)
     return "\n".join(lines)
 
@@ -397,10 +418,7 @@ def main():
           f"\nScale: {results['scale']['models']} models ready in {results['scale']['all_ready_s']:.2f} s, "
           f"{results['scale']['routed_ok']} routed correctly, RSS {results['scale']['rss_mib']:.1f} MiB.",
           table(results)]
-    cpu = [r for r in results["runs"] if r.get("cpu_us_per_req")]
-    if cpu:
-        md.append("\nmodelmux CPU time per request (µs, user+system): " + ", ".join(
-            f"{r['mode']}{' stream' if r['stream'] else ''} c={r['concurrency']}: {r['cpu_us_per_req']:.0f}" for r in cpu))
+    md.append("\nCPU µs/req: the proxy's user+system CPU time (nginx: master and workers) per request.")
     text = "\n".join(md) + "\n"
     with open(os.path.join(OUT, "results.md"), "w") as f:
         f.write(text)

@@ -163,10 +163,10 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
     // The front runs on threads of its own, one per core (see front::workers).
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let front_router = front::router(app.clone(), &settings.health_endpoint);
-    let mut front = match front_listener
-        .into_std()
-        .and_then(|l| front::workers::spawn(l, threads, front_router, front_stop))
-    {
+    let mut front = match front_listener.into_std().and_then(|l| {
+        let health = &settings.health_endpoint;
+        front::workers::spawn(l, threads, app.clone(), front_router, health, front_stop)
+    }) {
         Ok(f) => f,
         Err(e) => {
             tracing::error!("cannot start the front: {e}");

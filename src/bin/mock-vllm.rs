@@ -19,6 +19,9 @@
 //!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
 //! `mock_exit` (exit at once without an answer).
+//!
+//! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
+//! `x-mock-request-id`, `x-mock-host` and `x-mock-header-names` (every request header name).
 
 use std::io::Write;
 use std::pin::Pin;
@@ -273,6 +276,14 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     );
     if let Some(id) = headers.get("x-request-id") {
         h.insert("x-mock-request-id", id.clone());
+    }
+    // What arrived, for tests of header forwarding: the Host and every header name.
+    if let Some(host) = headers.get(header::HOST) {
+        h.insert("x-mock-host", host.clone());
+    }
+    let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+        h.insert("x-mock-header-names", v);
     }
     resp
 }

@@ -4,18 +4,22 @@ use axum::http::{HeaderMap, header};
 
 /// True when no key is configured or the request carries the right one.
 pub fn authorized(key: Option<&str>, headers: &HeaderMap) -> bool {
+    let value = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    authorized_value(key, value)
+}
+
+/// [`authorized`] for the raw value of the `Authorization` header, if any.
+pub fn authorized_value(key: Option<&str>, value: Option<&[u8]>) -> bool {
     let Some(key) = key else {
         return true;
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let given = value
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            v.strip_prefix(b"Bearer ")
+                .or_else(|| v.strip_prefix(b"bearer "))
         })
-        .unwrap_or("");
-    constant_time_eq(given.trim().as_bytes(), key.as_bytes())
+        .unwrap_or(b"");
+    constant_time_eq(given.trim_ascii(), key.as_bytes())
 }
 
 /// Compares without an early exit, so timing does not reveal how much of the key matched.

@@ -208,22 +208,56 @@ where
 impl<B> Drop for Metered<B> {
     fn drop(&mut self) {
         let e = &self.exchange;
-        let elapsed = e.started.elapsed();
-        let m = e.app.metrics.model(Some(e.model));
-        m.duration.observe(elapsed);
-        m.count(e.status);
-        let model = &e.app.table.models[e.model].model;
-        tracing::info!(
-            target: "access",
-            method = "POST",
-            path = %e.uri.path(),
-            model = %model,
-            status = e.status,
-            us = elapsed.as_micros() as u64,
-            bytes = self.bytes,
-            streamed = e.streamed,
-            complete = self.finished,
-            request_id = %e.request_id.to_str().unwrap_or("-"),
-        );
+        let outcome = Outcome {
+            model: e.model,
+            status: e.status,
+            started: e.started,
+            path: e.uri.path(),
+            request_id: e.request_id.to_str().unwrap_or("-"),
+            bytes: self.bytes,
+            streamed: e.streamed,
+            complete: self.finished,
+        };
+        record(&e.app, &outcome);
     }
+}
+
+/// How one proxied request went, for [`record`].
+pub struct Outcome<'a> {
+    /// Model index.
+    pub model: usize,
+    /// Status sent to the client.
+    pub status: u16,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Request path.
+    pub path: &'a str,
+    /// Request id.
+    pub request_id: &'a str,
+    /// Body bytes sent to the client.
+    pub bytes: u64,
+    /// True for event streams.
+    pub streamed: bool,
+    /// True when the whole response was sent.
+    pub complete: bool,
+}
+
+/// Counts a finished request in the metrics and writes its access log line.
+pub fn record(app: &App, o: &Outcome) {
+    let elapsed = o.started.elapsed();
+    let m = app.metrics.model(Some(o.model));
+    m.duration.observe(elapsed);
+    m.count(o.status);
+    tracing::info!(
+        target: "access",
+        method = "POST",
+        path = %o.path,
+        model = %app.table.models[o.model].model,
+        status = o.status,
+        us = elapsed.as_micros() as u64,
+        bytes = o.bytes,
+        streamed = o.streamed,
+        complete = o.complete,
+        request_id = %o.request_id,
+    );
 }

@@ -6,6 +6,18 @@ use axum::response::Response;
 
 /// An error response with OpenAI's JSON shape.
 pub fn error(status: StatusCode, message: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .body(Body::from(error_body(status, message)))
+        .expect("valid JSON response")
+}
+
+/// The JSON body of an error response.
+pub fn error_body(status: StatusCode, message: &str) -> String {
     let kind = match status.as_u16() {
         400 => "invalid_request_error",
         401 => "authentication_error",
@@ -16,10 +28,10 @@ pub fn error(status: StatusCode, message: &str) -> Response {
         503 => "service_unavailable",
         _ => "internal_error",
     };
-    let body = serde_json::json!({
+    serde_json::json!({
         "error": {"message": message, "type": kind, "code": status.as_u16()}
-    });
-    json(status, &body)
+    })
+    .to_string()
 }
 
 /// A JSON response.

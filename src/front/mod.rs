@@ -1,7 +1,8 @@
 //! The HTTP front: routing by model, the proxy hot path, OCI's `/predict`, errors, auth,
 //! health and metrics. It never touches a process; it reads [`crate::state`] only.
 //!
-//! - [`proxy`]: the hot path (body, `"model"`, forward, stream back).
+//! - [`conn`]: connections; the pass-through path for the common request, hyper for the rest.
+//! - [`proxy`]: the general proxy (every rule and error), behind hyper and the router.
 //! - [`body`]: size-limited reads and the metered pass-through response body.
 //! - [`upstream`]: connections to the engines, driven by the response body.
 //! - [`workers`]: one single-threaded runtime per core accepting on the front's socket.
@@ -11,6 +12,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod conn;
 pub mod errors;
 pub mod health;
 pub mod proxy;
@@ -76,8 +78,21 @@ impl App {
 
     /// A fresh request id: unique within this process, cheap to make.
     pub fn new_request_id(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.make_request_id()).expect("ascii")
+    }
+
+    /// A fresh request id as bytes, `mmx-PPPPPPPP-NNNNNNNNNNNN` (process prefix, counter).
+    pub fn make_request_id(&self) -> [u8; 25] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("mmx-{:08x}-{n:012x}", self.id_prefix)).expect("ascii")
+        let mut id = *b"mmx-00000000-000000000000";
+        for i in 0..8 {
+            id[11 - i] = HEX[(self.id_prefix >> (4 * i)) as usize & 0xf];
+        }
+        for i in 0..12 {
+            id[24 - i] = HEX[(n >> (4 * i)) as usize & 0xf];
+        }
+        id
     }
 }
 

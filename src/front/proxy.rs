@@ -20,9 +20,9 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Only `"model"` is read from the body; serde skips the rest without building a tree.
 #[derive(serde::Deserialize)]
-struct ModelField<'a> {
+pub(crate) struct ModelField<'a> {
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    pub(crate) model: Option<Cow<'a, str>>,
 }
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the proxy sets.

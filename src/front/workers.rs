@@ -5,8 +5,12 @@
 
 use std::io;
 
+use std::sync::Arc;
+
 use axum::Router;
 use tokio::sync::{mpsc, watch};
+
+use super::App;
 
 /// The running front threads.
 pub struct FrontWorkers {
@@ -14,17 +18,21 @@ pub struct FrontWorkers {
     running: usize,
 }
 
-/// Starts `threads` threads serving `router` on `listener` until `stop` turns true.
+/// Starts `threads` threads serving the front on `listener` until `stop` turns true
+/// (see [`super::conn::serve`] for `app`, `router` and `health_endpoint`).
 pub fn spawn(
     listener: std::net::TcpListener,
     threads: usize,
+    app: Arc<App>,
     router: Router,
+    health_endpoint: &str,
     stop: watch::Receiver<bool>,
 ) -> io::Result<FrontWorkers> {
     let (tx, exits) = mpsc::unbounded_channel();
     for i in 0..threads.max(1) {
         let listener = listener.try_clone()?;
-        let router = router.clone();
+        let (app, router) = (app.clone(), router.clone());
+        let health_endpoint = health_endpoint.to_string();
         let mut stop = stop.clone();
         let tx = tx.clone();
         std::thread::Builder::new()
@@ -36,10 +44,11 @@ pub fn spawn(
                     .and_then(|rt| {
                         rt.block_on(async move {
                             let listener = tokio::net::TcpListener::from_std(listener)?;
-                            super::serve(listener, router, async move {
+                            let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
-                            })
-                            .await
+                            };
+                            super::conn::serve(listener, app, router, &health_endpoint, stopped)
+                                .await
                         })
                     });
                 let _ = tx.send(result);
