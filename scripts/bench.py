@@ -9,7 +9,8 @@ router is what is measured):
   litellm   (BENCH_PEERS=1) LiteLLM proxy with the engines as hosted_vllm/ models
 
 Writes bench-results/results.json and bench-results/results.md. Loopback only; every run
-is bounded in time. Environment: BENCH_DURATION (10), BENCH_WARMUP (2), BENCH_PEERS (0),
+is bounded in time. Environment: BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_ROUNDS (3: the
+targets take turns this many times and each one's median round is reported), BENCH_PEERS (0),
 BENCH_CONCURRENCY ("1,16,64,256"),
 BENCH_TARGETS, BENCH_MODES ("completions,chat"), BENCH_STREAMS ("plain,stream"), BENCH_QUICK=1
 (the matrix alone).
@@ -32,8 +33,9 @@ from datetime import datetime, timezone
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 OUT = os.path.join(ROOT, "bench-results")
-DURATION = float(os.environ.get("BENCH_DURATION", "10"))
-WARMUP = float(os.environ.get("BENCH_WARMUP", "2"))
+DURATION = float(os.environ.get("BENCH_DURATION", "5"))
+WARMUP = float(os.environ.get("BENCH_WARMUP", "1"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 PEERS = os.environ.get("BENCH_PEERS") == "1"
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64,256").split(",")]
 TARGETS = os.environ.get("BENCH_TARGETS", "direct,modelmux,nginx,litellm").split(",")
@@ -211,6 +213,23 @@ def start_litellm(ports, workdir):
     return p, port
 
 
+def one_run(target, targets, ports, port, path, bodies, c, stream, pids):
+    """One loadgen run against one target; the proxy's CPU time per request when known."""
+    if target == "direct":
+        urls, bodies = [f"http://127.0.0.1:{ports[0]}{path}"], bodies[:1]
+    elif target == "modelmux":
+        urls = [f"http://127.0.0.1:{port}{path}"]
+    elif target == "nginx":
+        urls = [f"http://127.0.0.1:{targets['nginx']}/m{i}{path}" for i in (0, 1)]
+    else:
+        urls = [f"http://127.0.0.1:{targets['litellm']}{path}"]
+    cpu0 = tree_cpu_seconds(pids[target]) if target in pids else 0.0
+    r = loadgen(urls, bodies, c, stream, target)
+    if target in pids and r["requests"]:
+        r["cpu_us_per_req"] = (tree_cpu_seconds(pids[target]) - cpu0) / r["requests"] * 1e6
+    return r
+
+
 def matrix(work, results):
     models = [mock_model("m0"), mock_model("m1")]
     port = free_port()
@@ -245,33 +264,31 @@ def matrix(work, results):
             continue
         for stream in STREAMS:
             for c in CONCURRENCY:
-                for target in targets:
-                    bodies = []
-                    for name in ("m0", "m1"):
-                        b = {"model": name, "max_tokens": 16}
-                        if mode == "chat":
-                            b["messages"] = [{"role": "user", "content": "Hello"}]
-                        else:
-                            b["prompt"] = "Hello"
-                        if stream:
-                            b["stream"] = True
-                        bodies.append(b)
-                    if target == "direct":
-                        urls, bodies = [f"http://127.0.0.1:{ports[0]}{path}"], bodies[:1]
-                    elif target == "modelmux":
-                        urls = [f"http://127.0.0.1:{port}{path}"]
-                    elif target == "nginx":
-                        urls = [f"http://127.0.0.1:{targets['nginx']}/m0{path}", f"http://127.0.0.1:{targets['nginx']}/m1{path}"]
+                bodies = []
+                for name in ("m0", "m1"):
+                    b = {"model": name, "max_tokens": 16}
+                    if mode == "chat":
+                        b["messages"] = [{"role": "user", "content": "Hello"}]
                     else:
-                        urls = [f"http://127.0.0.1:{targets['litellm']}{path}"]
-                    cpu0 = tree_cpu_seconds(pids[target]) if target in pids else 0.0
-                    r = loadgen(urls, bodies, c, stream, target)
-                    r.update(mode=mode, target=target)
-                    if target in pids and r["requests"]:
-                        cpu = tree_cpu_seconds(pids[target]) - cpu0
-                        r["cpu_us_per_req"] = cpu / r["requests"] * 1e6
-                    runs.append(r)
-                    print(json.dumps(r), flush=True)
+                        b["prompt"] = "Hello"
+                    if stream:
+                        b["stream"] = True
+                    bodies.append(b)
+                # Targets take turns, round after round, so that the machine's slow and fast
+                # moments fall on all of them; each target's median round is reported.
+                rounds = {t: [] for t in targets}
+                for rnd in range(ROUNDS):
+                    for target in targets:
+                        if target == "litellm" and rnd > 0:
+                            continue  # hundreds of times slower: one round says enough
+                        r = one_run(target, targets, ports, port, path, bodies, c, stream, pids)
+                        r.update(mode=mode, target=target, round=rnd)
+                        rounds[target].append(r)
+                        print(json.dumps(r), flush=True)
+                for target, rs in rounds.items():
+                    median = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
+                    median["rps_rounds"] = [round(r["rps"]) for r in rs]
+                    runs.append(median)
     results["runs"] = runs
     results["rss_peak_load_mib"] = proc_status(mm.pid, "VmHWM")
 
@@ -358,8 +375,8 @@ def table(results):
     for mode in MODES:
         for stream in STREAMS:
             lines.append(f"\n### {mode}, {'streaming (16 chunks)' if stream else 'non-streaming'}\n")
-            head = "| conc | target | req/s | p50 ms | p90 ms | p99 ms | max ms |"
-            sep = "|---:|---|---:|---:|---:|---:|---:|"
+            head = "| conc | target | req/s | rounds (k req/s) | p50 ms | p90 ms | p99 ms | max ms |"
+            sep = "|---:|---|---:|---|---:|---:|---:|---:|"
             if stream:
                 head += " TTFB p50 | TTFB p99 |"
                 sep += "---:|---:|"
@@ -373,7 +390,8 @@ def table(results):
                     r = by.get((mode, stream, c, t))
                     if not r:
                         continue
-                    row = f"| {c} | {t} | {r['rps']:.0f} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.1f} |"
+                    rr = " / ".join(f"{x / 1000:.1f}" for x in r.get("rps_rounds", []))
+                    row = f"| {c} | {t} | {r['rps']:.0f} | {rr} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.1f} |"
                     if stream:
                         row += f" {r['ttfb_p50_ms']:.3f} | {r['ttfb_p99_ms']:.3f} |"
                     added = "" if t == "direct" or not d else f"+{r['p50_ms'] - d['p50_ms']:.3f} / +{r['p99_ms'] - d['p99_ms']:.3f}"
@@ -418,7 +436,9 @@ def main():
           f"\nScale: {results['scale']['models']} models ready in {results['scale']['all_ready_s']:.2f} s, "
           f"{results['scale']['routed_ok']} routed correctly, RSS {results['scale']['rss_mib']:.1f} MiB.",
           table(results)]
-    md.append("\nCPU µs/req: the proxy's user+system CPU time (nginx: master and workers) per request.")
+    md.append(f"\nEach row is the target's median of {ROUNDS} rounds (LiteLLM: one), the targets taking "
+              "turns; *rounds* lists every round's req/s. CPU µs/req: the proxy's user+system CPU "
+              "time (nginx: master and workers) per request.")
     text = "\n".join(md) + "\n"
     with open(os.path.join(OUT, "results.md"), "w") as f:
         f.write(text)

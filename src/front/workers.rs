@@ -29,7 +29,8 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
 ) -> io::Result<FrontWorkers> {
     let (tx, exits) = mpsc::unbounded_channel();
-    for i in 0..threads.max(1) {
+    let seats = super::conn::balance::Balance::seats(threads.max(1));
+    for (i, seat) in seats.into_iter().enumerate() {
         let listener = listener.try_clone()?;
         let (app, router) = (app.clone(), router.clone());
         let health_endpoint = health_endpoint.to_string();
@@ -47,8 +48,8 @@ pub fn spawn(
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            super::conn::serve(listener, app, router, &health_endpoint, stopped)
-                                .await
+                            let health = &health_endpoint;
+                            super::conn::serve(listener, seat, app, router, health, stopped).await
                         })
                     });
                 let _ = tx.send(result);

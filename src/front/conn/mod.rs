@@ -9,9 +9,11 @@
 //! - [`request`]: parsing a request and deciding whether to take it.
 //! - [`exchange`]: one request through to an engine and back.
 //! - [`response`], [`framing`]: the engine's head rewritten, the end of its body found.
+//! - [`balance`]: new connections go to the front thread with the fewest.
 //! - [`engines`]: idle engine connections, per front thread.
 //! - [`rewind`]: read bytes put back for hyper.
 
+pub mod balance;
 pub mod engines;
 pub mod exchange;
 pub mod framing;
@@ -57,10 +59,12 @@ impl Front {
 }
 
 /// Serves the front on `listener` until `shutdown` resolves, then waits for the requests
-/// under way (the caller bounds how long). `router` answers what the pass-through path
-/// hands over; `health_endpoint` is routed there too.
+/// under way (the caller bounds how long). `seat` is this thread's place among the front
+/// threads; `router` answers what the pass-through path hands over; `health_endpoint` is
+/// routed there too.
 pub async fn serve(
     listener: TcpListener,
+    mut seat: balance::Seat,
     app: Arc<App>,
     router: Router,
     health_endpoint: &str,
@@ -84,10 +88,13 @@ pub async fn serve(
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let placed = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    seat.place(stream)
+                }
                 Err(e) => {
                     // Out of file descriptors or similar: wait rather than spin.
                     tracing::warn!("accepting a connection failed: {e}");
@@ -95,12 +102,15 @@ pub async fn serve(
                     continue;
                 }
             },
+            handed = seat.handed() => handed,
         };
-        let _ = stream.set_nodelay(true);
+        let Some((stream, open)) = placed else {
+            continue;
+        };
         let (front, stop, done) = (front.clone(), stop_rx.clone(), done_tx.clone());
         tokio::spawn(async move {
             connection(stream, &front, stop).await;
-            drop(done);
+            drop((open, done));
         });
     }
     drop(listener);
