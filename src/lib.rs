@@ -15,7 +15,7 @@
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
 //! - [`state`]: the snapshot of model states the front reads.
-//! - [`front`]: the OpenAI-compatible HTTP front.
+//! - [`front`]: the OpenAI-compatible HTTP front (pass-through path, then hyper for the rest).
 //! - [`observability`]: logging and metrics.
 //! - [`serve`] and [`cli`]: the commands that tie it together.
 
