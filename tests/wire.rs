@@ -212,6 +212,25 @@ fn requests_in_pieces_and_streams_keep_the_connection_in_step() {
 }
 
 #[test]
+fn large_bodies_pass_whole_and_the_connection_goes_on() {
+    let m = two_models();
+    let mut w = Wire::connect(m.port);
+    let prompt = "x".repeat(2 * 1024 * 1024);
+    let body = format!(r#"{{"model": "beta", "prompt": "{prompt}"}}"#);
+    w.send(&post("/v1/completions", "", &body));
+    let a = w.answer();
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        a.header("x-mock-body-bytes"),
+        Some(body.len().to_string().as_str())
+    );
+    w.send(&post("/v1/completions", "", r#"{"model": "alpha"}"#));
+    let b = w.answer();
+    assert_eq!(b.header("x-mock-served-by"), Some("alpha"));
+    assert_eq!(b.header("x-mock-body-bytes"), Some("18"));
+}
+
+#[test]
 fn per_hop_headers_stop_at_the_front() {
     let m = two_models();
     let mut w = Wire::connect(m.port);

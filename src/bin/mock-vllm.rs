@@ -21,7 +21,8 @@
 //! `mock_exit` (exit at once without an answer).
 //!
 //! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
-//! `x-mock-request-id`, `x-mock-host` and `x-mock-header-names` (every request header name).
+//! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
+//! `x-mock-body-bytes`.
 
 use std::io::Write;
 use std::pin::Pin;
@@ -194,6 +195,8 @@ async fn run(args: Vec<String>) -> i32 {
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .fallback(answer)
+        // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(mock);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -236,6 +239,7 @@ fn error(status: StatusCode, message: String) -> Response {
 }
 
 async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let body_len = body.len();
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req
         .get("model")
@@ -281,6 +285,7 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     if let Some(host) = headers.get(header::HOST) {
         h.insert("x-mock-host", host.clone());
     }
+    h.insert("x-mock-body-bytes", HeaderValue::from(body_len));
     let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
     if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
         h.insert("x-mock-header-names", v);

@@ -20,6 +20,9 @@ use crate::front::errors::error_body;
 const MAX_EARLY: usize = 64 * 1024;
 /// Room made in a buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
+/// A buffer that grew past this for one large request or response is let go afterwards,
+/// so that idle keep-alive connections do not each hold the largest body they ever saw.
+pub const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// What the connection does after an exchange.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,6 +44,21 @@ pub struct Scratch {
     head: Vec<u8>,
     /// Bytes the client sent while its response was under way.
     pub early: BytesMut,
+}
+
+impl Scratch {
+    /// Lets go of buffers that grew past [`KEEP_CAPACITY`].
+    pub fn shrink(&mut self) {
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = Vec::new();
+        }
+        if self.head.capacity() > KEEP_CAPACITY {
+            self.head = Vec::new();
+        }
+        if self.engine.capacity() > KEEP_CAPACITY {
+            self.engine = BytesMut::new();
+        }
+    }
 }
 
 /// Why an engine gave no usable response head.

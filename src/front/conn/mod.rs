@@ -136,6 +136,10 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                     buf.advance(fwd.len);
                     buf.extend_from_slice(&scratch.early);
                     scratch.early.clear();
+                    scratch.shrink();
+                    if buf.is_empty() && buf.capacity() > exchange::KEEP_CAPACITY {
+                        buf = BytesMut::with_capacity(READ_SIZE);
+                    }
                     if next == Next::Close || (buf.is_empty() && *stop.borrow()) {
                         return;
                     }
