@@ -231,6 +231,27 @@ fn large_bodies_pass_whole_and_the_connection_goes_on() {
 }
 
 #[test]
+fn idle_keep_alive_connections_do_not_hold_up_shutdown() {
+    let mut m = Setup::new(&[("alpha", json!({}))])
+        .env("MODELMUX_SHUTDOWN_GRACE", "30")
+        .start();
+    m.wait_ready(T);
+    let mut idle = Wire::connect(m.port);
+    idle.send(&post("/v1/completions", "", r#"{"model": "alpha"}"#));
+    assert_eq!(idle.answer().status, 200);
+    let mut handed_over = Wire::connect(m.port);
+    handed_over.send(b"GET /livez HTTP/1.1\r\nHost: f\r\n\r\n");
+    assert_eq!(handed_over.answer().status, 200);
+
+    let asked = std::time::Instant::now();
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.wait_exit(T), Some(0));
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert!(idle.closed() && handed_over.closed());
+}
+
+#[test]
 fn per_hop_headers_stop_at_the_front() {
     let m = two_models();
     let mut w = Wire::connect(m.port);
