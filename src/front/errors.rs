@@ -6,14 +6,7 @@ use axum::response::Response;
 
 /// An error response with OpenAI's JSON shape.
 pub fn error(status: StatusCode, message: &str) -> Response {
-    Response::builder()
-        .status(status)
-        .header(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )
-        .body(Body::from(error_body(status, message)))
-        .expect("valid JSON response")
+    json_text(status, error_body(status, message))
 }
 
 /// The JSON body of an error response.
@@ -36,13 +29,17 @@ pub fn error_body(status: StatusCode, message: &str) -> String {
 
 /// A JSON response.
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response {
+    json_text(status, body.to_string())
+}
+
+fn json_text(status: StatusCode, body: String) -> Response {
     Response::builder()
         .status(status)
         .header(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )
-        .body(Body::from(body.to_string()))
+        .body(Body::from(body))
         .expect("valid JSON response")
 }
 

@@ -25,22 +25,24 @@ pub(crate) struct ModelField<'a> {
     pub(crate) model: Option<Cow<'a, str>>,
 }
 
-/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the proxy sets.
+/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), plus those the proxy
+/// sets itself; lower case.
+pub(crate) const HOP_HEADERS: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
 fn is_hop_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+    HOP_HEADERS.contains(&name.as_str())
 }
 
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {

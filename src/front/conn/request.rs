@@ -6,6 +6,7 @@
 use std::ops::Range;
 
 use super::Front;
+use crate::front::proxy::HOP_HEADERS;
 use crate::front::{auth, route};
 use crate::state::{Lookup, Phase};
 
@@ -56,24 +57,10 @@ impl RequestId {
     }
 }
 
-/// Headers that describe one hop, not the request (RFC 9110 §7.6.1), and those this
-/// path sets itself.
+/// Headers not passed to the engine: the hop-by-hop ones, and `X-Request-Id`, set here.
 fn not_passed_on(name: &str) -> bool {
-    const SKIP: [&str; 12] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "x-request-id",
-    ];
-    SKIP.iter().any(|s| s.eq_ignore_ascii_case(name))
+    name.eq_ignore_ascii_case("x-request-id")
+        || HOP_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Offset of `part` (a slice of `whole`) within `whole`.

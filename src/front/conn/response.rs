@@ -35,7 +35,8 @@ pub struct Head {
     pub close: bool,
 }
 
-/// Headers about this hop only, and those replaced here.
+/// Headers about this hop only, and those replaced here. Unlike on the request side,
+/// `Transfer-Encoding`, `Trailer` and `Content-Length` stay: the body passes through as framed.
 fn dropped(name: &str) -> bool {
     const DROP: [&str; 7] = [
         "connection",
