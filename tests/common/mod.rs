@@ -2,6 +2,7 @@
 //! timeouts and clean-up on drop.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod tools;
 
 use std::collections::BTreeMap;
