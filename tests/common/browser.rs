@@ -1,6 +1,6 @@
 //! A headless Chromium driven through chromedriver's WebDriver protocol (plain HTTP and
 //! JSON, so no client library is needed). The driver runs in a process group of its own
-//! that is killed on drop, browser included, even when a test fails.
+//! that is killed when the [`Browser`] is dropped or its start fails, browser included.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -11,9 +11,21 @@ use serde_json::{Value, json};
 
 use super::{HttpClient, client, free_port, request};
 
+/// chromedriver's process group (the browser included), killed on drop: from the moment it
+/// is spawned, so that a failed start leaves nothing behind either.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
 /// One chromedriver with one browser session.
 pub struct Browser {
-    driver: Child,
+    _driver: Driver,
     base: String,
     session: String,
     http: HttpClient,
@@ -25,14 +37,16 @@ impl Browser {
     /// the flags that work on a machine without a network or a display.
     pub async fn start(chromium: &Path, chromedriver: &Path, width: u32, height: u32) -> Self {
         let port = free_port();
-        let driver = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromedriver");
+        let driver = Driver(
+            Command::new(chromedriver)
+                .arg(format!("--port={port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("start chromedriver"),
+        );
         let profile = tempfile::tempdir().unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let http = client();
@@ -69,7 +83,7 @@ impl Browser {
             },
         }}});
         let mut browser = Browser {
-            driver,
+            _driver: driver,
             base,
             session: String::new(),
             http,
@@ -152,14 +166,6 @@ impl Browser {
             "",
         )
         .await;
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.driver.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.driver.wait();
     }
 }
 
