@@ -68,7 +68,7 @@ fn raise_open_files_limit() {
 
 /// The engine program must exist before anything starts: otherwise every model would
 /// crash-loop through its restart budget and the real cause would hide in the logs.
-fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError> {
+pub fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         p.metadata()

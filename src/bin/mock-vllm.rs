@@ -16,6 +16,8 @@
 //!   ready_unix}` (`ready_unix`: when `/health` turns 200).
 //! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `cancelled`, ...).
 //! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
+//! - `MOCK_METRICS_DELAY_MS`: `GET /metrics` (vLLM V1's metrics, see `mock-vllm/metrics.rs`)
+//!   answers after this long; `--max-num-seqs N` lets N requests run at once, the rest wait.
 //!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
 //! `mock_exit` (exit at once without an answer).
@@ -39,6 +41,9 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+#[path = "mock-vllm/metrics.rs"]
+mod metrics;
+
 struct Mock {
     names: Vec<String>,
     loras: Vec<String>,
@@ -49,6 +54,7 @@ struct Mock {
     chunk_delay: u64,
     response_delay: u64,
     events: Option<String>,
+    metrics: Arc<metrics::EngineMetrics>,
 }
 
 fn env_ms(name: &str) -> Option<u64> {
@@ -155,7 +161,11 @@ async fn run(args: Vec<String>) -> i32 {
         }
     };
     eprintln!("mock-vllm: serving {names:?} on {host}:{port}");
+    let max_num_seqs = flag_values(&args, "--max-num-seqs").pop();
+    let counters =
+        metrics::EngineMetrics::new(&names[0], max_num_seqs.and_then(|v| v.parse().ok()));
     let mock = Arc::new(Mock {
+        metrics: Arc::new(counters),
         names,
         loras,
         started,
@@ -194,6 +204,7 @@ async fn run(args: Vec<String>) -> i32 {
     let app = Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
+        .route("/metrics", get(engine_metrics))
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -220,6 +231,18 @@ async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     }
+}
+
+async fn engine_metrics(State(m): State<Arc<Mock>>) -> Response {
+    let text = m.metrics.render().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn models(State(m): State<Arc<Mock>>) -> Response {
@@ -258,15 +281,26 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     }
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);
+    let mut run = m.metrics.begin().await;
     let mut resp = if req.get("stream").and_then(Value::as_bool) == Some(true) {
         let chunks = num("mock_chunks").unwrap_or(m.chunks);
         let delay = num("mock_delay_ms").unwrap_or(m.chunk_delay);
         let die_after = num("mock_die_after_chunks");
-        stream(m.clone(), path.clone(), model, chunks, delay, die_after)
+        stream(
+            m.clone(),
+            path.clone(),
+            model,
+            chunks,
+            delay,
+            die_after,
+            run,
+        )
     } else {
         if m.response_delay > 0 {
             tokio::time::sleep(Duration::from_millis(m.response_delay)).await;
         }
+        run.generated(4);
+        run.finish();
         axum::Json(completion(&path, &model)).into_response()
     };
     let h = resp.headers_mut();
@@ -335,6 +369,7 @@ fn stream(
     chunks: u64,
     delay: u64,
     die_after: Option<u64>,
+    mut run: metrics::Running,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
@@ -362,6 +397,7 @@ fn stream(
                 event(&m.events, "cancelled");
                 return;
             }
+            run.generated(1);
         }
         if tx
             .send(Bytes::from_static(b"data: [DONE]\n\n"))
@@ -369,6 +405,8 @@ fn stream(
             .is_err()
         {
             event(&m.events, "cancelled");
+        } else {
+            run.finish();
         }
     });
     Response::builder()

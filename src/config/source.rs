@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::{ConfigError, RawConfig};
+use super::{ConfigError, RawConfig, checks};
 
 /// Which input supplied the models.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -63,6 +63,8 @@ pub struct RawModel {
     pub env: BTreeMap<String, String>,
     /// Served name when `params` has no `--served-model-name`.
     pub default_name: String,
+    /// Worth a warning but not an error: unknown keys or values, with the nearest known.
+    pub warnings: Vec<String>,
 }
 
 /// Picks the source by precedence (`--config`, `MULTI_MODEL_CONFIG`, OCI metadata,
@@ -103,6 +105,7 @@ pub fn read_models(raw: &RawConfig) -> Result<(ConfigSource, Vec<RawModel>), Con
             adapters: Vec::new(),
             env: BTreeMap::new(),
             default_name: "odsc-llm".into(),
+            warnings: Vec::new(),
         };
         return Ok((ConfigSource::SingleModel, vec![single]));
     }
@@ -217,6 +220,7 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
             "must be an object with model_path",
         ));
     };
+    checks::reject_nul(source, &origin, value)?;
     let model_path = match string_field(source, obj, &origin, "model_path")? {
         Some(p) if !p.trim().is_empty() => p.trim().to_string(),
         Some(_) => {
@@ -255,15 +259,18 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(vars)) => vars
             .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                Value::Number(n) => Ok((k.clone(), n.to_string())),
-                Value::Bool(b) => Ok((k.clone(), b.to_string())),
-                _ => Err(ConfigError::field(
-                    source,
-                    format!("{origin}.env.{k}"),
-                    "must be a string, number or boolean",
-                )),
+            .map(|(k, v)| {
+                checks::env_name(source, &origin, k)?;
+                match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::Number(n) => Ok((k.clone(), n.to_string())),
+                    Value::Bool(b) => Ok((k.clone(), b.to_string())),
+                    _ => Err(ConfigError::field(
+                        source,
+                        format!("{origin}.env.{k}"),
+                        "must be a string, number or boolean",
+                    )),
+                }
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
@@ -279,6 +286,7 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         params: string_field(source, obj, &origin, "params")?.unwrap_or_default(),
         model_id: string_field(source, obj, &origin, "model_id")?,
         model_task: string_field(source, obj, &origin, "model_task")?,
+        warnings: checks::model_warnings(&origin, obj),
         origin,
         model_path,
         adapters,
