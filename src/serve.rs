@@ -202,7 +202,10 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         Outcome::Signal(name) => {
             tracing::info!("{name} received; shutting down (send it again to kill at once)")
         }
-        Outcome::Failed(f) => tracing::error!("{f}; shutting down (MODELMUX_ON_FAILURE=exit)"),
+        Outcome::Failed(f) => tracing::error!(
+            "model {} failed; shutting down (MODELMUX_ON_FAILURE=exit)",
+            f.model
+        ),
         Outcome::FrontDied(why) => tracing::error!("{why}; shutting down"),
     }
 
