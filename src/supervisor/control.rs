@@ -129,7 +129,11 @@ impl Guarded {
                 Event::Exited(e) => exit = Some(e),
                 Event::Gone => break,
                 Event::Lost => {
-                    tracing::warn!(pid = self.pid, guardian = self.guardian, "the engine's guardian is gone; killing what is left of the engine");
+                    tracing::warn!(
+                        pid = self.pid,
+                        guardian = self.guardian,
+                        "the engine's guardian is gone; killing what is left of the engine"
+                    );
                     super::group::signal_group(self.pid, Signal::SIGKILL);
                     sweep_strays(reaper).await;
                     break;
@@ -146,7 +150,11 @@ impl Guarded {
 
 fn parse(line: &str) -> Option<Event> {
     let mut words = line.split_whitespace();
-    match (words.next()?, words.next(), words.next().map(str::parse::<i32>)) {
+    match (
+        words.next()?,
+        words.next(),
+        words.next().map(str::parse::<i32>),
+    ) {
         ("exit", Some("code"), Some(Ok(c))) => Some(Event::Exited(Exit::Code(c))),
         ("exit", Some("signal"), Some(Ok(s))) => Some(Event::Exited(Exit::Signal(s))),
         ("gone", _, _) => Some(Event::Gone),
@@ -175,7 +183,10 @@ pub async fn sweep_strays(reaper: &Reaper) {
             })
             .collect();
         if !strays.is_empty() {
-            tracing::warn!(count = strays.len(), "killing processes of engines whose guardian is gone");
+            tracing::warn!(
+                count = strays.len(),
+                "killing processes of engines whose guardian is gone"
+            );
             tree::signal_all(&strays, Signal::SIGKILL);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -126,8 +126,7 @@ impl EngineTask {
         let mut ever_ready = false;
         loop {
             tail.clear();
-            let (reason, exit, ready_for, engine, pumps) = match self.run_once(&name, &tail).await
-            {
+            let (reason, exit, ready_for, engine, pumps) = match self.run_once(&name, &tail).await {
                 RunEnd::Shutdown => return,
                 RunEnd::Ended {
                     reason,
@@ -249,7 +248,9 @@ impl EngineTask {
             exit,
         } = match self.reaper.spawn(req).await {
             Ok(s) => s,
-            Err(e) => return not_started(format!("could not be started ({program}: {e})"), Vec::new()),
+            Err(e) => {
+                return not_started(format!("could not be started ({program}: {e})"), Vec::new());
+            }
         };
         let pumps: Pumps = vec![
             tokio::process::ChildStdout::from_std(stdout)
@@ -259,7 +260,9 @@ impl EngineTask {
         ];
         let mut engine = match Guarded::attach(control, guardian, exit).await {
             Ok(g) => g,
-            Err(why) => return not_started(format!("could not be started ({program}: {why})"), pumps),
+            Err(why) => {
+                return not_started(format!("could not be started ({program}: {why})"), pumps);
+            }
         };
         let pid = engine.pid;
         tracing::info!(model = %name, pid, guardian, port = self.launch.port, gpus = %self.launch.gpus.join(","), "engine started");
@@ -312,7 +315,11 @@ impl EngineTask {
         tracing::info!(model = %name, pid, "ready after {:.1} s", (ready_at - started).as_secs_f64());
         let entries = self
             .prober
-            .models(self.launch.port, engine_api_key(&self.launch).as_deref(), Duration::from_secs(5))
+            .models(
+                self.launch.port,
+                engine_api_key(&self.launch).as_deref(),
+                Duration::from_secs(5),
+            )
             .await;
         if entries.is_none() {
             tracing::warn!(model = %name, pid, "the engine's /v1/models did not answer; /v1/models shows modelmux's own entries for it");
@@ -390,7 +397,11 @@ fn engine_api_key(launch: &ModelLaunch) -> Option<String> {
     let from_flag = argv.iter().enumerate().find_map(|(i, a)| {
         a.strip_prefix("--api-key=")
             .map(str::to_string)
-            .or_else(|| (a == "--api-key").then(|| argv.get(i + 1).cloned()).flatten())
+            .or_else(|| {
+                (a == "--api-key")
+                    .then(|| argv.get(i + 1).cloned())
+                    .flatten()
+            })
     });
     from_flag
         .or_else(|| launch.env.get("VLLM_API_KEY").cloned())

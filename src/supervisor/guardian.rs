@@ -78,10 +78,17 @@ fn run(grace: Duration, argv: &[OsString]) -> ExitCode {
     unsafe { nix::libc::fcntl(CONTROL_FD, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) };
     let _ = nix::sys::prctl::set_name(c"mmx-guardian");
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-        eprintln!("{NAME}: cannot become a child subreaper ({e}); orphans of the engine may escape");
+        eprintln!(
+            "{NAME}: cannot become a child subreaper ({e}); orphans of the engine may escape"
+        );
     }
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
         mask.add(s);
     }
     let signals = match mask

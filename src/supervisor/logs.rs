@@ -108,9 +108,13 @@ pub fn is_exception(msg: &str) -> bool {
 /// True for uvicorn's access line of a request modelmux itself makes (health probes, the
 /// `/v1/models` fetch, metrics scrapes): clients never reach these engine paths.
 fn is_own_probe(body: &str) -> bool {
-    ["\"GET /health HTTP/", "\"GET /v1/models HTTP/", "\"GET /metrics HTTP/"]
-        .iter()
-        .any(|p| body.contains(p))
+    [
+        "\"GET /health HTTP/",
+        "\"GET /v1/models HTTP/",
+        "\"GET /metrics HTTP/",
+    ]
+    .iter()
+    .any(|p| body.contains(p))
 }
 
 /// Gives each line of one stream its level; lines without one (a traceback printed by
@@ -205,7 +209,7 @@ impl Tail {
             .clone()
             .find(|m| is_exception(m) && !m.contains("root cause above"))
             .or_else(|| messages.clone().find(|m| m.contains(": error: ")))
-            .or_else(|| messages.clone().last())
+            .or_else(|| messages.clone().next_back())
             .map(str::to_string);
         Excerpt {
             root_cause,
@@ -270,9 +274,15 @@ pub fn pump(
             }
             let level = classifier.classify(line);
             match level {
-                Level::Error => tracing::error!(target: "engine", model = %model, stream = s, "{line}"),
-                Level::Warn => tracing::warn!(target: "engine", model = %model, stream = s, "{line}"),
-                Level::Info => tracing::info!(target: "engine", model = %model, stream = s, "{line}"),
+                Level::Error => {
+                    tracing::error!(target: "engine", model = %model, stream = s, "{line}")
+                }
+                Level::Warn => {
+                    tracing::warn!(target: "engine", model = %model, stream = s, "{line}")
+                }
+                Level::Info => {
+                    tracing::info!(target: "engine", model = %model, stream = s, "{line}")
+                }
                 Level::Debug => {
                     tracing::debug!(target: "engine", model = %model, stream = s, "{line}");
                     continue;
@@ -320,13 +330,12 @@ mod tests {
                 "Traceback (most recent call last):",
                 "  File \"x.py\", line 1, in <module>",
                 "ValueError: Available memory 1.0 GiB is less than requested memory for kv cache",
-                "",
                 "The above exception was the direct cause of the following exception:",
                 "RuntimeError: Engine core initialization failed. See root cause above.",
                 "/usr/lib/python3/x.py:12: FutureWarning: going away",
                 "api_server.py: error: unrecognized arguments: --no-such-flag",
             ]),
-            [Info, Info, Error, Error, Error, Info, Error, Error, Warn, Error]
+            [Info, Info, Error, Error, Error, Error, Error, Warn, Error]
         );
     }
 
@@ -347,16 +356,24 @@ mod tests {
     #[test]
     fn the_root_cause_is_the_first_real_exception_of_either_stream() {
         let tail = Tail::default();
-        let mut out = Classifier::default();
-        let mut err = Classifier::default();
-        for (c, line) in [
-            (&mut out, "INFO 01-15 10:00:00 [core.py:1] loading"),
-            (&mut out, "(EngineCore_0 pid=9) ERROR 01-15 10:00:01 [core.py:2] Traceback (most recent call last):"),
-            (&mut out, "(EngineCore_0 pid=9) ERROR 01-15 10:00:01 [core.py:2] ValueError: Available memory is less than requested memory for kv cache"),
-            (&mut err, "Traceback (most recent call last):"),
-            (&mut err, "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"),
+        let mut streams = [Classifier::default(), Classifier::default()];
+        for (stream, line) in [
+            (0, "INFO 01-15 10:00:00 [core.py:1] loading"),
+            (
+                0,
+                "(EngineCore_0 pid=9) ERROR 01-15 10:00:01 [core.py:2] Traceback (most recent call last):",
+            ),
+            (
+                0,
+                "(EngineCore_0 pid=9) ERROR 01-15 10:00:01 [core.py:2] ValueError: Available memory is less than requested memory for kv cache",
+            ),
+            (1, "Traceback (most recent call last):"),
+            (
+                1,
+                "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+            ),
         ] {
-            let level = c.classify(line);
+            let level = streams[stream].classify(line);
             tail.push(level, line);
         }
         let x = tail.excerpt(10, 10);

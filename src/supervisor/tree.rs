@@ -39,7 +39,12 @@ pub fn processes() -> Vec<Proc> {
     };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| parse_stat(pid, &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?))
+        .filter_map(|pid| {
+            parse_stat(
+                pid,
+                &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
+            )
+        })
         .collect()
 }
 
@@ -114,7 +119,14 @@ mod tests {
 
     #[test]
     fn descendants_walk_the_whole_tree_and_skip_subtrees() {
-        let procs = [p(10, 1), p(11, 10), p(12, 11), p(13, 10), p(14, 13), p(20, 1)];
+        let procs = [
+            p(10, 1),
+            p(11, 10),
+            p(12, 11),
+            p(13, 10),
+            p(14, 13),
+            p(20, 1),
+        ];
         let mut all: Vec<i32> = descendants_in(&procs, 10, &HashSet::new())
             .iter()
             .map(|p| p.pid)
@@ -132,7 +144,10 @@ mod tests {
 
     #[test]
     fn this_process_sees_its_own_children() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let me = std::process::id() as i32;
         assert!(descendants(me).contains(&(child.id() as i32)));
         child.kill().unwrap();

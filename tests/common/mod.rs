@@ -28,6 +28,36 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Ports each test run gets: `PORT` and the engine ports after it (`PORT+1`, ...).
+pub const PORT_BLOCK: u16 = 16;
+
+/// A `PORT` whose block of [`PORT_BLOCK`] ports is free now. Blocks come from one counter
+/// per test process, below the kernel's ephemeral range (where client sockets would take
+/// engine ports), from a start that differs between processes, so tests running at once
+/// do not share engine ports.
+pub fn port_block() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20000;
+    const HIGH: u32 = 32000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let slots = (HIGH - LOW) / u32::from(PORT_BLOCK);
+    let seed = std::process::id().wrapping_mul(2654435761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    for _ in 0..slots {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let slot = (seed.wrapping_add(n)) % slots;
+        let base = (LOW + slot * u32::from(PORT_BLOCK)) as u16;
+        let free = (base..base + PORT_BLOCK).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free block of {PORT_BLOCK} ports in {LOW}..{HIGH}");
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -124,7 +154,7 @@ impl Setup {
 
     pub fn start(self) -> Modelmux {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = port_block();
         let mut child = self
             .command(dir.path(), port)
             .spawn()
