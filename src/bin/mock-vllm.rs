@@ -31,7 +31,7 @@
 //! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
 //!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
-//! `mock_exit` (exit at once without an answer).
+//! `mock_exit` (exit at once without an answer, with `mock_exit_code`, default 1).
 //!
 //! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
 //! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
@@ -403,7 +403,11 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     }
     if req.get("mock_exit").and_then(Value::as_bool) == Some(true) {
         eprintln!("mock-vllm: exiting without an answer as asked (mock_exit)");
-        std::process::exit(1);
+        let code = req
+            .get("mock_exit_code")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        std::process::exit(code as i32);
     }
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);

@@ -135,7 +135,8 @@ impl Guarded {
                         "the engine's guardian is gone; killing what is left of the engine"
                     );
                     super::group::signal_group(self.pid, Signal::SIGKILL);
-                    sweep_strays(reaper).await;
+                    // Orphans arrive as their parents die: look a few times.
+                    sweep_strays(reaper, 5).await;
                     break;
                 }
             }
@@ -166,11 +167,13 @@ fn parse(line: &str) -> Option<Event> {
 /// longer under a guardian (its guardian was killed): modelmux is a subreaper, so such
 /// orphans come to it. Processes without this run's mark (in a container, whatever else
 /// PID 1 inherits) are left alone.
-pub async fn sweep_strays(reaper: &Reaper) {
+pub async fn sweep_strays(reaper: &Reaper, rounds: usize) {
     let me = std::process::id() as i32;
     let mark = format!("{}={}", super::reaper::RUN_VAR, super::reaper::run_id());
-    // Orphans arrive as their parents die: look a few times.
-    for _ in 0..5 {
+    for round in 0..rounds {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let guardians = reaper.children();
         let procs = tree::processes();
         let strays: Vec<i32> = procs
@@ -189,7 +192,6 @@ pub async fn sweep_strays(reaper: &Reaper) {
             );
             tree::signal_all(&strays, Signal::SIGKILL);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

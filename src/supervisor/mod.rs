@@ -88,6 +88,6 @@ impl Supervisor {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
-        control::sweep_strays(&self.reaper).await;
+        control::sweep_strays(&self.reaper, 1).await;
     }
 }
