@@ -13,6 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::reaper::{Exit, Reaper};
 use super::tree;
 
+/// How long to wait for the guardian after asking it to SIGKILL everything.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 /// What a guardian reports after the engine's pid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -113,14 +116,22 @@ impl Guarded {
         if self.finished {
             return exit;
         }
-        let deadline = tokio::time::Instant::now() + limit;
+        let mut deadline = tokio::time::Instant::now() + limit;
         let mut killed = false;
         loop {
             let event = tokio::select! {
                 e = self.next() => e,
-                _ = tokio::time::sleep_until(deadline), if !killed => {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if killed {
+                        // Something SIGKILL cannot end yet (stuck in the kernel): do not hang
+                        // the restart or the shutdown on it; the guardian keeps trying.
+                        let left = tree::descendants(self.guardian as i32);
+                        tracing::error!(pid = self.pid, "processes of the engine survive SIGKILL: {left:?}");
+                        break;
+                    }
                     tracing::warn!(pid = self.pid, "the engine's processes are still there after {:.0} s; killing them", limit.as_secs_f64());
                     killed = true;
+                    deadline += KILL_WAIT;
                     self.kill().await;
                     continue;
                 }

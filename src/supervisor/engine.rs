@@ -249,7 +249,8 @@ impl EngineTask {
         } = match self.reaper.spawn(req).await {
             Ok(s) => s,
             Err(e) => {
-                return not_started(format!("could not be started ({program}: {e})"), Vec::new());
+                let reason = format!("could not be started (its guardian, for {program}: {e})");
+                return not_started(reason, Vec::new());
             }
         };
         let pumps: Pumps = vec![

@@ -7,7 +7,7 @@
 //! - [`reaper`]: the one owner of reaping, and the spawner thread.
 //! - [`engine`]: one engine's life (readiness, hang detection, restarts, stop).
 //! - [`tree`]: process trees from `/proc`.
-//! - [`group`]: process-group signals.
+//! - [`group`]: process-group signals (the quick path when a guardian cannot help).
 //! - [`logs`]: engine output re-logged at its own level, tail and root cause kept.
 //! - [`probe`]: `/health` probes and the `/v1/models` fetch.
 //! - [`restart`]: back-off and restart budget.

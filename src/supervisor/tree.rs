@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -82,11 +81,7 @@ pub fn descendants(root: i32) -> Vec<i32> {
 pub fn signal_all(pids: &[i32], signal: Signal) -> usize {
     pids.iter()
         .filter(|&&pid| pid > 1)
-        .filter(|&&pid| match kill(Pid::from_raw(pid), signal) {
-            Ok(()) => true,
-            Err(Errno::ESRCH) => false,
-            Err(_) => false,
-        })
+        .filter(|&&pid| kill(Pid::from_raw(pid), signal).is_ok())
         .count()
 }
 
