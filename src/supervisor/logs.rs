@@ -71,11 +71,12 @@ fn stated_level(body: &str) -> Option<(Level, &str)> {
     None
 }
 
-/// The message of a line without vLLM's process prefix, level, time and `[file:line]`.
-pub fn message(line: &str) -> &str {
+/// The message of a line without vLLM's process prefix, level, time and `[file:line]`,
+/// its indentation kept (a traceback frame is indented).
+fn message_raw(line: &str) -> &str {
     let body = without_process(line);
     let Some((_, rest)) = stated_level(body) else {
-        return body.trim();
+        return body.trim_end();
     };
     // vLLM: `01-15 10:23:45 [core.py:700] message`
     let mut words = rest.splitn(3, ' ');
@@ -86,9 +87,27 @@ pub fn message(line: &str) -> &str {
         && tail.starts_with('[')
         && let Some(end) = tail.find("] ")
     {
-        return tail[end + 2..].trim();
+        return tail[end + 2..].trim_end();
     }
-    rest.trim()
+    rest.trim_end()
+}
+
+/// The message of a line without vLLM's process prefix, level, time and `[file:line]`.
+pub fn message(line: &str) -> &str {
+    message_raw(line).trim()
+}
+
+/// An error line worth repeating in a failure: not a traceback's header, frame, source
+/// line, caret marks or chaining sentence.
+fn is_summary(line: &str) -> bool {
+    let raw = message_raw(line);
+    let msg = raw.trim();
+    !msg.is_empty()
+        && !raw.starts_with([' ', '\t'])
+        && !msg.starts_with("Traceback (most recent call last)")
+        && !msg.starts_with("During handling of the above exception")
+        && !msg.starts_with("The above exception was the direct cause")
+        && !msg.chars().all(|c| matches!(c, '^' | '~' | ' '))
 }
 
 /// `ValueError: ...`, `torch.OutOfMemoryError: ...`, `KeyboardInterrupt`.
@@ -166,10 +185,15 @@ impl Classifier {
 #[derive(Debug, Default)]
 struct Lines {
     all: VecDeque<(Level, String)>,
+    /// Summary error lines (see [`is_summary`]), each message once.
     errors: VecDeque<String>,
+    /// The first exception of the run that is not a "see root cause above": kept apart so
+    /// that no amount of later output pushes it out.
+    first_exception: Option<String>,
 }
 
-/// The last lines an engine run wrote (both streams, in order), and its error lines.
+/// The last lines an engine run wrote (both streams, in order), its error lines and its
+/// first exception.
 #[derive(Debug, Clone, Default)]
 pub struct Tail(Arc<Mutex<Lines>>);
 
@@ -178,7 +202,8 @@ pub struct Tail(Arc<Mutex<Lines>>);
 pub struct Excerpt {
     /// The line that most likely says why (the first exception that is not a "see above").
     pub root_cause: Option<String>,
-    /// Error lines, oldest first.
+    /// Error lines (exceptions and error messages, not traceback frames), each message
+    /// once, oldest first.
     pub error_lines: Vec<String>,
     /// The last lines that are not error lines, oldest first.
     pub other_lines: Vec<String>,
@@ -192,25 +217,35 @@ impl Tail {
             l.all.pop_front();
         }
         l.all.push_back((level, line.to_string()));
-        if level == Level::Error {
-            if l.errors.len() == ERROR_LINES {
-                l.errors.pop_front();
-            }
-            l.errors.push_back(line.to_string());
+        if level != Level::Error || !is_summary(line) {
+            return;
         }
+        let msg = message(line);
+        if l.first_exception.is_none() && is_exception(msg) && !msg.contains("root cause above") {
+            l.first_exception = Some(msg.to_string());
+        }
+        // vLLM logs one exception in several processes and streams: say it once.
+        if l.errors.iter().any(|e| message(e) == msg) {
+            return;
+        }
+        if l.errors.len() == ERROR_LINES {
+            l.errors.pop_front();
+        }
+        l.errors.push_back(line.to_string());
     }
 
     /// Up to `errors` error lines and `others` other last lines, and the root cause.
     pub fn excerpt(&self, errors: usize, others: usize) -> Excerpt {
         let l = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let last_n = |v: Vec<String>, n: usize| v[v.len().saturating_sub(n)..].to_vec();
-        let messages = l.errors.iter().map(|e| message(e));
-        let root_cause = messages
-            .clone()
-            .find(|m| is_exception(m) && !m.contains("root cause above"))
-            .or_else(|| messages.clone().find(|m| m.contains(": error: ")))
-            .or_else(|| messages.clone().next_back())
-            .map(str::to_string);
+        let mut messages = l.errors.iter().map(|e| message(e));
+        let root_cause = l.first_exception.clone().or_else(|| {
+            messages
+                .clone()
+                .find(|m| m.contains(": error: "))
+                .or_else(|| messages.next_back())
+                .map(str::to_string)
+        });
         Excerpt {
             root_cause,
             error_lines: last_n(l.errors.iter().cloned().collect(), errors),
@@ -230,6 +265,7 @@ impl Tail {
         let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
         l.all.clear();
         l.errors.clear();
+        l.first_exception = None;
     }
 }
 
@@ -381,8 +417,41 @@ mod tests {
             x.root_cause.as_deref(),
             Some("ValueError: Available memory is less than requested memory for kv cache")
         );
-        assert_eq!(x.error_lines.len(), 4);
+        // Traceback headers are not repeated; the two exceptions are.
+        assert_eq!(x.error_lines.len(), 2, "{:?}", x.error_lines);
         assert_eq!(x.other_lines, ["INFO 01-15 10:00:00 [core.py:1] loading"]);
+    }
+
+    #[test]
+    fn a_long_traceback_does_not_push_out_the_root_cause() {
+        // As vLLM 0.32 on the CPU fails an impossible KV cache: the worker's ValueError,
+        // then long chained tracebacks in every process, on both streams.
+        let tail = Tail::default();
+        let mut c = Classifier::default();
+        let w = "(Worker pid=1781) ERROR 11-27 09:17:50 [multiproc_executor.py:1063]";
+        let e = "(EngineCore pid=1569) ERROR 11-27 09:17:50 [core.py:1510]";
+        let root = "ValueError: Available memory on node 0 (16.55/22.71 GiB) on kv cache allocation is less than requested memory for kv (100000.0 GiB).";
+        let mut lines = vec![format!("{w} Traceback (most recent call last):")];
+        lines.push(format!("{w}     raise ValueError("));
+        lines.push(format!("{w} {root}"));
+        lines.push(format!("{w} {root}"));
+        for i in 0..300 {
+            lines.push(format!("{e}   File \"x.py\", line {i}, in f"));
+            lines.push(format!("{e}     ^^^^^^^^^^"));
+        }
+        let worker = format!("RuntimeError: Worker failed with error '{root}'");
+        lines.push(format!("{e} {worker}"));
+        lines.push(worker.clone());
+        lines.push("RuntimeError: Engine core initialization failed. See root cause above.".into());
+        for line in &lines {
+            tail.push(c.classify(line), line);
+        }
+        let x = tail.excerpt(12, 5);
+        assert_eq!(x.root_cause.as_deref(), Some(root));
+        assert_eq!(x.error_lines.len(), 3, "{:#?}", x.error_lines);
+        assert!(x.error_lines[0].ends_with(root));
+        assert!(x.error_lines[1].ends_with(&worker));
+        assert!(x.error_lines[2].contains("See root cause above"));
     }
 
     #[test]
