@@ -12,6 +12,7 @@
 //!
 //! - [`config`]: raw inputs to validated settings and model specs; typed errors.
 //! - [`gpu`]: which GPUs exist (NVML or `MODELMUX_GPUS`) and who gets which.
+//! - [`cpus`]: the cores of CPU engines (`MODELMUX_GPUS=none`).
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
 //! - [`state`]: the snapshot of model states the front reads.
@@ -21,6 +22,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cpus;
 pub mod front;
 pub mod gpu;
 pub mod observability;

@@ -3,7 +3,6 @@
 //! front.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -20,8 +19,8 @@ pub enum PlanError {
     /// The GPUs cannot be shared out.
     #[error(transparent)]
     Gpu(#[from] AllocError),
-    /// No free loopback port could be found for an engine.
-    #[error("cannot find a free loopback port for the engines: {0}")]
+    /// The engine ports would run past 65535.
+    #[error("{0}")]
     Ports(String),
 }
 
@@ -65,41 +64,63 @@ pub struct LaunchPlan {
     pub models: Vec<ModelLaunch>,
 }
 
-/// Picks `n` distinct free loopback ports, none equal to `avoid`. The listeners are held
-/// until all are chosen so that no port is handed out twice.
-pub fn free_ports(n: usize, avoid: &[u16]) -> Result<Vec<u16>, PlanError> {
-    let mut held = Vec::with_capacity(n);
-    let mut tries = 0;
-    while held.len() < n {
-        tries += 1;
-        if tries > n + 100 {
-            return Err(PlanError::Ports(
-                "the kernel keeps handing out excluded ports".into(),
-            ));
-        }
-        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| PlanError::Ports(e.to_string()))?;
-        let port = l
-            .local_addr()
-            .map_err(|e| PlanError::Ports(e.to_string()))?
-            .port();
+/// The engine ports: `n` consecutive ports from `base`, skipping those in `avoid` (`PORT`,
+/// `HEALTH_CHECK_PORT`). A function of the configuration only, so `plan` and `serve` agree,
+/// and several modelmux instances with different `PORT`s (tests, one per pod) do not collide
+/// unless their ranges overlap.
+pub fn engine_ports(n: usize, base: u16, avoid: &[u16]) -> Result<Vec<u16>, PlanError> {
+    let mut ports = Vec::with_capacity(n);
+    let mut next = u32::from(base);
+    while ports.len() < n {
+        let port = u16::try_from(next).map_err(|_| {
+            PlanError::Ports(format!(
+                "MODELMUX_ENGINE_BASE_PORT: {n} engine ports from {base} would pass 65535; pick a lower base (or PORT)"
+            ))
+        })?;
         if !avoid.contains(&port) {
-            held.push(l);
+            ports.push(port);
         }
+        next += 1;
     }
-    held.iter()
-        .map(|l| {
-            l.local_addr()
-                .map(|a| a.port())
-                .map_err(|e| PlanError::Ports(e.to_string()))
-        })
-        .collect()
+    Ok(ports)
 }
 
-/// Joins a configuration and an inventory into a plan, picking engine ports.
+/// The variable that binds a vLLM CPU engine's OpenMP threads to cores.
+pub const CPU_BIND_VAR: &str = "VLLM_CPU_OMP_THREADS_BIND";
+
+/// With `MODELMUX_GPUS=none`: each model's `VLLM_CPU_OMP_THREADS_BIND` (disjoint cores),
+/// `None` for a model whose own `env` sets it (it keeps its own and takes no share).
+fn cpu_binds(config: &Config) -> Vec<Option<String>> {
+    let sharing: Vec<usize> = (0..config.models.len())
+        .filter(|&i| !config.models[i].env.contains_key(CPU_BIND_VAR))
+        .collect();
+    let ranks: Vec<usize> = sharing
+        .iter()
+        .map(|&i| config.models[i].gpu_demand.max(1) as usize)
+        .collect();
+    let (binds, shared) = crate::cpus::Topology::read().split(&ranks);
+    if shared {
+        tracing::warn!(
+            "{} CPU engines on fewer cores than they need: some share cores",
+            sharing.len()
+        );
+    }
+    let mut out = vec![None; config.models.len()];
+    for (i, bind) in sharing.into_iter().zip(binds) {
+        out[i] = Some(bind).filter(|b| !b.is_empty());
+    }
+    out
+}
+
+/// Joins a configuration and an inventory into a plan, with the engine ports of
+/// [`engine_ports`].
 pub fn build(config: &Config, inv: &Inventory) -> Result<LaunchPlan, PlanError> {
     let s = &config.settings;
-    let ports = free_ports(config.models.len(), &[s.port, s.health_port])?;
+    let ports = engine_ports(
+        config.models.len(),
+        s.engine_base_port,
+        &[s.port, s.health_port],
+    )?;
     build_with_ports(config, inv, &ports)
 }
 
@@ -119,19 +140,31 @@ pub fn build_with_ports(
         })
         .collect();
     let sets = allocate(&demands, inv)?;
+    let cpu_binds = if inv.disabled {
+        cpu_binds(config)
+    } else {
+        vec![None; config.models.len()]
+    };
     let models = config
         .models
         .iter()
         .zip(sets)
         .zip(ports)
-        .map(|((m, set), &port)| {
+        .zip(cpu_binds)
+        .map(|(((m, set), &port), cpu_bind)| {
             let gpus: Vec<String> = set
                 .iter()
                 .map(|&g| inv.gpus[g].visible_id.clone())
                 .collect();
             let mut argv = s.engine_cmd.clone();
+            // `vllm serve MODEL`: the model right after `serve` (vLLM warns about `--model`
+            // there and plans to drop it); other commands take `--model`.
+            if argv.last().is_some_and(|w| w == "serve") {
+                argv.push(m.resolved_path.clone());
+            } else {
+                argv.extend(Arg::new("--model", &[&m.resolved_path]).tokens());
+            }
             let own = [
-                Arg::new("--model", &[&m.resolved_path]),
                 Arg::new("--host", &["127.0.0.1"]),
                 Arg::new("--port", &[&port.to_string()]),
             ];
@@ -140,6 +173,9 @@ pub fn build_with_ports(
             let mut env = BTreeMap::new();
             env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
             env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
+            if let Some(bind) = cpu_bind {
+                env.insert(CPU_BIND_VAR.to_string(), bind);
+            }
             env.extend(m.env.clone());
             let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
                 "/v1/embeddings".to_string()
@@ -214,5 +250,28 @@ impl std::fmt::Display for LaunchPlan {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_ports_follow_the_base_and_skip_the_front() {
+        assert_eq!(
+            engine_ports(3, 8081, &[8080, 8080]).unwrap(),
+            [8081, 8082, 8083]
+        );
+        assert_eq!(
+            engine_ports(3, 8080, &[8080, 8082]).unwrap(),
+            [8081, 8083, 8084]
+        );
+        assert_eq!(engine_ports(0, 9000, &[]).unwrap(), Vec::<u16>::new());
+        let e = engine_ports(3, 65534, &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("MODELMUX_ENGINE_BASE_PORT: 3 engine ports from 65534"),
+            "{e}"
+        );
     }
 }

@@ -112,6 +112,21 @@ async fn bind(var: &str, port: u16) -> Result<TcpListener, ExitCode> {
     })
 }
 
+/// The plan fixed the engine ports; one that another process holds would make its engine
+/// crash-loop on "address in use", so it is an error before anything starts.
+fn check_engine_ports(plan: &LaunchPlan) -> Result<(), String> {
+    for m in &plan.models {
+        if let Err(e) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, m.port)) {
+            return Err(format!(
+                "engine port 127.0.0.1:{} of model {} is in use ({e}); engines get PORT+1, PORT+2, ... \
+                 (skipping HEALTH_CHECK_PORT): free that port, or move them with MODELMUX_ENGINE_BASE_PORT",
+                m.port, m.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Kills every engine group at once (the second signal).
 fn kill_all_now(state: &StateRx) {
     for pid in state.borrow().models.iter().filter_map(|m| m.pid) {
@@ -149,6 +164,11 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
     } else {
         None
     };
+
+    if let Err(e) = check_engine_ports(&plan) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
 
     let (state_tx, state_rx) = watch::channel(Snapshot::initial(&plan));
     let app = Arc::new(App::new(&plan, &settings, state_rx.clone()));
@@ -202,7 +222,10 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         Outcome::Signal(name) => {
             tracing::info!("{name} received; shutting down (send it again to kill at once)")
         }
-        Outcome::Failed(f) => tracing::error!("{f}; shutting down (MODELMUX_ON_FAILURE=exit)"),
+        Outcome::Failed(f) => tracing::error!(
+            "model {} failed; shutting down (MODELMUX_ON_FAILURE=exit)",
+            f.model
+        ),
         Outcome::FrontDied(why) => tracing::error!("{why}; shutting down"),
     }
 

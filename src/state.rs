@@ -75,6 +75,10 @@ pub struct ModelStatus {
     pub last_exit: Option<String>,
     /// When the model entered its phase (Unix seconds).
     pub since: f64,
+    /// The engine's own `/v1/models` entries (vLLM's `root`, `parent`, `max_model_len`,
+    /// `owned_by`, ...), fetched each time it turns ready; `None` until then.
+    #[serde(skip)]
+    pub engine_models: Option<Arc<Vec<serde_json::Value>>>,
 }
 
 /// Every model's state, in plan order.
@@ -104,6 +108,7 @@ impl Snapshot {
                     restarts: 0,
                     last_exit: None,
                     since: now,
+                    engine_models: None,
                 })
                 .collect(),
         }

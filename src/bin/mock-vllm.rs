@@ -2,25 +2,38 @@
 //! The demo, the tests and the benchmarks run it in place of vLLM so that everything works
 //! without a GPU.
 //!
-//! Flags (as vLLM): `--model`, `--served-model-name NAME...`, `--host`, `--port`,
-//! `--lora-modules NAME=PATH...`; any other flag is ignored.
+//! Flags (as vLLM): `--model` (or `serve MODEL` as `vllm serve` takes it),
+//! `--served-model-name NAME...`, `--host`, `--port`, `--lora-modules NAME=PATH...`; any
+//! other flag is ignored.
 //!
 //! Knobs (environment):
 //! - `MOCK_STARTUP_DELAY_MS`: `/health` answers 503 until this much time has passed.
+//! - `MOCK_STDOUT_LINES`, `MOCK_STDERR_LINES`: lines (separated by newlines) printed at start.
 //! - `MOCK_CRASH_AT_START=MSG`: print MSG on stderr and exit 1 at once.
+//! - `MOCK_REJECT_FLAG=FLAG`: if FLAG is on the command line, fail like argparse (usage and
+//!   `error: unrecognized arguments` on stderr, exit 2).
 //! - `MOCK_CRASH_AFTER_MS`: exit 1 after this long.
 //! - `MOCK_HANG_AFTER_MS`: after this long, `/health` never answers.
 //! - `MOCK_IGNORE_SIGTERM=1`: ignore SIGTERM (modelmux must SIGKILL).
-//! - `MOCK_SPAWN_CHILD=1`: start a `sleep` child of its own (its pid goes in the report).
-//! - `MOCK_REPORT_FILE`: write `{pid, argv, cuda_visible_devices, cuda_device_order, child_pid,
-//!   ready_unix}` (`ready_unix`: when `/health` turns 200).
-//! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `cancelled`, ...).
+//! - `MOCK_SIGTERM_DELAY_MS`: on SIGTERM, take this long to exit (as vLLM stops its engine).
+//! - Children, like vLLM's EngineCore (long-lived, they do not die with the mock): a child
+//!   in the mock's process group (`MOCK_SPAWN_CHILD=1`), one that calls `setsid()`
+//!   (`MOCK_SPAWN_SETSID=1`), and a daemon: a setsid'd grandchild whose parent exits at once,
+//!   so it is orphaned (`MOCK_SPAWN_DAEMON=1`). They log `child-sigterm PID` when they get
+//!   SIGTERM and exit, unless `MOCK_CHILD_IGNORE_SIGTERM=1`.
+//! - `MOCK_ACCESS_LOG=1`: one uvicorn-style access line on stdout per request.
+//! - `MOCK_MAX_MODEL_LEN` (4096): `max_model_len` in `/v1/models`.
+//! - `MOCK_REPORT_FILE`: write `{pid, argv, model, cuda_visible_devices, cuda_device_order,
+//!   omp_threads_bind, child_pid, setsid_pid, daemon_pid, ready_unix}` (`ready_unix`: when
+//!   `/health` turns 200).
+//! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `exiting`,
+//!   `child-sigterm`, `cancelled`, ...), each with the pid.
 //! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
 //! - `MOCK_METRICS_DELAY_MS`: `GET /metrics` (vLLM V1's metrics, see `mock-vllm/metrics.rs`)
 //!   answers after this long; `--max-num-seqs N` lets N requests run at once, the rest wait.
 //!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
-//! `mock_exit` (exit at once without an answer).
+//! `mock_exit` (exit at once without an answer, with `mock_exit_code`, default 1).
 //!
 //! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
 //! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
@@ -28,6 +41,7 @@
 
 use std::io::Write;
 use std::pin::Pin;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,8 +59,11 @@ use tokio::sync::mpsc;
 mod metrics;
 
 struct Mock {
+    model: String,
     names: Vec<String>,
-    loras: Vec<String>,
+    loras: Vec<(String, String)>,
+    created: u64,
+    max_model_len: u64,
     started: Instant,
     startup_delay: Duration,
     hang_after: Option<Duration>,
@@ -93,11 +110,33 @@ fn flag_values(args: &[String], flag: &str) -> Vec<String> {
     out
 }
 
+/// The hidden first argument of the mock's own children.
+const CHILD: &str = "--mock-child";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(CHILD) {
+        child_main(args.get(2).map(String::as_str).unwrap_or("sleeper"));
+    }
+    for (var, to_stdout) in [("MOCK_STDOUT_LINES", true), ("MOCK_STDERR_LINES", false)] {
+        for line in std::env::var(var).unwrap_or_default().lines() {
+            if to_stdout {
+                println!("{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
     if let Ok(msg) = std::env::var("MOCK_CRASH_AT_START") {
         eprintln!("{msg}");
         std::process::exit(1);
+    }
+    if let Ok(flag) = std::env::var("MOCK_REJECT_FLAG")
+        && args.contains(&flag)
+    {
+        eprintln!("usage: api_server.py [-h] [--host HOST] [--port PORT] [--model MODEL]");
+        eprintln!("api_server.py: error: unrecognized arguments: {flag}");
+        std::process::exit(2);
     }
     let threads = env_ms("MOCK_THREADS").unwrap_or(2).max(1) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -108,17 +147,90 @@ fn main() {
     std::process::exit(rt.block_on(run(args)));
 }
 
+/// A child of the mock: sleeps until killed. `daemon` starts a setsid'd sleeper, prints its
+/// pid and exits, so that the sleeper is orphaned.
+fn child_main(kind: &str) -> ! {
+    let events = std::env::var("MOCK_EVENTS_FILE").ok();
+    if kind == "daemon" {
+        // Its stdout is the pipe the mock reads this pid from: the sleeper must not hold it.
+        let pid = spawn_child("sleeper", true, Stdio::null()).unwrap_or(0);
+        println!("{pid}");
+        std::process::exit(0);
+    }
+    let ignore = std::env::var("MOCK_CHILD_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
+    let mut signals =
+        signal_hook_iter(&[nix::sys::signal::Signal::SIGTERM]).expect("SIGTERM handler");
+    loop {
+        if signals.wait() {
+            event(&events, "child-sigterm");
+            if !ignore {
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// A blocking SIGTERM waiter for the children (no runtime there).
+struct SigWait(nix::sys::signal::SigSet);
+
+fn signal_hook_iter(sigs: &[nix::sys::signal::Signal]) -> nix::Result<SigWait> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in sigs {
+        set.add(*s);
+    }
+    set.thread_block()?;
+    Ok(SigWait(set))
+}
+
+impl SigWait {
+    fn wait(&mut self) -> bool {
+        self.0.wait().is_ok()
+    }
+}
+
+/// Starts the mock itself as a child of `kind`, in a new session if `setsid`.
+fn spawn_child(kind: &str, setsid: bool, stdout: Stdio) -> Option<u32> {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args([CHILD, kind]).stdin(Stdio::null()).stdout(stdout);
+    if setsid {
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let child = cmd.spawn().ok()?;
+    let pid = child.id();
+    if kind == "daemon" {
+        let out = child.wait_with_output().ok()?;
+        return String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+    }
+    // Never waited for: like vLLM's EngineCore, it outlives a mock that is SIGKILLed.
+    std::mem::forget(child);
+    Some(pid)
+}
+
 async fn run(args: Vec<String>) -> i32 {
-    let model = flag_values(&args, "--model")
-        .pop()
+    // `mock-vllm serve MODEL ...` as `vllm serve` takes it, else `--model MODEL`.
+    let positional = (args.get(1).map(String::as_str) == Some("serve"))
+        .then(|| args.get(2).filter(|a| !a.starts_with('-')).cloned())
+        .flatten();
+    let model = positional
+        .or_else(|| flag_values(&args, "--model").pop())
         .unwrap_or_else(|| "mock".into());
     let mut names = flag_values(&args, "--served-model-name");
     if names.is_empty() {
         names.push(model.clone());
     }
-    let loras = flag_values(&args, "--lora-modules")
+    let loras: Vec<(String, String)> = flag_values(&args, "--lora-modules")
         .into_iter()
-        .filter_map(|v| v.split_once('=').map(|(n, _)| n.to_string()))
+        .filter_map(|v| {
+            v.split_once('=')
+                .map(|(n, p)| (n.to_string(), p.to_string()))
+        })
         .collect();
     let host = flag_values(&args, "--host")
         .pop()
@@ -129,13 +241,16 @@ async fn run(args: Vec<String>) -> i32 {
     let events = std::env::var("MOCK_EVENTS_FILE").ok();
     event(&events, "start");
 
-    let child_pid = std::env::var("MOCK_SPAWN_CHILD").ok().and_then(|_| {
-        std::process::Command::new("sleep")
-            .arg("3600")
-            .spawn()
-            .ok()
-            .map(|c| c.id())
-    });
+    let wants = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
+    let child_pid = wants("MOCK_SPAWN_CHILD")
+        .then(|| spawn_child("sleeper", false, Stdio::inherit()))
+        .flatten();
+    let setsid_pid = wants("MOCK_SPAWN_SETSID")
+        .then(|| spawn_child("sleeper", true, Stdio::inherit()))
+        .flatten();
+    let daemon_pid = wants("MOCK_SPAWN_DAEMON")
+        .then(|| spawn_child("daemon", true, Stdio::piped()))
+        .flatten();
     let started = Instant::now();
     let startup_delay = Duration::from_millis(env_ms("MOCK_STARTUP_DELAY_MS").unwrap_or(0));
     let now_unix = std::time::SystemTime::now()
@@ -146,9 +261,13 @@ async fn run(args: Vec<String>) -> i32 {
             "ready_unix": now_unix + startup_delay.as_secs_f64(),
             "pid": std::process::id(),
             "argv": args,
+            "model": model,
             "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
             "cuda_device_order": std::env::var("CUDA_DEVICE_ORDER").ok(),
+            "omp_threads_bind": std::env::var("VLLM_CPU_OMP_THREADS_BIND").ok(),
             "child_pid": child_pid,
+            "setsid_pid": setsid_pid,
+            "daemon_pid": daemon_pid,
         });
         let _ = std::fs::write(path, report.to_string());
     }
@@ -166,8 +285,11 @@ async fn run(args: Vec<String>) -> i32 {
         metrics::EngineMetrics::new(&names[0], max_num_seqs.and_then(|v| v.parse().ok()));
     let mock = Arc::new(Mock {
         metrics: Arc::new(counters),
+        model: model.clone(),
         names,
         loras,
+        created: now_unix as u64,
+        max_model_len: env_ms("MOCK_MAX_MODEL_LEN").unwrap_or(4096),
         started,
         startup_delay,
         hang_after: env_ms("MOCK_HANG_AFTER_MS").map(Duration::from_millis),
@@ -184,6 +306,7 @@ async fn run(args: Vec<String>) -> i32 {
         });
     }
     let ignore_term = std::env::var("MOCK_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
+    let term_delay = env_ms("MOCK_SIGTERM_DELAY_MS").unwrap_or(0);
     let term_events = events.clone();
     // Installed before /health can answer, so that a SIGTERM is never missed.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -196,6 +319,8 @@ async fn run(args: Vec<String>) -> i32 {
                 eprintln!("mock-vllm: ignoring SIGTERM as asked");
             } else {
                 eprintln!("mock-vllm: SIGTERM, shutting down");
+                tokio::time::sleep(Duration::from_millis(term_delay)).await;
+                event(&term_events, "exiting");
                 std::process::exit(0);
             }
         }
@@ -208,6 +333,7 @@ async fn run(args: Vec<String>) -> i32 {
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(mock);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -245,12 +371,35 @@ async fn engine_metrics(State(m): State<Arc<Mock>>) -> Response {
         .into_response()
 }
 
+/// uvicorn's access line, as vLLM writes it on stdout, when `MOCK_ACCESS_LOG=1`.
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let line = format!("\"{} {} HTTP/1.1\"", req.method(), req.uri().path());
+    let resp = next.run(req).await;
+    if std::env::var("MOCK_ACCESS_LOG").is_ok_and(|v| v == "1") {
+        let status = resp.status();
+        println!(
+            "INFO:     127.0.0.1:40000 - {line} {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+    }
+    resp
+}
+
+/// The list as vLLM answers it: base names with `root` = the model path, adapters with
+/// `root` = the adapter path and `parent` = the base name.
 async fn models(State(m): State<Arc<Mock>>) -> Response {
+    let entry = |id: &str, root: &str, parent: Option<&str>| {
+        json!({"id": id, "object": "model", "created": m.created, "owned_by": "vllm",
+               "root": root, "parent": parent, "max_model_len": m.max_model_len,
+               "permission": [{"id": format!("modelperm-{id}"), "object": "model_permission",
+                               "allow_sampling": true, "allow_view": true}]})
+    };
     let data: Vec<Value> = m
         .names
         .iter()
-        .chain(&m.loras)
-        .map(|n| json!({"id": n, "object": "model", "owned_by": "mock-vllm"}))
+        .map(|n| entry(n, &m.model, None))
+        .chain(m.loras.iter().map(|(n, p)| entry(n, p, Some(&m.names[0]))))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -269,7 +418,7 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
         .and_then(Value::as_str)
         .unwrap_or(&m.names[0])
         .to_string();
-    if !m.names.contains(&model) && !m.loras.contains(&model) {
+    if !m.names.contains(&model) && !m.loras.iter().any(|(n, _)| *n == model) {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model `{model}` does not exist."),
@@ -277,7 +426,11 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     }
     if req.get("mock_exit").and_then(Value::as_bool) == Some(true) {
         eprintln!("mock-vllm: exiting without an answer as asked (mock_exit)");
-        std::process::exit(1);
+        let code = req
+            .get("mock_exit_code")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        std::process::exit(code as i32);
     }
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);

@@ -124,4 +124,9 @@ pub struct RawConfig {
     /// First restart delay in seconds; doubles per restart up to 60 (default 1).
     #[arg(long, env = "MODELMUX_RESTART_DELAY", global = true)]
     pub restart_delay: Option<String>,
+
+    /// First engine port; engines get consecutive ports from it, skipping PORT and
+    /// HEALTH_CHECK_PORT (default PORT + 1).
+    #[arg(long, env = "MODELMUX_ENGINE_BASE_PORT", global = true)]
+    pub engine_base_port: Option<String>,
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use super::{ConfigError, RawConfig};
 use crate::gpu::GpuOverride;
 
-/// Default engine command: vLLM's OpenAI server.
-pub const DEFAULT_ENGINE_CMD: &str = "python3 -m vllm.entrypoints.openai.api_server";
+/// Default engine command: vLLM's own CLI, as vLLM's images run it (the model goes right
+/// after `serve`; the `python3 -m vllm.entrypoints.openai.api_server` module still works,
+/// with deprecation warnings, and takes `--model`).
+pub const DEFAULT_ENGINE_CMD: &str = "vllm serve";
 /// Default base directory of relative model paths (where OCI mounts model artifacts).
 pub const DEFAULT_MODEL_ROOT: &str = "/opt/ds/model/deployed_model";
 
@@ -66,6 +68,9 @@ pub struct Settings {
     pub health_timeout: Duration,
     /// First restart delay.
     pub restart_delay: Duration,
+    /// The first engine port (`MODELMUX_ENGINE_BASE_PORT`, default `PORT + 1`): model `i`
+    /// gets the `i`-th port from here that is neither `PORT` nor `HEALTH_CHECK_PORT`.
+    pub engine_base_port: u16,
 }
 
 fn parse_port(var: &str, value: &str) -> Result<u16, ConfigError> {
@@ -147,6 +152,16 @@ impl Settings {
         let health_port = match &raw.health_check_port {
             Some(v) => parse_port("HEALTH_CHECK_PORT", v)?,
             None => port,
+        };
+        let engine_base_port = match &raw.engine_base_port {
+            Some(v) => parse_port("MODELMUX_ENGINE_BASE_PORT", v)?,
+            None => port.checked_add(1).ok_or_else(|| {
+                ConfigError::var(
+                    "PORT",
+                    "65535",
+                    "leaves no room for engine ports after it; set MODELMUX_ENGINE_BASE_PORT",
+                )
+            })?,
         };
         let engine_text = raw.engine_cmd.as_deref().unwrap_or(DEFAULT_ENGINE_CMD);
         let engine_cmd = match shlex::split(engine_text) {
@@ -246,6 +261,7 @@ impl Settings {
                 1.0,
                 0.0,
             )?,
+            engine_base_port,
         })
     }
 }
@@ -273,6 +289,7 @@ mod tests {
         assert_eq!(s.model_root, PathBuf::from("/opt/ds/model/deployed_model"));
         assert_eq!(s.predict_endpoint, "/v1/completions");
         assert_eq!(s.health_endpoint, "/health");
+        assert_eq!(s.engine_base_port, 8081);
     }
 
     #[test]

@@ -66,22 +66,36 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         .expect("valid response")
 }
 
+/// One entry per served name and adapter: the engine's own entry for it (vLLM's `root`,
+/// `parent`, `max_model_len`, `owned_by`, `permission`) once the engine was ready, else one
+/// made here; both with modelmux's `state` added.
 fn model_objects(app: &App) -> Vec<Value> {
     let snapshot = app.state.borrow();
     app.table
         .names
         .iter()
         .map(|n| {
-            let base = &app.table.models[n.model].model;
-            json!({
-                "id": n.name,
-                "object": "model",
-                "created": app.created,
-                "owned_by": "modelmux",
-                "root": if n.adapter { n.name.as_str() } else { base.as_ref() },
-                "parent": if n.adapter { Some(base.as_ref()) } else { None },
-                "state": snapshot.models[n.model].state,
-            })
+            let status = &snapshot.models[n.model];
+            let own = status
+                .engine_models
+                .as_ref()
+                .and_then(|list| list.iter().find(|e| e["id"] == n.name.as_str()));
+            let mut entry = match own {
+                Some(e) if e.is_object() => e.clone(),
+                _ => {
+                    let base = &app.table.models[n.model].model;
+                    json!({
+                        "id": n.name,
+                        "object": "model",
+                        "created": app.created,
+                        "owned_by": "modelmux",
+                        "root": if n.adapter { n.name.as_str() } else { base.as_ref() },
+                        "parent": if n.adapter { Some(base.as_ref()) } else { None },
+                    })
+                }
+            };
+            entry["state"] = json!(status.state);
+            entry
         })
         .collect()
 }

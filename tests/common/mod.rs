@@ -31,6 +31,79 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Ports each test run gets: `PORT` and the engine ports after it (`PORT+1`, ...).
+pub const PORT_BLOCK: u16 = 16;
+
+/// A `PORT` whose block of [`PORT_BLOCK`] ports is free now. Blocks come from one counter
+/// per test process, below the kernel's ephemeral range (where client sockets would take
+/// engine ports), from a start that differs between processes, so tests running at once
+/// do not share engine ports.
+pub fn port_block() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20000;
+    const HIGH: u32 = 32000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let slots = (HIGH - LOW) / u32::from(PORT_BLOCK);
+    let seed = std::process::id().wrapping_mul(2654435761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    for _ in 0..slots {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let slot = (seed.wrapping_add(n)) % slots;
+        let base = (LOW + slot * u32::from(PORT_BLOCK)) as u16;
+        let free = (base..base + PORT_BLOCK).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free block of {PORT_BLOCK} ports in {LOW}..{HIGH}");
+}
+
+/// Living processes whose environment holds `KEY=VALUE` (a test's own marker: every
+/// process of its run inherits it, whatever its parent, group or session).
+pub fn marked(key_value: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|kv| kv == key_value.as_bytes()) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A marker unique to one test: `MMX_TEST_MARK=<name>-<pid>-<nanos>`.
+pub fn new_mark(name: &str) -> (String, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let value = format!("{name}-{}-{nanos}", std::process::id());
+    (value.clone(), format!("MMX_TEST_MARK={value}"))
+}
+
+/// The parent of a process (0 when it is gone).
+pub fn ppid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -126,8 +199,12 @@ impl Setup {
     }
 
     pub fn start(self) -> Modelmux {
+        self.start_on(port_block())
+    }
+
+    /// Starts it with this `PORT`.
+    pub fn start_on(self, port: u16) -> Modelmux {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut child = self
             .command(dir.path(), port)
             .spawn()
