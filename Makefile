@@ -15,7 +15,7 @@ test:
 REAL_DIR ?= $(or $(MODELMUX_REAL_DIR),$(CURDIR)/target/real)
 test-vllm:
 	scripts/real/setup.sh "$(REAL_DIR)"
-	MODELMUX_REAL_DIR="$(REAL_DIR)" $(CARGO) test --test real_vllm -- --test-threads=1 --nocapture
+	MODELMUX_REAL_DIR="$(REAL_DIR)" $(CARGO) test --test real_vllm -- --test-threads=3 --nocapture
 
 demo: build
 	PROFILE=release scripts/demo.sh

@@ -56,12 +56,17 @@ fn own_mentions(run: &Run, text: &str) -> Vec<Record> {
         .collect()
 }
 
+/// Log records as `LEVEL [model] message`, each cut to a readable length.
 fn lines(records: &[Record]) -> String {
     records
         .iter()
         .map(|r| {
-            let l: String = r.line.chars().take(600).collect();
-            format!("  {l}")
+            let text = match &r.json {
+                Some(_) => format!("{} [{}] {}", r.level(), r.model().unwrap_or("-"), r.message()),
+                None => r.line.clone(),
+            };
+            let cut: String = text.chars().take(1500).collect();
+            format!("  {}", cut.replace('\n', "\n    "))
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -97,7 +102,7 @@ fn still_running(procs: &[Proc]) -> Vec<Proc> {
 
 #[test]
 fn two_engines_and_an_adapter() {
-    let Some(tier) = Tier::find("two_engines_and_an_adapter") else {
+    let Some(tier) = Tier::find("two_engines_and_an_adapter", 2) else {
         return;
     };
     let adapter = json!({"fine_tune_weights": [
@@ -313,9 +318,23 @@ fn two_engines_and_an_adapter() {
 
     cases.run("the killed engine restarts, ready again, no orphan", || {
         ensure!(old_pid != 0, "the kill case did not run");
-        let took = run.wait_ready(READY_TIMEOUT)?;
-        let new_pid = run.engine_pid("b").ok_or("no pid for b")?;
-        ensure!(new_pid != old_pid, "b still has pid {old_pid}");
+        // Ready again means a new engine: a stale "ready" of the dead one does not count.
+        let t0 = Instant::now();
+        let new_pid = loop {
+            let (status, _) = run.health();
+            match run.engine_pid("b") {
+                Some(pid) if pid != old_pid && status == 200 => break pid,
+                _ => {}
+            }
+            ensure!(
+                t0.elapsed() < READY_TIMEOUT,
+                "b not ready with a new engine within {READY_TIMEOUT:?}: {}\n{}",
+                run.health().1,
+                run.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let took = t0.elapsed();
         let orphans = still_running(&old_engine);
         ensure!(
             orphans.is_empty(),
@@ -363,7 +382,7 @@ fn two_engines_and_an_adapter() {
 
 #[test]
 fn sigkill_of_modelmux_leaves_no_engine_process() {
-    let Some(tier) = Tier::find("sigkill_of_modelmux_leaves_no_engine_process") else {
+    let Some(tier) = Tier::find("sigkill_of_modelmux_leaves_no_engine_process", 1) else {
         return;
     };
     let models = vec![tier.spec("tiny-llama-b", "b", 1, "", json!({}))];
@@ -400,7 +419,7 @@ fn sigkill_of_modelmux_leaves_no_engine_process() {
 
 #[test]
 fn a_bad_flag_fails_at_once() {
-    let Some(tier) = Tier::find("a_bad_flag_fails_at_once") else {
+    let Some(tier) = Tier::find("a_bad_flag_fails_at_once", 1) else {
         return;
     };
     let models = vec![tier.spec("tiny-llama-a", "a", 0, "--no-such-flag", json!({}))];
@@ -449,7 +468,7 @@ fn a_bad_flag_fails_at_once() {
 
 #[test]
 fn an_impossible_kv_cache_names_the_root_cause() {
-    let Some(tier) = Tier::find("an_impossible_kv_cache_names_the_root_cause") else {
+    let Some(tier) = Tier::find("an_impossible_kv_cache_names_the_root_cause", 1) else {
         return;
     };
     // 100 000 GiB of KV cache: vLLM's CPU worker refuses it with a ValueError logged on its

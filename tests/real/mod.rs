@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -27,21 +27,46 @@ pub const DIR_VAR: &str = "MODELMUX_REAL_DIR";
 /// The variable that marks every process of one run (inherited by engines and theirs).
 pub const MARKER_VAR: &str = "MODELMUX_REAL_TEST_RUN";
 
-/// One real-engine test at a time in this binary, whatever `--test-threads` says: the CPU
-/// cannot carry two.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// CPU slots shared by the tests of this binary, whatever `--test-threads` says. Loading an
+/// engine is a chain of Python imports (API server, then EngineCore, then Worker) that keeps
+/// one core busy: runs of one engine take one slot and two of them can share the 2-core
+/// machine; the run of two engines takes both.
+static FREE_SLOTS: Mutex<u32> = Mutex::new(2);
+static SLOT_FREED: Condvar = Condvar::new();
+
+/// Slots held by one test until it ends (also when it panics).
+pub struct Slots(u32);
+
+impl Slots {
+    fn take(n: u32) -> Slots {
+        let mut free = FREE_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        while *free < n {
+            free = SLOT_FREED.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= n;
+        Slots(n)
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        *FREE_SLOTS.lock().unwrap_or_else(|e| e.into_inner()) += self.0;
+        SLOT_FREED.notify_all();
+    }
+}
 
 /// The installed tier.
 pub struct Tier {
     pub dir: PathBuf,
     pub engine_cmd: String,
-    _serial: MutexGuard<'static, ()>,
+    _slots: Slots,
 }
 
 impl Tier {
     /// The tier when `MODELMUX_REAL_DIR` names an install; None (after printing why) when it
-    /// is not set, so that plain `cargo test` skips these tests.
-    pub fn find(test: &str) -> Option<Tier> {
+    /// is not set, so that plain `cargo test` skips these tests. Waits for `engines` CPU
+    /// slots (at most 2).
+    pub fn find(test: &str, engines: u32) -> Option<Tier> {
         let Some(dir) = std::env::var_os(DIR_VAR) else {
             // Straight to stderr: libtest captures eprintln! of passing tests.
             let _ = writeln!(
@@ -71,11 +96,11 @@ impl Tier {
                 python.display()
             )
         });
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let slots = Slots::take(engines.clamp(1, 2));
         Some(Tier {
             dir,
             engine_cmd,
-            _serial: serial,
+            _slots: slots,
         })
     }
 
@@ -391,6 +416,13 @@ impl Drop for Run {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // The whole log, for a look after the fact: target/tmp/real-logs/<label>.log.
+        let logs = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("real-logs");
+        let text: String = self.records().iter().map(|r| format!("{}\n", r.line)).collect();
+        let file = logs.join(format!("{}.log", self.label));
+        if std::fs::create_dir_all(&logs).and_then(|_| std::fs::write(&file, text)).is_ok() {
+            eprintln!("[{}] modelmux's log: {}", self.label, file.display());
         }
         let left = procs::kill_marked(&self.marker);
         if !left.is_empty() {
