@@ -4,15 +4,16 @@
 //! Runs under `make test-vllm`; plain `cargo test` skips it with a printed reason (it needs
 //! `MODELMUX_REAL_DIR`). Engines take 25-60 s to start on 2 cores, so one run of two engines
 //! carries every case that can share it, in order; the cases that end a run (SIGKILL, a bad
-//! flag, an impossible KV cache) have runs of their own. Each case is reported on its own.
+//! flag, an impossible KV cache) have runs of their own, two at a time (see `real::Slots`).
+//! Each case is reported on its own, and a failed case does not stop the next.
 
 mod real;
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use real::procs::{self, Proc};
-use real::{Cases, READY_TIMEOUT, Record, Run, Tier, http, metric};
+use real::procs::{self, Proc, engine_tree, still_running};
+use real::{Cases, READY_TIMEOUT, Record, Run, Tier, http, lines, metric};
 use serde_json::{Value, json};
 
 fn io<E: std::fmt::Display>(e: E) -> String {
@@ -35,69 +36,6 @@ fn completion(run: &Run, model: &str, prompt: &str, max_tokens: u32) -> Result<V
         return Err(format!("{model}: status {}: {}", r.status, r.body));
     }
     r.json()
-}
-
-/// A line that shows something went wrong: modelmux's own ERROR, or an engine's ERROR
-/// line or traceback.
-fn is_error(r: &Record) -> bool {
-    let m = r.message();
-    r.level() == "ERROR"
-        || m.contains("Traceback (most recent call last)")
-        || m.contains("EngineDeadError")
-        || m.starts_with("ERROR ")
-        || m.contains(") ERROR ")
-}
-
-/// modelmux's own records (not engine output) that contain `text`.
-fn own_mentions(run: &Run, text: &str) -> Vec<Record> {
-    run.records()
-        .into_iter()
-        .filter(|r| !r.from_engine() && r.message().contains(text))
-        .collect()
-}
-
-/// Log records as `LEVEL [model] message`, each cut to a readable length.
-fn lines(records: &[Record]) -> String {
-    records
-        .iter()
-        .map(|r| {
-            let text = match &r.json {
-                Some(_) => format!("{} [{}] {}", r.level(), r.model().unwrap_or("-"), r.message()),
-                None => r.line.clone(),
-            };
-            let cut: String = text.chars().take(1500).collect();
-            format!("  {}", cut.replace('\n', "\n    "))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The processes of one engine: its main process and everything below it or in its group.
-fn engine_tree(all: &[Proc], pid: u32) -> Vec<Proc> {
-    let mut tree: Vec<Proc> = all.iter().filter(|p| p.pid == pid).cloned().collect();
-    loop {
-        let more: Vec<Proc> = all
-            .iter()
-            .filter(|p| {
-                !tree.iter().any(|t| t.pid == p.pid)
-                    && (p.pgid == pid || tree.iter().any(|t| t.pid == p.ppid))
-            })
-            .cloned()
-            .collect();
-        if more.is_empty() {
-            return tree;
-        }
-        tree.extend(more);
-    }
-}
-
-/// Those of `procs` that still run (same pid, same command line).
-fn still_running(procs: &[Proc]) -> Vec<Proc> {
-    procs
-        .iter()
-        .filter(|p| procs::read(p.pid).is_some_and(|now| now.cmdline == p.cmdline))
-        .cloned()
-        .collect()
 }
 
 #[test]
@@ -173,7 +111,9 @@ fn two_engines_and_an_adapter() {
     cases.run("completion", || {
         let j = completion(&run, "a", "Once upon a time", 8)?;
         ensure!(
-            j["object"] == "text_completion" && j["model"] == "a" && j["choices"][0]["text"].is_string(),
+            j["object"] == "text_completion"
+                && j["model"] == "a"
+                && j["choices"][0]["text"].is_string(),
             "unexpected answer: {j}"
         );
         Ok(format!("{} tokens", j["usage"]["completion_tokens"]))
@@ -201,39 +141,66 @@ fn two_engines_and_an_adapter() {
     });
 
     cases.run("/predict with and without route", || {
-        let chat = json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        let chat =
+            json!({"model": "a", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
         let r = http::request(
             run.port,
             "POST",
             "/predict",
-            &[("Content-Type", "application/json"), ("route", "/v1/chat/completions")],
+            &[
+                ("Content-Type", "application/json"),
+                ("route", "/v1/chat/completions"),
+            ],
             &chat.to_string(),
         )
         .map_err(io)?;
-        ensure!(r.status == 200, "route /v1/chat/completions: {} {}", r.status, r.body);
-        ensure!(r.json()?["object"] == "chat.completion", "not a chat completion: {}", r.body);
+        ensure!(
+            r.status == 200,
+            "route /v1/chat/completions: {} {}",
+            r.status,
+            r.body
+        );
+        ensure!(
+            r.json()?["object"] == "chat.completion",
+            "not a chat completion: {}",
+            r.body
+        );
         let plain = json!({"model": "b", "prompt": "hi", "max_tokens": 4});
         let r = http::post_json(run.port, "/predict", &plain).map_err(io)?;
         ensure!(r.status == 200, "no route: {} {}", r.status, r.body);
-        ensure!(r.json()?["object"] == "text_completion", "not a completion: {}", r.body);
+        ensure!(
+            r.json()?["object"] == "text_completion",
+            "not a completion: {}",
+            r.body
+        );
         Ok("route: chat.completion; default: text_completion".into())
     });
 
-    cases.run("the adapter answers differently from its base at temperature 0", || {
-        let prompt = "The model routes each request";
-        let base = completion(&run, "a", prompt, 16)?;
-        let again = completion(&run, "a", prompt, 16)?;
-        let lora = completion(&run, "a-lora", prompt, 16)?;
-        let text = |j: &Value| j["choices"][0]["text"].as_str().unwrap_or("").to_string();
-        ensure!(text(&base) == text(&again), "the base is not deterministic: {base} / {again}");
-        ensure!(lora["model"] == "a-lora", "answered as {}", lora["model"]);
-        ensure!(
-            text(&base) != text(&lora),
-            "the adapter answered like its base: {:?}",
-            text(&base)
-        );
-        Ok(format!("base {:?} vs adapter {:?}", text(&base), text(&lora)))
-    });
+    cases.run(
+        "the adapter answers differently from its base at temperature 0",
+        || {
+            let prompt = "The model routes each request";
+            let base = completion(&run, "a", prompt, 16)?;
+            let again = completion(&run, "a", prompt, 16)?;
+            let lora = completion(&run, "a-lora", prompt, 16)?;
+            let text = |j: &Value| j["choices"][0]["text"].as_str().unwrap_or("").to_string();
+            ensure!(
+                text(&base) == text(&again),
+                "the base is not deterministic: {base} / {again}"
+            );
+            ensure!(lora["model"] == "a-lora", "answered as {}", lora["model"]);
+            ensure!(
+                text(&base) != text(&lora),
+                "the adapter answered like its base: {:?}",
+                text(&base)
+            );
+            Ok(format!(
+                "base {:?} vs adapter {:?}",
+                text(&base),
+                text(&lora)
+            ))
+        },
+    );
 
     cases.run("a client that goes away stops the generation", || {
         let port = run.engine_port("a").ok_or("no engine port in /health")?;
@@ -241,7 +208,8 @@ fn two_engines_and_an_adapter() {
             let text = http::get(port, "/metrics").map_err(io)?.body;
             let made = metric(&text, "vllm:generation_tokens_total", "model_name=\"a\"")
                 .ok_or("no vllm:generation_tokens_total for a in the engine's /metrics")?;
-            let running = metric(&text, "vllm:num_requests_running", "model_name=\"a\"").unwrap_or(0.0);
+            let running =
+                metric(&text, "vllm:num_requests_running", "model_name=\"a\"").unwrap_or(0.0);
             Ok((made, running))
         };
         let (before, _) = scrape()?;
@@ -277,7 +245,9 @@ fn two_engines_and_an_adapter() {
             made < f64::from(max) / 2.0,
             "{made} of {max} tokens were generated although the client left after 5 events"
         );
-        Ok(format!("{made} of {max} tokens generated; vllm:generation_tokens_total stopped growing"))
+        Ok(format!(
+            "{made} of {max} tokens generated; vllm:generation_tokens_total stopped growing"
+        ))
     });
 
     // The processes of b's engine before it is killed, to find orphans afterwards.
@@ -288,9 +258,8 @@ fn two_engines_and_an_adapter() {
         old_engine = engine_tree(&run.processes(), old_pid);
         procs::kill(old_pid);
         let killed = Instant::now();
-        let request = || {
-            http::post_json(run.port, "/v1/completions", &json!({"model": "b", "prompt": "hi", "max_tokens": 1}))
-        };
+        let one_token = json!({"model": "b", "prompt": "hi", "max_tokens": 1});
+        let request = || http::post_json(run.port, "/v1/completions", &one_token);
         let mut seen = Vec::new();
         while killed.elapsed() < Duration::from_secs(1) {
             let status = request().map(|r| r.status).unwrap_or(0);
@@ -300,12 +269,14 @@ fn two_engines_and_an_adapter() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let (health, body) = run.health();
-        let state = run.model_health("b").map(|m| m["state"].clone()).unwrap_or_default();
+        let state = run.model_health("b").map(|m| m["state"].clone());
+        let state = state.unwrap_or_default();
         let r = request().map_err(io)?;
-        let trace = format!("request statuses over the first second (status, since kill): {seen:?}");
+        let trace = format!("statuses in the first second (status, since the kill): {seen:?}");
         ensure!(
             health == 503 && state != "ready",
-            "1 s after kill -9 of b's engine (pid {old_pid}) /health is {health}, b is {state}: {body}\n{trace}"
+            "1 s after kill -9 of b's engine (pid {old_pid}) /health is {health}, b is {state}: \
+             {body}\n{trace}"
         );
         ensure!(
             r.status == 503 && r.header("retry-after").is_some(),
@@ -349,33 +320,44 @@ fn two_engines_and_an_adapter() {
         ))
     });
 
-    cases.run("SIGTERM: exit 0, no process left, no ERROR or traceback", || {
-        let mark = run.mark();
-        let before = run.processes();
-        let t0 = Instant::now();
-        run.signal(Signal::SIGTERM);
-        let code = run.wait_exit(Duration::from_secs(120))?;
-        let took = t0.elapsed();
-        let left = procs::wait_gone(&run.marker, run.pid(), Duration::from_secs(2));
-        let errors: Vec<Record> = run.records_since(mark).into_iter().filter(is_error).collect();
-        ensure!(code == Some(0), "exit status {code:?}; log tail:\n{}", run.log_tail(30));
-        ensure!(
-            left.is_empty(),
-            "still running after modelmux exited:\n{}",
-            procs::list(&left)
-        );
-        ensure!(
-            errors.is_empty(),
-            "{} error lines during a clean shutdown:\n{}",
-            errors.len(),
-            lines(&errors)
-        );
-        Ok(format!(
-            "exit 0 after {:.1} s; {} processes stopped",
-            took.as_secs_f64(),
-            before.len()
-        ))
-    });
+    cases.run(
+        "SIGTERM: exit 0, no process left, no ERROR or traceback",
+        || {
+            let mark = run.mark();
+            let before = run.processes();
+            let t0 = Instant::now();
+            run.signal(Signal::SIGTERM);
+            let code = run.wait_exit(Duration::from_secs(120))?;
+            let took = t0.elapsed();
+            let left = procs::wait_gone(&run.marker, run.pid(), Duration::from_secs(2));
+            let errors: Vec<Record> = run
+                .records_since(mark)
+                .into_iter()
+                .filter(Record::is_error)
+                .collect();
+            ensure!(
+                code == Some(0),
+                "exit status {code:?}; log tail:\n{}",
+                run.log_tail(30)
+            );
+            ensure!(
+                left.is_empty(),
+                "still running after modelmux exited:\n{}",
+                procs::list(&left)
+            );
+            ensure!(
+                errors.is_empty(),
+                "{} error lines during a clean shutdown:\n{}",
+                errors.len(),
+                lines(&errors)
+            );
+            Ok(format!(
+                "exit 0 after {:.1} s; {} processes stopped",
+                took.as_secs_f64(),
+                before.len()
+            ))
+        },
+    );
     drop(run);
     cases.finish();
 }
@@ -388,31 +370,34 @@ fn sigkill_of_modelmux_leaves_no_engine_process() {
     let models = vec![tier.spec("tiny-llama-b", "b", 1, "", json!({}))];
     let mut run = tier.start("sigkill", models, &[], true);
     let mut cases = Cases::new("sigkill_of_modelmux_leaves_no_engine_process");
-    cases.run("SIGKILL of modelmux (own session): no vLLM process after 10 s", || {
-        let took = run.wait_ready(READY_TIMEOUT)?;
-        let before = run.processes();
-        ensure!(
-            before.iter().any(|p| p.is("EngineCore")) && before.iter().any(|p| p.is("Worker")),
-            "expected vLLM's EngineCore and Worker among:\n{}",
-            procs::list(&before)
-        );
-        run.signal(Signal::SIGKILL);
-        let killed = Instant::now();
-        run.wait_exit(Duration::from_secs(10))?;
-        let left = procs::wait_gone(&run.marker, 0, Duration::from_secs(10));
-        ensure!(
-            left.is_empty(),
-            "{:.0} s after SIGKILL of modelmux these processes of its engine still run:\n{}",
-            killed.elapsed().as_secs_f64(),
-            procs::list(&left)
-        );
-        Ok(format!(
-            "ready after {:.1} s; all {} processes gone {:.1} s after SIGKILL",
-            took.as_secs_f64(),
-            before.len(),
-            killed.elapsed().as_secs_f64()
-        ))
-    });
+    cases.run(
+        "SIGKILL of modelmux (own session): no vLLM process after 10 s",
+        || {
+            let took = run.wait_ready(READY_TIMEOUT)?;
+            let before = run.processes();
+            ensure!(
+                before.iter().any(|p| p.is("EngineCore")) && before.iter().any(|p| p.is("Worker")),
+                "expected vLLM's EngineCore and Worker among:\n{}",
+                procs::list(&before)
+            );
+            run.signal(Signal::SIGKILL);
+            let killed = Instant::now();
+            run.wait_exit(Duration::from_secs(10))?;
+            let left = procs::wait_gone(&run.marker, 0, Duration::from_secs(10));
+            ensure!(
+                left.is_empty(),
+                "{:.0} s after SIGKILL of modelmux these processes of its engine still run:\n{}",
+                killed.elapsed().as_secs_f64(),
+                procs::list(&left)
+            );
+            Ok(format!(
+                "ready after {:.1} s; all {} processes gone {:.1} s after SIGKILL",
+                took.as_secs_f64(),
+                before.len(),
+                killed.elapsed().as_secs_f64()
+            ))
+        },
+    );
     drop(run);
     cases.finish();
 }
@@ -432,7 +417,7 @@ fn a_bad_flag_fails_at_once() {
                 std::thread::sleep(Duration::from_millis(200));
                 break code;
             }
-            let starts = own_mentions(&run, "engine started").len();
+            let starts = run.own_mentions("engine started").len();
             let restarts = run
                 .model_health("a")
                 .and_then(|m| m["restarts"].as_u64())
@@ -441,14 +426,14 @@ fn a_bad_flag_fails_at_once() {
                 starts <= 1 && restarts == 0,
                 "the engine was started again after its usage error ({starts} starts, {restarts} restarts, {:.0} s in); modelmux's own lines:\n{}",
                 t0.elapsed().as_secs_f64(),
-                lines(&run.records().into_iter().filter(|r| !r.from_engine()).collect::<Vec<_>>())
+                lines(&run.records().into_iter().filter(|r| !r.is_engine_output()).collect::<Vec<_>>())
             );
             ensure!(t0.elapsed() < READY_TIMEOUT, "no exit within {READY_TIMEOUT:?}");
             std::thread::sleep(Duration::from_millis(200));
         };
         let took = t0.elapsed();
         let error_line = "unrecognized arguments: --no-such-flag";
-        let mentions = own_mentions(&run, error_line);
+        let mentions = run.own_mentions(error_line);
         ensure!(code == Some(1), "exit status {code:?}; log tail:\n{}", run.log_tail(20));
         ensure!(
             mentions.len() == 1,
@@ -487,12 +472,12 @@ fn an_impossible_kv_cache_names_the_root_cause() {
         let code = run.wait_exit(READY_TIMEOUT)?;
         ensure!(code == Some(1), "exit status {code:?}; log tail:\n{}", run.log_tail(20));
         let root = "less than requested memory for kv";
-        let mentions = own_mentions(&run, root);
+        let mentions = run.own_mentions(root);
         let with_error = mentions.iter().any(|r| r.message().contains("ValueError"));
         ensure!(
             with_error,
             "no message of modelmux's own names the root cause (ValueError ... {root:?}); its error lines:\n{}",
-            lines(&run.records().into_iter().filter(|r| !r.from_engine() && r.level() == "ERROR").collect::<Vec<_>>())
+            lines(&run.records().into_iter().filter(|r| !r.is_engine_output() && r.level() == "ERROR").collect::<Vec<_>>())
         );
         let line = mentions[0]
             .message()

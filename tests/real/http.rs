@@ -32,6 +32,9 @@ impl Response {
     }
 }
 
+/// A response's status and headers, and the connection with the body still to read.
+type Head = (u16, Vec<(String, String)>, BufReader<TcpStream>);
+
 /// Sends one request (`Connection: close`) and reads the response head.
 fn send(
     port: u16,
@@ -40,7 +43,7 @@ fn send(
     headers: &[(&str, &str)],
     body: &str,
     timeout: Duration,
-) -> io::Result<(u16, Vec<(String, String)>, BufReader<TcpStream>)> {
+) -> io::Result<Head> {
     let stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;

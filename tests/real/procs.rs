@@ -129,3 +129,31 @@ pub fn list(procs: &[Proc]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The processes of one engine: its main process and everything below it or in its group.
+pub fn engine_tree(all: &[Proc], pid: u32) -> Vec<Proc> {
+    let mut tree: Vec<Proc> = all.iter().filter(|p| p.pid == pid).cloned().collect();
+    loop {
+        let more: Vec<Proc> = all
+            .iter()
+            .filter(|p| {
+                !tree.iter().any(|t| t.pid == p.pid)
+                    && (p.pgid == pid || tree.iter().any(|t| t.pid == p.ppid))
+            })
+            .cloned()
+            .collect();
+        if more.is_empty() {
+            return tree;
+        }
+        tree.extend(more);
+    }
+}
+
+/// Those of `procs` that still run (same pid, same command line).
+pub fn still_running(procs: &[Proc]) -> Vec<Proc> {
+    procs
+        .iter()
+        .filter(|p| read(p.pid).is_some_and(|now| now.cmdline == p.cmdline))
+        .cloned()
+        .collect()
+}
