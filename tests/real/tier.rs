@@ -51,12 +51,12 @@ impl Tier {
     /// slots (at most 2).
     pub fn find(test: &str, engines: u32) -> Option<Tier> {
         let Some(dir) = std::env::var_os(DIR_VAR) else {
-            // Straight to stderr: libtest captures eprintln! of passing tests.
-            let _ = writeln!(
-                std::io::stderr(),
+            // Straight to stderr, in one write: libtest captures eprintln! of passing tests.
+            let line = format!(
                 "skipped {test}: the real-engine tier needs vLLM's CPU build; run `make test-vllm` \
-                 (or set {DIR_VAR} to a directory made by scripts/real/setup.sh)"
+                 (or set {DIR_VAR} to a directory made by scripts/real/setup.sh)\n"
             );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             return None;
         };
         let dir = PathBuf::from(dir);
