@@ -50,7 +50,7 @@ fn two_engines_and_an_adapter() {
         tier.spec("tiny-llama-a", "a", 0, "", adapter),
         tier.spec("tiny-llama-b", "b", 1, "", json!({})),
     ];
-    let mut run = tier.start("two-engines", models, &[], false);
+    let mut run = tier.start("two-engines", &models, &[], false);
     let mut cases = Cases::new("two_engines_and_an_adapter");
 
     let ready = cases.run("two engines and an adapter become ready", || {
@@ -66,6 +66,63 @@ fn two_engines_and_an_adapter() {
         cases.finish();
         return;
     }
+
+    cases.run("plan and serve give the same engine ports", || {
+        let plan = run.plan.clone()?;
+        let mut ports = Vec::new();
+        for model in plan["models"]
+            .as_array()
+            .ok_or(format!("no models in {plan}"))?
+        {
+            let name = model["name"].as_str().unwrap_or("?");
+            let served = run.engine_port(name);
+            ensure!(
+                model["port"].as_u64() == served.map(u64::from),
+                "{name}: plan said port {}, serve uses {served:?}",
+                model["port"]
+            );
+            ports.push(format!("{name}: {}", model["port"]));
+        }
+        Ok(ports.join(", "))
+    });
+
+    cases.run("engine log lines keep their severity", || {
+        let records = run.records();
+        let warnings: Vec<Record> = records
+            .iter()
+            .filter(|r| r.is_engine_output() && r.message().contains(") WARNING "))
+            .cloned()
+            .collect();
+        let wrong: Vec<Record> = warnings
+            .iter()
+            .filter(|r| r.level() != "WARN")
+            .cloned()
+            .collect();
+        ensure!(!warnings.is_empty(), "no vLLM WARNING line to look at");
+        ensure!(
+            wrong.is_empty(),
+            "{} of {} vLLM WARNING lines were not logged at WARN, e.g.:\n{}",
+            wrong.len(),
+            warnings.len(),
+            lines(&wrong[..wrong.len().min(3)])
+        );
+        let probes: Vec<Record> = records
+            .iter()
+            .filter(|r| r.message().contains("\"GET /health HTTP/1.1\""))
+            .cloned()
+            .collect();
+        ensure!(
+            probes.is_empty(),
+            "{} access-log lines of modelmux's health probes at {} (want debug at most), e.g.:\n{}",
+            probes.len(),
+            probes[0].level(),
+            lines(&probes[..1])
+        );
+        Ok(format!(
+            "{} vLLM WARNING lines at WARN; no probe access lines at info",
+            warnings.len()
+        ))
+    });
 
     cases.run("/v1/models keeps vLLM's fields", || {
         let front = http::get(run.port, "/v1/models").map_err(io)?.json()?;
@@ -368,7 +425,7 @@ fn sigkill_of_modelmux_leaves_no_engine_process() {
         return;
     };
     let models = vec![tier.spec("tiny-llama-b", "b", 1, "", json!({}))];
-    let mut run = tier.start("sigkill", models, &[], true);
+    let mut run = tier.start("sigkill", &models, &[], true);
     let mut cases = Cases::new("sigkill_of_modelmux_leaves_no_engine_process");
     cases.run(
         "SIGKILL of modelmux (own session): no vLLM process after 10 s",
@@ -408,7 +465,7 @@ fn a_bad_flag_fails_at_once() {
         return;
     };
     let models = vec![tier.spec("tiny-llama-a", "a", 0, "--no-such-flag", json!({}))];
-    let mut run = tier.start("bad-flag", models, &[], false);
+    let mut run = tier.start("bad-flag", &models, &[], false);
     let mut cases = Cases::new("a_bad_flag_fails_at_once");
     cases.run("a bad flag: exit 1 within one engine start, vLLM's error line once", || {
         let t0 = Instant::now();
@@ -466,7 +523,12 @@ fn an_impossible_kv_cache_names_the_root_cause() {
         json!({"env": {"VLLM_CPU_KVCACHE_SPACE": "100000"}}),
     )];
     // No restarts: the message, not the restart policy, is under test here.
-    let mut run = tier.start("kv-cache", models, &[("MODELMUX_MAX_RESTARTS", "0")], false);
+    let mut run = tier.start(
+        "kv-cache",
+        &models,
+        &[("MODELMUX_MAX_RESTARTS", "0")],
+        false,
+    );
     let mut cases = Cases::new("an_impossible_kv_cache_names_the_root_cause");
     cases.run("an impossible KV cache: the ValueError is in the failure message", || {
         let code = run.wait_exit(READY_TIMEOUT)?;

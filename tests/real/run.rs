@@ -66,6 +66,8 @@ pub struct Run {
     records: Arc<Mutex<Vec<Record>>>,
     pub started: Instant,
     done: Arc<AtomicBool>,
+    /// What `modelmux plan --json` printed for the same configuration just before.
+    pub plan: Result<Value, String>,
 }
 
 /// The longest one run may live before its watchdog kills everything and aborts the test
@@ -74,7 +76,13 @@ const RUN_LIMIT: Duration = Duration::from_secs(2400);
 
 impl Run {
     /// Spawns `cmd` (modelmux, stderr piped), reads its log and arms the watchdog.
-    pub fn spawn(label: &str, mut cmd: Command, port: u16, marker: String) -> Run {
+    pub fn spawn(
+        label: &str,
+        mut cmd: Command,
+        port: u16,
+        marker: String,
+        plan: Result<Value, String>,
+    ) -> Run {
         let mut child = cmd.spawn().expect("start modelmux");
         let records = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -99,6 +107,7 @@ impl Run {
             records,
             started: Instant::now(),
             done: Arc::new(AtomicBool::new(false)),
+            plan,
         }
         .with_watchdog()
     }

@@ -113,17 +113,8 @@ impl Tier {
         m
     }
 
-    /// Starts modelmux with these models; `own_session` puts it in a session of its own (as
-    /// when started by hand), so that nothing but its own guarantees stops its engines.
-    pub fn start(
-        &self,
-        label: &str,
-        models: Vec<Value>,
-        env: &[(&str, &str)],
-        own_session: bool,
-    ) -> Run {
-        let port = free_port();
-        let marker = format!("{label}-{}-{port}", std::process::id());
+    /// modelmux with these models and the tier's environment, listening on `port`.
+    fn command(&self, models: &[Value], env: &[(&str, &str)], port: u16, marker: &str) -> Command {
         let cache = self.dir.join("cache");
         let mut cmd = Command::new(MODELMUX);
         cmd.env_remove("RUST_LOG")
@@ -140,7 +131,7 @@ impl Tier {
             .env("MODELMUX_LOG_FORMAT", "json")
             .env("MODELMUX_SHUTDOWN_GRACE", "20")
             .env("PORT", port.to_string())
-            .env(MARKER_VAR, &marker)
+            .env(MARKER_VAR, marker)
             // Nothing is downloaded at run time; caches stay inside the tier's directory.
             .env("HF_HUB_OFFLINE", "1")
             .env("TRANSFORMERS_OFFLINE", "1")
@@ -150,9 +141,39 @@ impl Tier {
             .env("DO_NOT_TRACK", "1")
             .env("VLLM_CPU_KVCACHE_SPACE", "1")
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts modelmux with these models, after `modelmux plan --json` with the same
+    /// configuration (kept in [`Run::plan`]). `own_session` puts it in a session of its own
+    /// (as when started by hand), so that nothing but its own guarantees stops its engines.
+    pub fn start(
+        &self,
+        label: &str,
+        models: &[Value],
+        env: &[(&str, &str)],
+        own_session: bool,
+    ) -> Run {
+        let port = free_port();
+        let marker = format!("{label}-{}-{port}", std::process::id());
+        let plan = self
+            .command(models, env, port, &marker)
+            .arg("plan")
+            .arg("--json")
+            .output()
+            .map_err(|e| format!("modelmux plan: {e}"))
+            .and_then(|out| {
+                serde_json::from_slice(&out.stdout).map_err(|e| {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    format!(
+                        "modelmux plan --json ({}): not JSON ({e}): {err}",
+                        out.status
+                    )
+                })
+            });
+        let mut cmd = self.command(models, env, port, &marker);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         if own_session {
             use std::os::unix::process::CommandExt;
             // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
@@ -163,6 +184,6 @@ impl Tier {
                 });
             }
         }
-        Run::spawn(label, cmd, port, marker)
+        Run::spawn(label, cmd, port, marker, plan)
     }
 }
