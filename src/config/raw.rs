@@ -129,4 +129,8 @@ pub struct RawConfig {
     /// HEALTH_CHECK_PORT (default PORT + 1).
     #[arg(long, env = "MODELMUX_ENGINE_BASE_PORT", global = true)]
     pub engine_base_port: Option<String>,
+
+    /// Seconds between the "still loading" log lines while models load (default 10).
+    #[arg(long, env = "MODELMUX_PROGRESS_INTERVAL", global = true)]
+    pub progress_interval: Option<String>,
 }

@@ -71,6 +71,8 @@ pub struct Settings {
     /// The first engine port (`MODELMUX_ENGINE_BASE_PORT`, default `PORT + 1`): model `i`
     /// gets the `i`-th port from here that is neither `PORT` nor `HEALTH_CHECK_PORT`.
     pub engine_base_port: u16,
+    /// Interval between "still loading" lines while models load.
+    pub progress_interval: Duration,
 }
 
 fn parse_port(var: &str, value: &str) -> Result<u16, ConfigError> {
@@ -262,6 +264,12 @@ impl Settings {
                 0.0,
             )?,
             engine_base_port,
+            progress_interval: seconds(
+                "MODELMUX_PROGRESS_INTERVAL",
+                raw.progress_interval.as_deref(),
+                10.0,
+                0.05,
+            )?,
         })
     }
 }
@@ -290,6 +298,7 @@ mod tests {
         assert_eq!(s.predict_endpoint, "/v1/completions");
         assert_eq!(s.health_endpoint, "/health");
         assert_eq!(s.engine_base_port, 8081);
+        assert_eq!(s.progress_interval, Duration::from_secs(10));
     }
 
     #[test]

@@ -21,8 +21,6 @@ use crate::state::{Phase, StateTx, update};
 
 /// Interval between readiness probes while an engine loads.
 const STARTUP_PROBE: Duration = Duration::from_millis(200);
-/// Interval between "still loading" log lines.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// Consecutive failed probes of a ready engine before it counts as hung.
 const HUNG_AFTER: u32 = 3;
 /// Error lines and other last lines repeated when an engine fails.
@@ -274,9 +272,15 @@ impl EngineTask {
 
         let started = Instant::now();
         let deadline = started + self.settings.startup_timeout;
-        let mut next_progress = started + PROGRESS_EVERY;
-        // Starting: probe often until ready, the engine exits, the deadline or shutdown.
+        let mut last_log: Option<String> = None;
+        // Starting: probe often until ready, the engine exits, the deadline or shutdown;
+        // meanwhile the engine's last line is published (`last_log`) as it changes.
         let ready_at = loop {
+            let line = tail.last_line();
+            if line != last_log {
+                last_log = line.clone();
+                update(&self.state, self.index, |m| m.last_log = line);
+            }
             tokio::select! {
                 event = engine.next() => {
                     let (reason, exit) = ended(event);
@@ -303,10 +307,6 @@ impl EngineTask {
                     engine: Some(engine),
                     pumps,
                 };
-            }
-            if now >= next_progress {
-                tracing::info!(model = %name, pid, "still loading ({:.0} s elapsed)", (now - started).as_secs_f64());
-                next_progress = now + PROGRESS_EVERY;
             }
             tokio::select! {
                 _ = sleep_until(now + STARTUP_PROBE) => {}

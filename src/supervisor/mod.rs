@@ -11,6 +11,7 @@
 //! - [`logs`]: engine output re-logged at its own level, tail and root cause kept.
 //! - [`probe`]: `/health` probes and the `/v1/models` fetch.
 //! - [`restart`]: back-off and restart budget.
+//! - [`progress`]: the "still loading" and "all ready" log lines.
 
 pub mod control;
 pub mod engine;
@@ -18,6 +19,7 @@ pub mod group;
 pub mod guardian;
 pub mod logs;
 pub mod probe;
+pub mod progress;
 pub mod reaper;
 pub mod restart;
 pub mod tree;
