@@ -15,7 +15,9 @@ use super::logs::{Excerpt, Stream, Tail, pump};
 use super::probe::Prober;
 use super::reaper::{Exit, Reaper, SpawnRequest, Spawned};
 use super::restart::RestartPolicy;
+use super::stall::{ProgressMetrics, StallWatch};
 use crate::config::{OnFailure, Settings};
+use crate::observability::scrape;
 use crate::plan::ModelLaunch;
 use crate::state::{Phase, StateTx, update};
 
@@ -93,6 +95,8 @@ pub struct EngineTask {
     pub failures: mpsc::UnboundedSender<Failure>,
     /// Health probes.
     pub prober: Prober,
+    /// The engine's metric names for the progress check (`MODELMUX_STALL_TIMEOUT`).
+    pub progress: ProgressMetrics,
 }
 
 type Pumps = Vec<std::io::Result<JoinHandle<()>>>;
@@ -332,8 +336,11 @@ impl EngineTask {
             }
         });
 
-        // Ready: watch for an exit (at once) and for a hang (several failed probes in a row).
+        // Ready: watch for an exit (at once), for a hang (several failed probes in a row) and
+        // for a stall (requests running, no progress for MODELMUX_STALL_TIMEOUT).
         let mut failed_probes = 0u32;
+        let mut stall = self.settings.stall_timeout.map(StallWatch::new);
+        let mut unreadable_said = false;
         loop {
             tokio::select! {
                 event = engine.next() => {
@@ -350,6 +357,28 @@ impl EngineTask {
             };
             if healthy {
                 failed_probes = 0;
+                let Some(watch) = stall.as_mut() else {
+                    continue;
+                };
+                let verdict = tokio::select! {
+                    v = self.check_progress(watch, &mut unreadable_said) => v,
+                    event = engine.next() => {
+                        let (reason, exit) = ended(event);
+                        return RunEnd::Ended { reason, exit, ready_for: Some(ready_at.elapsed()), engine: Some(engine), pumps };
+                    }
+                    _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
+                };
+                if let Some(reason) = verdict {
+                    tracing::error!(model = %name, pid, "engine is {reason}; stopping it");
+                    engine.stop(self.settings.shutdown_grace).await;
+                    return RunEnd::Ended {
+                        reason,
+                        exit: None,
+                        ready_for: Some(ready_at.elapsed()),
+                        engine: Some(engine),
+                        pumps,
+                    };
+                }
                 continue;
             }
             failed_probes += 1;
@@ -366,6 +395,37 @@ impl EngineTask {
                     engine: Some(engine),
                     pumps,
                 };
+            }
+        }
+    }
+
+    /// Reads the engine's progress metrics once and feeds them to `watch`; the reason for a
+    /// restart when it has stalled. An engine whose metrics cannot be read is said once per
+    /// run (at info: it may simply not export them) and not judged.
+    async fn check_progress(&self, watch: &mut StallWatch, said: &mut bool) -> Option<String> {
+        let authority = format!("127.0.0.1:{}", self.launch.port);
+        let timeout = self.settings.health_timeout;
+        let reading = match scrape::fetch_within(&authority, timeout).await {
+            Ok(text) => self.progress.read(&text).ok_or_else(|| {
+                format!(
+                    "its /metrics has no {} or no progress counter",
+                    self.progress.running
+                )
+            }),
+            Err(why) => Err(format!("its /metrics did not answer ({why})")),
+        };
+        match reading {
+            Ok(reading) => {
+                *said = false;
+                let stall = watch.observe(Instant::now(), reading)?;
+                Some(stall.reason(self.settings.stall_timeout.unwrap_or_default()))
+            }
+            Err(why) => {
+                if !*said {
+                    *said = true;
+                    tracing::info!(model = %self.launch.name, "cannot check the engine's progress: {why}; MODELMUX_STALL_TIMEOUT does not apply until it can");
+                }
+                None
             }
         }
     }
