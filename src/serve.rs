@@ -16,7 +16,7 @@ use crate::config::{OnFailure, RawConfig, Settings};
 use crate::front::{self, App};
 use crate::plan::LaunchPlan;
 use crate::state::{Snapshot, StateRx};
-use crate::supervisor::{Failure, Reaper, Supervisor, group};
+use crate::supervisor::{Failure, Reaper, Supervisor, group, progress};
 
 /// Runs `serve` to completion and returns the process exit code.
 pub fn main(raw: &RawConfig) -> ExitCode {
@@ -136,6 +136,7 @@ fn kill_all_now(state: &StateRx) {
 
 /// Serves until a signal or a fatal failure; returns the exit code.
 pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
+    let started = tokio::time::Instant::now();
     let settings = Arc::new(settings);
     let reaper = match Reaper::start() {
         Ok(r) => r,
@@ -207,6 +208,13 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         "modelmux is up; starting engines"
     );
     let mut supervisor = Supervisor::start(&plan, settings.clone(), reaper, state_tx.clone());
+    let serving_on = format!("http://{}:{}", Ipv4Addr::UNSPECIFIED, settings.port);
+    tokio::spawn(progress::report(
+        state_rx.clone(),
+        settings.progress_interval,
+        started,
+        serving_on,
+    ));
 
     let exit_on_failure = settings.on_failure == OnFailure::Exit;
     let outcome = tokio::select! {

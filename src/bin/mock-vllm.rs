@@ -8,6 +8,8 @@
 //!
 //! Knobs (environment):
 //! - `MOCK_STARTUP_DELAY_MS`: `/health` answers 503 until this much time has passed.
+//! - `MOCK_LOADING_BAR=1`: meanwhile, draw vLLM's "Loading safetensors checkpoint shards"
+//!   progress bar on stderr as tqdm does (redrawn with `\r`, one newline at the end).
 //! - `MOCK_STDOUT_LINES`, `MOCK_STDERR_LINES`: lines (separated by newlines) printed at start.
 //! - `MOCK_CRASH_AT_START=MSG`: print MSG on stderr and exit 1 at once.
 //! - `MOCK_REJECT_FLAG=FLAG`: if FLAG is on the command line, fail like argparse (usage and
@@ -33,7 +35,10 @@
 //!   answers after this long; `--max-num-seqs N` lets N requests run at once, the rest wait.
 //!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
-//! `mock_exit` (exit at once without an answer, with `mock_exit_code`, default 1).
+//! `mock_exit` (exit at once without an answer, with `mock_exit_code`, default 1),
+//! `mock_stall_after_chunks` (a hung engine, as vLLM in a decode deadlock: a stream stops
+//! after that many chunks, a plain request never answers; the request stays running in
+//! `/metrics` and no more tokens are counted, while `/health` keeps answering 200).
 //!
 //! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
 //! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
@@ -280,6 +285,9 @@ async fn run(args: Vec<String>) -> i32 {
         }
     };
     eprintln!("mock-vllm: serving {names:?} on {host}:{port}");
+    if wants("MOCK_LOADING_BAR") && !startup_delay.is_zero() {
+        std::thread::spawn(move || loading_bar(startup_delay.saturating_sub(started.elapsed())));
+    }
     let max_num_seqs = flag_values(&args, "--max-num-seqs").pop();
     let counters =
         metrics::EngineMetrics::new(&names[0], max_num_seqs.and_then(|v| v.parse().ok()));
@@ -345,6 +353,25 @@ async fn run(args: Vec<String>) -> i32 {
             1
         }
     }
+}
+
+/// tqdm's bar as vLLM draws it while it loads weights: four shards over `over`.
+fn loading_bar(over: Duration) {
+    const SHARDS: u32 = 4;
+    let mut err = std::io::stderr();
+    for done in 0..=SHARDS {
+        if done > 0 {
+            std::thread::sleep(over / SHARDS);
+        }
+        let _ = write!(
+            err,
+            "\rLoading safetensors checkpoint shards: {:3}% Completed | {done}/{SHARDS} [00:0{done}<00:0{}, 1.00it/s]",
+            done * 100 / SHARDS,
+            SHARDS - done
+        );
+        let _ = err.flush();
+    }
+    let _ = writeln!(err);
 }
 
 async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
@@ -435,20 +462,21 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);
     let mut run = m.metrics.begin().await;
+    let stall_after = num("mock_stall_after_chunks");
     let mut resp = if req.get("stream").and_then(Value::as_bool) == Some(true) {
         let chunks = num("mock_chunks").unwrap_or(m.chunks);
         let delay = num("mock_delay_ms").unwrap_or(m.chunk_delay);
-        let die_after = num("mock_die_after_chunks");
-        stream(
-            m.clone(),
-            path.clone(),
-            model,
-            chunks,
-            delay,
-            die_after,
-            run,
-        )
+        let faults = Faults {
+            die_after: num("mock_die_after_chunks"),
+            stall_after,
+        };
+        stream(m.clone(), path.clone(), model, chunks, delay, faults, run)
     } else {
+        if stall_after.is_some() {
+            eprintln!("mock-vllm: stalling a request as asked (mock_stall_after_chunks)");
+            // Running for ever; the client going away drops it, as vLLM aborts it.
+            std::future::pending::<()>().await;
+        }
         if m.response_delay > 0 {
             tokio::time::sleep(Duration::from_millis(m.response_delay)).await;
         }
@@ -515,22 +543,37 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+/// Faults a stream can be asked for.
+struct Faults {
+    /// Exit after this many chunks.
+    die_after: Option<u64>,
+    /// Stop after this many chunks and hold the request running for ever.
+    stall_after: Option<u64>,
+}
+
 fn stream(
     m: Arc<Mock>,
     path: String,
     model: String,
     chunks: u64,
     delay: u64,
-    die_after: Option<u64>,
+    faults: Faults,
     mut run: metrics::Running,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
         let chat = path.starts_with("/v1/chat/completions");
         for i in 0..chunks {
-            if die_after == Some(i) {
+            if faults.die_after == Some(i) {
                 eprintln!("mock-vllm: dying mid-stream as asked (mock_die_after_chunks)");
                 std::process::exit(1);
+            }
+            if faults.stall_after == Some(i) {
+                eprintln!("mock-vllm: stalling mid-stream as asked (mock_stall_after_chunks)");
+                // Like a deadlocked EngineCore: the request stays in the batch, the client
+                // connection open, and nothing more comes, even if the client goes away.
+                let _held = (&run, &tx);
+                std::future::pending::<()>().await;
             }
             if delay > 0 && i > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;

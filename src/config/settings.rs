@@ -71,6 +71,12 @@ pub struct Settings {
     /// The first engine port (`MODELMUX_ENGINE_BASE_PORT`, default `PORT + 1`): model `i`
     /// gets the `i`-th port from here that is neither `PORT` nor `HEALTH_CHECK_PORT`.
     pub engine_base_port: u16,
+    /// How long a ready engine may have requests running without making progress before it
+    /// counts as hung and is restarted (`MODELMUX_STALL_TIMEOUT`); `None` (`0`) turns the
+    /// check off.
+    pub stall_timeout: Option<Duration>,
+    /// Interval between "still loading" lines while models load.
+    pub progress_interval: Duration,
 }
 
 fn parse_port(var: &str, value: &str) -> Result<u16, ConfigError> {
@@ -262,6 +268,19 @@ impl Settings {
                 0.0,
             )?,
             engine_base_port,
+            stall_timeout: Some(seconds(
+                "MODELMUX_STALL_TIMEOUT",
+                raw.stall_timeout.as_deref(),
+                120.0,
+                0.0,
+            )?)
+            .filter(|t| !t.is_zero()),
+            progress_interval: seconds(
+                "MODELMUX_PROGRESS_INTERVAL",
+                raw.progress_interval.as_deref(),
+                10.0,
+                0.05,
+            )?,
         })
     }
 }
@@ -290,6 +309,27 @@ mod tests {
         assert_eq!(s.predict_endpoint, "/v1/completions");
         assert_eq!(s.health_endpoint, "/health");
         assert_eq!(s.engine_base_port, 8081);
+        assert_eq!(s.stall_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(s.progress_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_stall_timeout_of_zero_turns_the_check_off() {
+        let with = |v: &str| {
+            let raw = RawConfig {
+                stall_timeout: Some(v.into()),
+                ..RawConfig::default()
+            };
+            Settings::from_raw(&raw).map(|s| s.stall_timeout)
+        };
+        assert_eq!(with("0").unwrap(), None);
+        assert_eq!(with("2.5").unwrap(), Some(Duration::from_millis(2500)));
+        assert!(
+            with("-1")
+                .unwrap_err()
+                .to_string()
+                .starts_with("MODELMUX_STALL_TIMEOUT=\"-1\": not a number of seconds")
+        );
     }
 
     #[test]

@@ -11,12 +11,13 @@ use serde_json::{Value, json};
 use super::errors::{error, json as json_response};
 use super::{App, auth};
 use crate::observability::scrape;
-use crate::state::now_unix;
+use crate::state::rfc3339;
 
-/// 200 when every model is ready, else 503; the body lists each model's state.
+/// 200 when every model is ready, else 503; the body lists each model's state, `since`
+/// (RFC 3339) and, while it starts, its engine's `last_log`.
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.state.borrow().clone();
-    let now = now_unix();
+    let now = std::time::SystemTime::now();
     let models: Vec<Value> = snapshot
         .models
         .iter()
@@ -24,7 +25,9 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
             json!({
                 "name": m.name, "state": m.state, "gpus": m.gpus, "port": m.port, "pid": m.pid,
                 "restarts": m.restarts, "last_exit": m.last_exit,
-                "seconds_in_state": ((now - m.since) * 10.0).round() / 10.0,
+                "since": rfc3339(m.since), "last_log": m.last_log,
+                "seconds_in_state": (now.duration_since(m.since).unwrap_or_default().as_secs_f64()
+                    * 10.0).round() / 10.0,
             })
         })
         .collect();

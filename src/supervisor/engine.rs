@@ -15,14 +15,14 @@ use super::logs::{Excerpt, Stream, Tail, pump};
 use super::probe::Prober;
 use super::reaper::{Exit, Reaper, SpawnRequest, Spawned};
 use super::restart::RestartPolicy;
+use super::stall::{ProgressMetrics, StallWatch};
 use crate::config::{OnFailure, Settings};
+use crate::observability::scrape;
 use crate::plan::ModelLaunch;
 use crate::state::{Phase, StateTx, update};
 
 /// Interval between readiness probes while an engine loads.
 const STARTUP_PROBE: Duration = Duration::from_millis(200);
-/// Interval between "still loading" log lines.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 /// Consecutive failed probes of a ready engine before it counts as hung.
 const HUNG_AFTER: u32 = 3;
 /// Error lines and other last lines repeated when an engine fails.
@@ -95,6 +95,8 @@ pub struct EngineTask {
     pub failures: mpsc::UnboundedSender<Failure>,
     /// Health probes.
     pub prober: Prober,
+    /// The engine's metric names for the progress check (`MODELMUX_STALL_TIMEOUT`).
+    pub progress: ProgressMetrics,
 }
 
 type Pumps = Vec<std::io::Result<JoinHandle<()>>>;
@@ -274,9 +276,15 @@ impl EngineTask {
 
         let started = Instant::now();
         let deadline = started + self.settings.startup_timeout;
-        let mut next_progress = started + PROGRESS_EVERY;
-        // Starting: probe often until ready, the engine exits, the deadline or shutdown.
+        let mut last_log: Option<String> = None;
+        // Starting: probe often until ready, the engine exits, the deadline or shutdown;
+        // meanwhile the engine's last line is published (`last_log`) as it changes.
         let ready_at = loop {
+            let line = tail.last_line();
+            if line != last_log {
+                last_log = line.clone();
+                update(&self.state, self.index, |m| m.last_log = line);
+            }
             tokio::select! {
                 event = engine.next() => {
                     let (reason, exit) = ended(event);
@@ -304,10 +312,6 @@ impl EngineTask {
                     pumps,
                 };
             }
-            if now >= next_progress {
-                tracing::info!(model = %name, pid, "still loading ({:.0} s elapsed)", (now - started).as_secs_f64());
-                next_progress = now + PROGRESS_EVERY;
-            }
             tokio::select! {
                 _ = sleep_until(now + STARTUP_PROBE) => {}
                 _ = stopping(&mut sd) => {}
@@ -332,8 +336,11 @@ impl EngineTask {
             }
         });
 
-        // Ready: watch for an exit (at once) and for a hang (several failed probes in a row).
+        // Ready: watch for an exit (at once), for a hang (several failed probes in a row) and
+        // for a stall (requests running, no progress for MODELMUX_STALL_TIMEOUT).
         let mut failed_probes = 0u32;
+        let mut stall = self.settings.stall_timeout.map(StallWatch::new);
+        let mut unreadable_said = false;
         loop {
             tokio::select! {
                 event = engine.next() => {
@@ -350,6 +357,28 @@ impl EngineTask {
             };
             if healthy {
                 failed_probes = 0;
+                let Some(watch) = stall.as_mut() else {
+                    continue;
+                };
+                let verdict = tokio::select! {
+                    v = self.check_progress(watch, &mut unreadable_said) => v,
+                    event = engine.next() => {
+                        let (reason, exit) = ended(event);
+                        return RunEnd::Ended { reason, exit, ready_for: Some(ready_at.elapsed()), engine: Some(engine), pumps };
+                    }
+                    _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
+                };
+                if let Some(reason) = verdict {
+                    tracing::error!(model = %name, pid, "engine is {reason}; stopping it");
+                    engine.stop(self.settings.shutdown_grace).await;
+                    return RunEnd::Ended {
+                        reason,
+                        exit: None,
+                        ready_for: Some(ready_at.elapsed()),
+                        engine: Some(engine),
+                        pumps,
+                    };
+                }
                 continue;
             }
             failed_probes += 1;
@@ -366,6 +395,37 @@ impl EngineTask {
                     engine: Some(engine),
                     pumps,
                 };
+            }
+        }
+    }
+
+    /// Reads the engine's progress metrics once and feeds them to `watch`; the reason for a
+    /// restart when it has stalled. An engine whose metrics cannot be read is said once per
+    /// run (at info: it may simply not export them) and not judged.
+    async fn check_progress(&self, watch: &mut StallWatch, said: &mut bool) -> Option<String> {
+        let authority = format!("127.0.0.1:{}", self.launch.port);
+        let timeout = self.settings.health_timeout;
+        let reading = match scrape::fetch_within(&authority, timeout).await {
+            Ok(text) => self.progress.read(&text).ok_or_else(|| {
+                format!(
+                    "its /metrics has no {} or no progress counter",
+                    self.progress.running
+                )
+            }),
+            Err(why) => Err(format!("its /metrics did not answer ({why})")),
+        };
+        match reading {
+            Ok(reading) => {
+                *said = false;
+                let stall = watch.observe(Instant::now(), reading)?;
+                Some(stall.reason(self.settings.stall_timeout.unwrap_or_default()))
+            }
+            Err(why) => {
+                if !*said {
+                    *said = true;
+                    tracing::info!(model = %self.launch.name, "cannot check the engine's progress: {why}; MODELMUX_STALL_TIMEOUT does not apply until it can");
+                }
+                None
             }
         }
     }

@@ -15,6 +15,8 @@ pub const TAIL_LINES: usize = 200;
 pub const ERROR_LINES: usize = 100;
 /// Longest line re-logged; the rest is cut (a runaway progress bar must not eat memory).
 const MAX_LINE: usize = 16 * 1024;
+/// Longest last line kept for `last_log`.
+const MAX_LAST: usize = 300;
 
 /// Severity of an engine line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +192,8 @@ struct Lines {
     /// The first exception of the run that is not a "see root cause above": kept apart so
     /// that no amount of later output pushes it out.
     first_exception: Option<String>,
+    /// The latest line (its message), or a progress bar's latest state while it redraws.
+    last: Option<String>,
 }
 
 /// The last lines an engine run wrote (both streams, in order), its error lines and its
@@ -213,6 +217,7 @@ impl Tail {
     /// Keeps a line.
     pub fn push(&self, level: Level, line: &str) {
         let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set_last(&mut l.last, message(line));
         if l.all.len() == TAIL_LINES {
             l.all.pop_front();
         }
@@ -260,13 +265,40 @@ impl Tail {
         }
     }
 
+    /// A line still being written that redrew itself with `\r` (a progress bar such as
+    /// "Loading safetensors checkpoint shards:  50% ..."): it becomes the last line without
+    /// being kept or logged, until its newline comes.
+    pub fn set_live(&self, partial: &str) {
+        let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set_last(&mut l.last, partial.trim());
+    }
+
+    /// The engine's latest line (its message without vLLM's prefixes), cut to a few hundred
+    /// characters; `None` before it wrote anything.
+    pub fn last_line(&self) -> Option<String> {
+        let l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        l.last.clone()
+    }
+
     /// Forgets everything (a restarted engine starts a new tail).
     pub fn clear(&self) {
         let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
         l.all.clear();
         l.errors.clear();
         l.first_exception = None;
+        l.last = None;
     }
+}
+
+fn set_last(last: &mut Option<String>, msg: &str) {
+    if msg.is_empty() || last.as_deref() == Some(msg) {
+        return;
+    }
+    let cut = match msg.char_indices().nth(MAX_LAST) {
+        Some((i, _)) => format!("{} ...", &msg[..i]),
+        None => msg.to_string(),
+    };
+    *last = Some(cut);
 }
 
 /// Which pipe a line came from.
@@ -288,50 +320,92 @@ pub fn pump(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(8192, pipe);
-        let mut buf = Vec::with_capacity(256);
+        let mut line = Vec::with_capacity(256);
         let mut classifier = Classifier::default();
         let s = match stream {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
         };
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            let (taken, complete) = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => {
+                    let end = chunk.iter().position(|&b| b == b'\n');
+                    let taken = end.map_or(chunk.len(), |i| i + 1);
+                    append_capped(&mut line, &chunk[..taken]);
+                    (taken, end.is_some())
+                }
+            };
+            reader.consume(taken);
+            if complete {
+                one_line(&model, s, &line, &mut classifier, &tail);
+                line.clear();
+            } else if line.contains(&b'\r') {
+                // A progress bar redraws its line with '\r' and writes '\n' only at the end.
+                tail.set_live(&last_state(&String::from_utf8_lossy(&line)));
             }
-            buf.truncate(MAX_LINE);
-            let text = String::from_utf8_lossy(&buf);
-            // Progress bars redraw with '\r': keep the last state of the line.
-            let line = text.trim_end_matches(['\n', '\r']);
-            let line = line.rsplit('\r').next().unwrap_or(line);
-            if line.trim().is_empty() {
-                continue;
-            }
-            let level = classifier.classify(line);
-            match level {
-                Level::Error => {
-                    tracing::error!(target: "engine", model = %model, stream = s, "{line}")
-                }
-                Level::Warn => {
-                    tracing::warn!(target: "engine", model = %model, stream = s, "{line}")
-                }
-                Level::Info => {
-                    tracing::info!(target: "engine", model = %model, stream = s, "{line}")
-                }
-                Level::Debug => {
-                    tracing::debug!(target: "engine", model = %model, stream = s, "{line}");
-                    continue;
-                }
-            }
-            tail.push(level, line);
+        }
+        if !line.is_empty() {
+            one_line(&model, s, &line, &mut classifier, &tail);
         }
     })
+}
+
+/// Adds `part` to a line being read, keeping it under [`MAX_LINE`] bytes: a redrawn line
+/// keeps its latest states (from a `\r`), any other line its first bytes.
+fn append_capped(line: &mut Vec<u8>, part: &[u8]) {
+    line.extend_from_slice(part);
+    if line.len() <= MAX_LINE {
+        return;
+    }
+    let body = &line[..line.len() - 1];
+    match body.iter().rposition(|&b| b == b'\r') {
+        Some(cr) if line.len() - cr <= MAX_LINE => {
+            line.drain(..cr);
+        }
+        _ => line.truncate(MAX_LINE),
+    }
+}
+
+/// The last state of a line that was redrawn with `\r`.
+fn last_state(text: &str) -> String {
+    let text = text.trim_end_matches(['\n', '\r']);
+    text.rsplit('\r')
+        .find(|seg| !seg.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Logs one complete line at its level and keeps it in the tail.
+fn one_line(model: &str, s: &'static str, raw: &[u8], classifier: &mut Classifier, tail: &Tail) {
+    let line = last_state(&String::from_utf8_lossy(raw));
+    if line.trim().is_empty() {
+        return;
+    }
+    let line = line.as_str();
+    let level = classifier.classify(line);
+    match level {
+        Level::Error => {
+            tracing::error!(target: "engine", model = %model, stream = s, "{line}")
+        }
+        Level::Warn => {
+            tracing::warn!(target: "engine", model = %model, stream = s, "{line}")
+        }
+        Level::Info => {
+            tracing::info!(target: "engine", model = %model, stream = s, "{line}")
+        }
+        Level::Debug => {
+            tracing::debug!(target: "engine", model = %model, stream = s, "{line}");
+            return;
+        }
+    }
+    tail.push(level, line);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn levels(lines: &[&str]) -> Vec<Level> {
         let mut c = Classifier::default();
@@ -467,6 +541,89 @@ mod tests {
         assert_eq!(
             tail.excerpt(5, 5).root_cause.as_deref(),
             Some("api_server.py: error: unrecognized arguments: --no-such-flag")
+        );
+    }
+
+    #[test]
+    fn the_last_line_is_the_message_or_a_redrawn_bar() {
+        let tail = Tail::default();
+        assert_eq!(tail.last_line(), None);
+        tail.push(
+            Level::Info,
+            "(APIServer pid=42) INFO 01-15 10:23:45 [loader.py:12] Starting to load model m...",
+        );
+        assert_eq!(
+            tail.last_line().as_deref(),
+            Some("Starting to load model m...")
+        );
+        tail.set_live("  Loading safetensors checkpoint shards:  50% Completed | 1/2  ");
+        assert_eq!(
+            tail.last_line().as_deref(),
+            Some("Loading safetensors checkpoint shards:  50% Completed | 1/2")
+        );
+        // A live state is shown, never kept as a line of output.
+        assert_eq!(tail.excerpt(5, 5).other_lines.len(), 1);
+        tail.push(Level::Info, &"x".repeat(1000));
+        let long = tail.last_line().unwrap();
+        assert_eq!(long.len(), MAX_LAST + 4);
+        assert!(long.ends_with(" ..."));
+        tail.clear();
+        assert_eq!(tail.last_line(), None);
+    }
+
+    #[test]
+    fn redrawn_lines_keep_their_last_state_within_the_cap() {
+        assert_eq!(last_state("\rbar 0%\rbar 50%\rbar 100%\n"), "bar 100%");
+        assert_eq!(last_state("bar 50%\r   \r"), "bar 50%");
+        assert_eq!(last_state("plain line\r\n"), "plain line");
+        let mut line = Vec::new();
+        for i in 0..5000 {
+            append_capped(&mut line, format!("\rbar {i:>5}").as_bytes());
+            assert!(line.len() <= MAX_LINE + 16);
+        }
+        assert_eq!(last_state(&String::from_utf8_lossy(&line)), "bar  4999");
+        let mut plain = Vec::new();
+        for _ in 0..100 {
+            append_capped(&mut plain, &[b'y'; 1000]);
+        }
+        assert_eq!(plain.len(), MAX_LINE);
+    }
+
+    #[tokio::test]
+    async fn a_bar_that_has_not_reached_its_newline_is_the_last_line() {
+        use tokio::io::AsyncWriteExt;
+        let (mut writer, reader) = tokio::io::duplex(1024);
+        let tail = Tail::default();
+        let pumping = pump("m".into(), Stream::Stderr, reader, tail.clone());
+        let wait_for = |want: &'static str| {
+            let tail = tail.clone();
+            async move {
+                for _ in 0..500 {
+                    if tail.last_line().as_deref() == Some(want) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("last line {:?}, not {want:?}", tail.last_line());
+            }
+        };
+        writer
+            .write_all(b"INFO 01-15 10:23:45 [a.py:1] loading\n")
+            .await
+            .unwrap();
+        wait_for("loading").await;
+        writer.write_all(b"\rshards:   0% | 0/2").await.unwrap();
+        wait_for("shards:   0% | 0/2").await;
+        writer.write_all(b"\rshards:  50% | 1/2").await.unwrap();
+        wait_for("shards:  50% | 1/2").await;
+        writer.write_all(b"\rshards: 100% | 2/2\n").await.unwrap();
+        wait_for("shards: 100% | 2/2").await;
+        drop(writer);
+        pumping.await.unwrap();
+        // Logged and kept once, in its final state.
+        assert_eq!(
+            tail.excerpt(0, 10).other_lines,
+            ["INFO 01-15 10:23:45 [a.py:1] loading", "shards: 100% | 2/2"]
         );
     }
 }

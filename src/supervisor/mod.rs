@@ -11,6 +11,8 @@
 //! - [`logs`]: engine output re-logged at its own level, tail and root cause kept.
 //! - [`probe`]: `/health` probes and the `/v1/models` fetch.
 //! - [`restart`]: back-off and restart budget.
+//! - [`stall`]: hung-engine detection from the engine's progress metrics.
+//! - [`progress`]: the "still loading" and "all ready" log lines.
 
 pub mod control;
 pub mod engine;
@@ -18,8 +20,10 @@ pub mod group;
 pub mod guardian;
 pub mod logs;
 pub mod probe;
+pub mod progress;
 pub mod reaper;
 pub mod restart;
+pub mod stall;
 pub mod tree;
 
 use std::sync::Arc;
@@ -63,6 +67,8 @@ impl Supervisor {
                 shutdown: shutdown_rx.clone(),
                 failures: fail_tx.clone(),
                 prober: prober.clone(),
+                // Every engine is vLLM for now; an engine profile will bring its own names.
+                progress: stall::ProgressMetrics::VLLM,
             };
             tasks.spawn(task.run());
         }
