@@ -122,4 +122,8 @@ pub struct RawConfig {
     /// First restart delay in seconds; doubles per restart up to 60 (default 1).
     #[arg(long, env = "MODELMUX_RESTART_DELAY", global = true)]
     pub restart_delay: Option<String>,
+
+    /// The fraction of each GPU's memory all engines on it may use together (default 0.92).
+    #[arg(long, env = "MODELMUX_GPU_MEMORY_LIMIT", global = true)]
+    pub gpu_memory_limit: Option<String>,
 }
