@@ -28,3 +28,4 @@ pub mod plan;
 pub mod serve;
 pub mod state;
 pub mod supervisor;
+pub mod weights;
