@@ -61,7 +61,7 @@ pub fn human_int(text: &str) -> Option<u64> {
         return None;
     }
     let n: f64 = number.parse().ok()?;
-    (n.is_finite() && n >= 0.0 && n * mult < 1e15).then(|| (n * mult) as u64)
+    (n.is_finite() && n >= 0.0 && n * mult < 1e15).then_some((n * mult) as u64)
 }
 
 impl MemoryArgs {

@@ -1,14 +1,22 @@
-//! GPUs: which are there and how close they are ([`Inventory`], from NVML or the
+//! GPUs: which are there, how big and how close they are ([`Inventory`], from NVML or the
 //! `MODELMUX_GPUS` override, behind the [`GpuDiscovery`] trait so tests can feed fake
-//! machines), and who gets which ([`allocate`], a pure function).
+//! machines), who gets which ([`allocate`]) and what share of each ([`place`]), both pure
+//! functions, and whether the memory the plan counts on is still free at start
+//! ([`check_free`]). It depends on nothing else in the crate; its errors are [`GpuError`].
 
 mod allocate;
+mod error;
+mod free;
 mod nvml;
 mod overrides;
+mod pack;
 
 pub use allocate::{AllocError, Demand, allocate};
+pub use error::{GpuError, gib};
+pub use free::{GpuProcess, GpuTenant, GpuUse, check_free};
 pub use nvml::NvmlDiscovery;
-pub use overrides::GpuOverride;
+pub use overrides::{GpuOverride, SizedGpu, parse_size};
+pub use pack::{MemDemand, Need, Placement, VLLM_DEFAULT_UTILIZATION, place};
 
 use serde::Serialize;
 
@@ -88,14 +96,65 @@ pub trait GpuDiscovery {
     /// Lists the GPUs. An unusable NVML is not an error: it gives an empty inventory with
     /// [`GpuSource::Unavailable`] and a note.
     fn discover(&self) -> Inventory;
+
+    /// The processes holding memory on the GPU with this NVML index, where the driver tells
+    /// (inside a container it often cannot). Empty when unknown.
+    fn processes(&self, _index: u32) -> Vec<GpuProcess> {
+        Vec::new()
+    }
 }
 
-/// The inventory `serve` and `plan` use: the override if given, else discovery.
+/// The inventory `serve` and `plan` use: the override if given, else discovery. An override
+/// without sizes (`4`, `0,2`, UUIDs) still takes names, sizes, free memory and topology from
+/// NVML where NVML knows those GPUs; an override with sizes (`4x80GiB`) is used as it is.
 pub fn inventory(over: Option<&GpuOverride>, discovery: &dyn GpuDiscovery) -> Inventory {
-    match over {
-        Some(o) => o.inventory(),
-        None => discovery.discover(),
+    let Some(o) = over else {
+        return discovery.discover();
+    };
+    let mut inv = o.inventory();
+    if inv.disabled || o.has_sizes() {
+        return inv;
     }
+    let found = discovery.discover();
+    if found.source != GpuSource::Nvml {
+        return inv;
+    }
+    let matches = |mine: &Gpu, theirs: &Gpu| {
+        if mine.uuid.is_empty() {
+            theirs.index == mine.index
+        } else {
+            theirs.uuid == mine.uuid
+        }
+    };
+    let positions: Vec<Option<usize>> = inv
+        .gpus
+        .iter()
+        .map(|g| found.gpus.iter().position(|f| matches(g, f)))
+        .collect();
+    for (g, pos) in inv.gpus.iter_mut().zip(&positions) {
+        if let Some(f) = pos.map(|p| &found.gpus[p]) {
+            g.name = f.name.clone();
+            g.memory_total = f.memory_total;
+            g.memory_free = f.memory_free;
+            if g.uuid.is_empty() {
+                g.uuid = f.uuid.clone();
+            } else {
+                g.index = f.index;
+            }
+        }
+    }
+    if positions.iter().all(Option::is_some) && !found.distance.is_empty() {
+        inv.distance = positions
+            .iter()
+            .map(|a| {
+                positions
+                    .iter()
+                    .map(|b| found.distance(a.unwrap(), b.unwrap()))
+                    .collect()
+            })
+            .collect();
+    }
+    inv
 }
 
 /// Human-readable lines for `modelmux gpus`.

@@ -204,7 +204,7 @@ fn scaled(cfg: &Map<String, Value>, base: u64) -> Result<u64, String> {
         base
     };
     let len = start as f64 * factor;
-    if !(len.is_finite() && len >= 1.0 && len < 1e12) {
+    if !(len.is_finite() && (1.0..1e12).contains(&len)) {
         return Err(format!(
             "has a rope_scaling factor {factor} that gives no usable length"
         ));
