@@ -24,6 +24,7 @@ pub mod config;
 pub mod front;
 pub mod gpu;
 pub mod observability;
+pub mod placement;
 pub mod plan;
 pub mod serve;
 pub mod state;

@@ -23,6 +23,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
             json!({
                 "name": m.name, "state": m.state, "gpus": m.gpus, "port": m.port, "pid": m.pid,
                 "restarts": m.restarts, "last_exit": m.last_exit,
+                "gpu_share": m.gpu_share, "start_after": m.start_after,
                 "seconds_in_state": ((now - m.since) * 10.0).round() / 10.0,
             })
         })

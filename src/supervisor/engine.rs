@@ -87,6 +87,13 @@ impl EngineTask {
             RestartPolicy::new(self.settings.restart_delay, self.settings.max_restarts);
         let tail = Tail::default();
         let mut restarts = 0u32;
+        // Engines that share a GPU start one after another (stage.rs).
+        let after = self.launch.start_after.clone();
+        if super::stage::wait_turn(&name, &after, &self.state, &mut self.shutdown).await
+            == super::stage::Turn::Shutdown
+        {
+            return;
+        }
         loop {
             tail.clear();
             let end = self.run_once(&name, &tail).await;

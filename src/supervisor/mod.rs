@@ -7,6 +7,7 @@
 //! - [`logs`]: engine output re-logged, stderr tail kept.
 //! - [`probe`]: `/health` probes.
 //! - [`restart`]: back-off and restart budget.
+//! - [`stage`]: staged start of engines that share a GPU.
 
 pub mod engine;
 pub mod group;
@@ -14,6 +15,7 @@ pub mod logs;
 pub mod probe;
 pub mod reaper;
 pub mod restart;
+pub mod stage;
 
 use std::sync::Arc;
 
