@@ -87,7 +87,9 @@ fn print_plan(raw: &RawConfig, json: bool) -> ExitCode {
                     serde_json::to_string_pretty(&plan).expect("plan serialises")
                 );
             } else {
-                print!("{plan}");
+                // One string, so that stdout takes it in one write rather than line by line.
+                let text = plan.to_string();
+                print!("{text}");
             }
             ExitCode::SUCCESS
         }

@@ -61,6 +61,40 @@ fn estimate(m: &ModelSpec) -> Result<Option<MemoryEstimate>, ModelFilesError> {
     })
 }
 
+/// Estimates every model, on as many threads as there are cores (reading headers is most of
+/// what `plan` does for many local models). The first error in configuration order wins.
+fn estimate_all(models: &[ModelSpec]) -> Result<Vec<Option<MemoryEstimate>>, ModelFilesError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(models.len());
+    if threads <= 1 {
+        return models.iter().map(estimate).collect();
+    }
+    let mut results: Vec<Option<Result<Option<MemoryEstimate>, ModelFilesError>>> =
+        (0..models.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|k| {
+                scope.spawn(move || {
+                    (k..models.len())
+                        .step_by(threads)
+                        .map(|i| (i, estimate(&models[i])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for w in workers {
+            for (i, r) in w.join().expect("estimating never panics") {
+                results[i] = Some(r);
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.expect("every model estimated"))
+        .collect()
+}
+
 /// Places every model; returns the per-model placement and the per-GPU table.
 pub fn place(
     config: &Config,
@@ -70,11 +104,7 @@ pub fn place(
     let estimates: Vec<Option<MemoryEstimate>> = if inv.disabled {
         vec![None; config.models.len()]
     } else {
-        config
-            .models
-            .iter()
-            .map(estimate)
-            .collect::<Result<_, _>>()?
+        estimate_all(&config.models)?
     };
     let demands: Vec<MemDemand> = config
         .models

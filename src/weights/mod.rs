@@ -153,13 +153,18 @@ fn files_with(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, WeightsError> {
         .map_err(|e| WeightsError::new(dir, format!("cannot list it: {e}")))?;
     let mut out: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == ext)
-                && p.file_name()
-                    .is_some_and(|n| !NOT_WEIGHTS.contains(&n.to_string_lossy().as_ref()))
-                && p.is_file()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_suffix(ext)
+                .is_some_and(|stem| stem.ends_with('.'))
+                && !NOT_WEIGHTS.contains(&name.as_ref())
+                // The directory entry's type costs no stat; a symlink (the Hugging Face
+                // cache links to blobs) is followed.
+                && e.file_type()
+                    .is_ok_and(|t| t.is_file() || (t.is_symlink() && e.path().is_file()))
         })
+        .map(|e| e.path())
         .collect();
     out.sort();
     Ok(out)
@@ -173,20 +178,15 @@ fn indexed(dir: &Path, index: &str, found: Vec<PathBuf>) -> Result<Vec<PathBuf>,
     let Ok(text) = std::fs::read(&path) else {
         return Ok(found);
     };
-    let doc: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| WeightsError::new(&path, format!("not valid JSON ({e})")))?;
-    let map = doc
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| WeightsError::new(&path, "has no weight_map".into()))?;
-    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let Index(mut names) = serde_json::from_slice(&text)
+        .map_err(|e| WeightsError::new(&path, format!("not a valid index ({e})")))?;
     names.sort_unstable();
     names.dedup();
     names
         .into_iter()
         .map(|n| {
-            let shard = dir.join(n);
-            if shard.is_file() {
+            let shard = dir.join(&n);
+            if found.contains(&shard) {
                 Ok(shard)
             } else {
                 Err(WeightsError::new(
@@ -196,6 +196,60 @@ fn indexed(dir: &Path, index: &str, found: Vec<PathBuf>) -> Result<Vec<PathBuf>,
             }
         })
         .collect()
+}
+
+/// The shard names of an index's `weight_map`, consecutive repeats dropped (its keys, the
+/// tensor names, are skipped without being copied).
+struct Index(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for Index {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
+        struct Found(Vec<String>);
+        impl<'de> serde::Deserialize<'de> for Found {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Found;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a weight_map of tensor names to shard files")
+                    }
+                    fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Found, M::Error> {
+                        let mut out: Vec<String> = Vec::new();
+                        while m.next_key::<IgnoredAny>()?.is_some() {
+                            let shard: std::borrow::Cow<'de, str> = m.next_value()?;
+                            if out.last().map(String::as_str) != Some(shard.as_ref()) {
+                                out.push(shard.into_owned());
+                            }
+                        }
+                        Ok(Found(out))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        struct Top;
+        impl<'de> Visitor<'de> for Top {
+            type Value = Index;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object with a weight_map")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Index, M::Error> {
+                let mut found = None;
+                while let Some(key) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "weight_map" {
+                        found = Some(m.next_value::<Found>()?.0);
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                found
+                    .map(Index)
+                    .ok_or_else(|| serde::de::Error::missing_field("weight_map"))
+            }
+        }
+        d.deserialize_map(Top)
+    }
 }
 
 fn find_weights(path: &Path) -> Result<Weights, WeightsError> {
@@ -281,14 +335,9 @@ fn safetensors_bytes(
     let mut total = 0u64;
     for f in files {
         for t in safetensors::read(f)? {
-            let floating = matches!(t.dtype.as_str(), "F16" | "BF16" | "F32" | "F64");
-            let bytes = if !floating {
+            let bytes = if !t.floating {
                 t.bytes
-            } else if online_fp8
-                && t.ndim == 2
-                && !t.name.contains("embed")
-                && !t.name.contains("lm_head")
-            {
+            } else if online_fp8 && t.linear {
                 t.numel
             } else {
                 t.numel.saturating_mul(dtype_bytes)

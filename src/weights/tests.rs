@@ -284,7 +284,7 @@ fn bad_files_are_one_line_errors_naming_the_file() {
     std::fs::write(&weights, &bytes).unwrap();
     assert!(err(dir).contains("claims more elements than any file can hold"));
     std::fs::write(&weights, b"\x04\0\0\0\0\0\0\0{{{{").unwrap();
-    assert!(err(dir).contains("the header is not valid JSON"));
+    assert!(err(dir).contains("the header is not a valid safetensors header"));
 
     // An index that names a shard that is not there.
     std::fs::remove_file(&weights).unwrap();
@@ -300,4 +300,36 @@ fn bad_files_are_one_line_errors_naming_the_file() {
     let fake = empty.join("x.gguf");
     std::fs::write(&fake, b"GGML....").unwrap();
     assert!(err(&fake).starts_with(&format!("{}: not a GGUF file", fake.display())));
+}
+
+#[test]
+fn a_header_of_the_wrong_shape_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    LLAMA_3_8B.write(tmp.path(), 1).unwrap();
+    let weights = tmp.path().join("model.safetensors");
+    for (header, why) in [
+        (
+            &br#"{"w":{"dtype":"BF16","shape":["x"],"data_offsets":[0,2]}}"#[..],
+            "not a valid safetensors header",
+        ),
+        (
+            br#"{"w":{"dtype":"BF16","shape":[3],"data_offsets":[0,2]}}"#,
+            "its BF16 shape needs 6 bytes but its data_offsets span 2",
+        ),
+        (
+            br#"{"w":{"dtype":"BF16","shape":[1],"data_offsets":[4,2]}}"#,
+            "data_offsets that end before they begin",
+        ),
+        (br#"[1, 2]"#, "not a valid safetensors header"),
+    ] {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0; 8]);
+        std::fs::write(&weights, &bytes).unwrap();
+        let e = err(tmp.path());
+        assert!(
+            e.starts_with(&weights.display().to_string()) && e.contains(why),
+            "{e}"
+        );
+    }
 }
