@@ -123,10 +123,9 @@ fn print_gpus(raw: &RawConfig, json: bool) -> ExitCode {
     } else {
         print!("{}", gpu::describe(&inv));
         if let Some(p) = plan.filter(|p| !p.gpus.is_empty()) {
-            let measured = p.gpu_source == gpu::GpuSource::Nvml;
             print!(
                 "\nas planned for the configured models:\n{}",
-                crate::placement::render_table(&p.gpus, p.gpu_memory_limit, measured)
+                crate::placement::render_table(&p.gpus, p.gpu_memory_limit)
             );
         }
     }

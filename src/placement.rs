@@ -176,6 +176,7 @@ pub fn place(
                 name: g.name.clone(),
                 memory_total: g.memory_total,
                 memory_free: g.memory_free,
+                measured: g.memory_measured,
                 planned_bytes: if g.memory_total == 0 {
                     0
                 } else {
@@ -201,8 +202,9 @@ pub fn share_text(share: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// The per-GPU table: size, free memory, what the plan puts there and who.
-pub fn render_table(table: &[GpuUse], limit: f64, measured: bool) -> String {
+/// The per-GPU table: size, free memory (NVML's; `-` for an override's sizes), what the
+/// plan puts there and who.
+pub fn render_table(table: &[GpuUse], limit: f64) -> String {
     let mut out = format!("GPU memory (MODELMUX_GPU_MEMORY_LIMIT={limit}):\n");
     out.push_str(&format!(
         "  {:<5} {:<24} {:>10} {:>10} {:>10}  models\n",
@@ -210,7 +212,7 @@ pub fn render_table(table: &[GpuUse], limit: f64, measured: bool) -> String {
     ));
     let size = |b: u64| if b == 0 { "-".to_string() } else { gib(b) };
     for u in table {
-        let free = if !measured || u.memory_total == 0 {
+        let free = if !u.measured || u.memory_total == 0 {
             "-".to_string()
         } else if u.memory_free < u.planned_bytes {
             format!("{} (!)", gib(u.memory_free))

@@ -213,12 +213,7 @@ impl std::fmt::Display for LaunchPlan {
         )?;
         if !self.gpus.is_empty() {
             writeln!(f)?;
-            let measured = self.gpu_source == GpuSource::Nvml;
-            f.write_str(&placement::render_table(
-                &self.gpus,
-                self.gpu_memory_limit,
-                measured,
-            ))?;
+            f.write_str(&placement::render_table(&self.gpus, self.gpu_memory_limit))?;
         }
         for m in &self.models {
             writeln!(f, "\nmodel {}", m.name)?;

@@ -33,8 +33,7 @@ pub fn main(raw: &RawConfig) -> ExitCode {
     }
     // Memory the plan counts on but someone else holds (a stale engine, another container)
     // fails here in one line, not in an engine's memory profile twenty minutes from now.
-    let measured = plan.gpu_source == crate::gpu::GpuSource::Nvml;
-    if let Err(e) = crate::gpu::check_free(&plan.gpus, measured, &crate::gpu::NvmlDiscovery) {
+    if let Err(e) = crate::gpu::check_free(&plan.gpus, &crate::gpu::NvmlDiscovery) {
         tracing::error!("{e}");
         return ExitCode::FAILURE;
     }

@@ -131,6 +131,7 @@ mod tests {
                 memory_total: 0,
                 memory_free: 0,
                 visible_id: i.to_string(),
+                memory_measured: false,
             })
             .collect();
         let distance = (0..n)

@@ -41,6 +41,8 @@ pub struct GpuUse {
     pub memory_total: u64,
     /// Free memory in bytes when the plan was made (0 when unknown).
     pub memory_free: u64,
+    /// True when `memory_free` is NVML's measurement, not an override's size.
+    pub measured: bool,
     /// Bytes the plan's engines take here at most: each engine's utilization of the GPU plus
     /// its CUDA context and graphs. 0 when the size is unknown.
     pub planned_bytes: u64,
@@ -48,19 +50,12 @@ pub struct GpuUse {
     pub models: Vec<GpuTenant>,
 }
 
-/// Fails when a GPU has less free memory than the plan puts on it. `nvml` says whether the
-/// free figures are NVML's (an override's sizes are not measurements and are not checked).
-pub fn check_free(
-    uses: &[GpuUse],
-    nvml: bool,
-    discovery: &dyn GpuDiscovery,
-) -> Result<(), GpuError> {
-    if !nvml {
-        return Ok(());
-    }
+/// Fails when a GPU has less free memory than the plan puts on it. Only NVML's measurements
+/// are checked: an override's sizes say nothing about what is free.
+pub fn check_free(uses: &[GpuUse], discovery: &dyn GpuDiscovery) -> Result<(), GpuError> {
     let short: Vec<String> = uses
         .iter()
-        .filter(|u| u.memory_total > 0 && u.planned_bytes > u.memory_free)
+        .filter(|u| u.measured && u.memory_total > 0 && u.planned_bytes > u.memory_free)
         .map(|u| {
             let holders = discovery.processes(u.index);
             let held = if holders.is_empty() {
@@ -137,6 +132,7 @@ mod tests {
             name: "fake".into(),
             memory_total: 80 * GIB,
             memory_free: free,
+            measured: true,
             planned_bytes: planned,
             models: vec![GpuTenant {
                 name: format!("m{index}"),
@@ -149,7 +145,7 @@ mod tests {
     #[test]
     fn enough_free_memory_passes() {
         let uses = [using(0, 79 * GIB, 74 * GIB), using(1, 80 * GIB, 0)];
-        assert_eq!(check_free(&uses, true, &Fake(vec![])), Ok(()));
+        assert_eq!(check_free(&uses, &Fake(vec![])), Ok(()));
     }
 
     #[test]
@@ -166,9 +162,7 @@ mod tests {
             },
         ];
         let uses = [using(0, 79 * GIB, 70 * GIB), using(1, 20 * GIB, 70 * GIB)];
-        let e = check_free(&uses, true, &Fake(holders))
-            .unwrap_err()
-            .to_string();
+        let e = check_free(&uses, &Fake(holders)).unwrap_err().to_string();
         assert_eq!(
             e,
             "GPU memory is already in use: GPU 1 has 20.0 GiB free of 80.0 GiB but the plan \
@@ -179,12 +173,11 @@ mod tests {
 
     #[test]
     fn unknown_holders_and_override_sizes() {
-        let uses = [using(0, 10 * GIB, 70 * GIB)];
-        let e = check_free(&uses, true, &Fake(vec![]))
-            .unwrap_err()
-            .to_string();
+        let mut uses = [using(0, 10 * GIB, 70 * GIB)];
+        let e = check_free(&uses, &Fake(vec![])).unwrap_err().to_string();
         assert!(e.contains("NVML names no process"), "{e}");
         // Sizes from MODELMUX_GPUS are not measurements: nothing to check.
-        assert_eq!(check_free(&uses, false, &Fake(vec![])), Ok(()));
+        uses[0].measured = false;
+        assert_eq!(check_free(&uses, &Fake(vec![])), Ok(()));
     }
 }

@@ -36,6 +36,8 @@ pub struct Gpu {
     /// What the engine's `CUDA_VISIBLE_DEVICES` lists for this GPU: the index, or the UUID
     /// when the override named UUIDs.
     pub visible_id: String,
+    /// True when the memory figures are NVML's measurements (not an override's sizes).
+    pub memory_measured: bool,
 }
 
 /// Where the inventory came from.
@@ -136,6 +138,7 @@ pub fn inventory(over: Option<&GpuOverride>, discovery: &dyn GpuDiscovery) -> In
             g.name = f.name.clone();
             g.memory_total = f.memory_total;
             g.memory_free = f.memory_free;
+            g.memory_measured = f.memory_measured;
             if g.uuid.is_empty() {
                 g.uuid = f.uuid.clone();
             } else {
@@ -185,4 +188,65 @@ pub fn describe(inv: &Inventory) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake NVML machine: GPUs 0-3 of 80 GiB with 70 GiB free, NVLink pairs (0,1), (2,3).
+    struct FakeNvml;
+
+    impl GpuDiscovery for FakeNvml {
+        fn discover(&self) -> Inventory {
+            let gpus = (0..4)
+                .map(|i| Gpu {
+                    index: i,
+                    uuid: format!("GPU-{i}"),
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    memory_total: 80 << 30,
+                    memory_free: 70 << 30,
+                    visible_id: i.to_string(),
+                    memory_measured: true,
+                })
+                .collect();
+            let distance = (0..4)
+                .map(|a| (0..4).map(|b| if a / 2 == b / 2 { 0 } else { 6 }).collect())
+                .collect();
+            Inventory {
+                source: GpuSource::Nvml,
+                note: None,
+                disabled: false,
+                gpus,
+                distance,
+            }
+        }
+    }
+
+    #[test]
+    fn an_override_without_sizes_takes_them_from_nvml() {
+        let over = GpuOverride::parse("1,2").unwrap();
+        let inv = inventory(Some(&over), &FakeNvml);
+        assert_eq!(inv.source, GpuSource::Override);
+        assert_eq!(inv.gpus[0].uuid, "GPU-1");
+        assert_eq!(inv.gpus[1].memory_free, 70 << 30);
+        assert!(inv.gpus.iter().all(|g| g.memory_measured));
+        assert_eq!(
+            inv.distance(0, 1),
+            6,
+            "GPUs 1 and 2 are on different NVLink pairs"
+        );
+        let by_uuid = inventory(Some(&GpuOverride::parse("GPU-3").unwrap()), &FakeNvml);
+        assert_eq!(
+            (by_uuid.gpus[0].index, by_uuid.gpus[0].visible_id.as_str()),
+            (3, "GPU-3")
+        );
+        // Sizes given in the override win, and are not measurements.
+        let sized = inventory(Some(&GpuOverride::parse("2x24GiB").unwrap()), &FakeNvml);
+        assert_eq!(sized.gpus[0].memory_total, 24 << 30);
+        assert!(!sized.gpus[0].memory_measured);
+        // An index NVML does not know keeps unknown sizes.
+        let unknown = inventory(Some(&GpuOverride::parse("7").unwrap()), &FakeNvml);
+        assert_eq!(unknown.gpus[6].memory_total, 0);
+    }
 }

@@ -95,6 +95,7 @@ fn discover_nvml() -> Result<Inventory, String> {
             memory_total: memory.as_ref().map_or(0, |m| m.total),
             memory_free: memory.as_ref().map_or(0, |m| m.free),
             visible_id: i.to_string(),
+            memory_measured: memory.is_some(),
         });
     }
     let n = gpus.len();

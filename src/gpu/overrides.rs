@@ -192,6 +192,7 @@ impl GpuOverride {
             memory_total: bytes,
             memory_free: bytes,
             visible_id,
+            memory_measured: false,
         };
         let gpus = match self {
             GpuOverride::None => Vec::new(),

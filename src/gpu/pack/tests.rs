@@ -20,6 +20,7 @@ fn machine(sizes_gib: &[u64]) -> Inventory {
                 memory_total: s * GIB,
                 memory_free: s * GIB,
                 visible_id: i.to_string(),
+                memory_measured: false,
             })
             .collect(),
         distance: Vec::new(),
