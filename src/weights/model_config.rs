@@ -44,9 +44,9 @@ pub struct Shape {
     pub layers: u64,
     /// KV heads (GQA); with MLA, 1.
     pub kv_heads: u64,
-    /// Bytes-per-element-free width of one head's K plus V, per token: `2 × head_size` for
-    /// ordinary attention, `kv_lora_rank + qk_rope_head_dim` (one latent, no separate V) with
-    /// MLA (`MLAAttentionSpec.real_page_size_bytes`).
+    /// Elements one KV head stores per token: `2 × head_size` (K and V) for ordinary
+    /// attention, `kv_lora_rank + qk_rope_head_dim` (one latent, no separate V) with MLA
+    /// (`MLAAttentionSpec.real_page_size_bytes`).
     pub kv_width: u64,
     /// The model's longest sequence (rope scaling applied).
     pub max_len: u64,
