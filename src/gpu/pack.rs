@@ -135,10 +135,11 @@ pub fn place(
         .collect();
     let whole_need: u32 = whole_ones.iter().map(|&i| demands[i].gpus).sum();
     if whole_need as usize > inv.gpus.len() {
+        // Not enough even for them: the plain allocation names every demand and the supply.
         let sub: Vec<Demand> = whole_ones.iter().map(|&i| plain[i].clone()).collect();
-        return Err(allocate(&sub, inv)
-            .map(|_| unreachable!("demand exceeds supply"))
-            .unwrap_or_else(|e| with_hint(e, demands, sizes_known)));
+        if let Err(e) = allocate(&sub, inv) {
+            return Err(with_hint(e, demands, sizes_known));
+        }
     }
     let mut order = whole_ones.clone();
     order.sort_by_key(|&i| std::cmp::Reverse(demands[i].gpus)); // stable: config order on ties

@@ -35,9 +35,10 @@ const MIB: u64 = 1 << 20;
 /// vllm/config/cache.py). KV memory is allocated in whole blocks.
 pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 
-/// vLLM's default `max_num_batched_tokens` for the OpenAI server on data-centre GPUs (8192,
-/// `EngineArgs._set_default_args`, vllm/engine/arg_utils.py). Only sliding-window layers use
-/// it: they keep `sliding_window - 1 + max_num_batched_tokens` tokens
+/// vLLM's default `max_num_batched_tokens` for the OpenAI server: 8192 on GPUs of 70 GiB and
+/// more (except A100s), 2048 on the others (`EngineArgs.get_batch_defaults`,
+/// vllm/engine/arg_utils.py); the larger is taken, an upper bound. Only sliding-window
+/// layers use it: they keep `sliding_window - 1 + max_num_batched_tokens` tokens
 /// (`SlidingWindowSpec.max_memory_usage_bytes`, vllm/v1/kv_cache_interface.py).
 pub const DEFAULT_BATCHED_TOKENS: u64 = 8192;
 
