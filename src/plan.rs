@@ -8,7 +8,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::{Arg, Config, ConfigError, ConfigSource, Settings};
-use crate::gpu::{AllocError, Demand, GpuSource, Inventory, allocate};
+use crate::gpu::{GpuError, GpuSource, GpuUse, Inventory};
+use crate::placement::{self, PlacementError};
+use crate::weights::MemoryEstimate;
 
 /// Everything that stops a plan from being made. All of them mean "invalid configuration".
 #[derive(Debug, Error)]
@@ -16,9 +18,12 @@ pub enum PlanError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The GPUs cannot be shared out.
+    /// The GPUs cannot be shared out, or the models do not fit in their memory.
     #[error(transparent)]
-    Gpu(#[from] AllocError),
+    Gpu(#[from] GpuError),
+    /// A model's files cannot be sized.
+    #[error(transparent)]
+    Files(#[from] placement::ModelFilesError),
     /// The engine ports would run past 65535.
     #[error("{0}")]
     Ports(String),
@@ -47,6 +52,14 @@ pub struct ModelLaunch {
     pub env: BTreeMap<String, String>,
     /// Where `/predict` goes without a `route` header.
     pub predict_route: String,
+    /// The `--gpu-memory-utilization` the engine runs with: its share of a GPU it shares, the
+    /// user's own value, or `null` with whole GPUs at vLLM's default.
+    pub gpu_share: Option<f64>,
+    /// The memory the model needs, estimated from its files; `null` when they are not on
+    /// disk (a Hugging Face id) or GPUs are disabled.
+    pub memory_estimate: Option<MemoryEstimate>,
+    /// Names of the models that must be ready before this engine starts (they share its GPU).
+    pub start_after: Vec<String>,
 }
 
 /// The whole plan.
@@ -62,6 +75,10 @@ pub struct LaunchPlan {
     pub health_port: u16,
     /// One entry per model, in configuration order.
     pub models: Vec<ModelLaunch>,
+    /// `MODELMUX_GPU_MEMORY_LIMIT`.
+    pub gpu_memory_limit: f64,
+    /// Every GPU: size, free memory, what the plan puts there and which models.
+    pub gpus: Vec<GpuUse>,
 }
 
 /// The engine ports: `n` consecutive ports from `base`, skipping those in `avoid` (`PORT`,
@@ -131,15 +148,10 @@ pub fn build_with_ports(
     ports: &[u16],
 ) -> Result<LaunchPlan, PlanError> {
     let s: &Settings = &config.settings;
-    let demands: Vec<Demand> = config
-        .models
-        .iter()
-        .map(|m| Demand {
-            name: m.served_names[0].clone(),
-            gpus: if inv.disabled { 0 } else { m.gpu_demand },
-        })
-        .collect();
-    let sets = allocate(&demands, inv)?;
+    let (placements, gpu_table) = placement::place(config, inv).map_err(|e| match e {
+        PlacementError::Files(f) => PlanError::Files(f),
+        PlacementError::Gpu(g) => PlanError::Gpu(g),
+    })?;
     let cpu_binds = if inv.disabled {
         cpu_binds(config)
     } else {
@@ -148,14 +160,11 @@ pub fn build_with_ports(
     let models = config
         .models
         .iter()
-        .zip(sets)
+        .zip(placements)
         .zip(ports)
         .zip(cpu_binds)
-        .map(|(((m, set), &port), cpu_bind)| {
-            let gpus: Vec<String> = set
-                .iter()
-                .map(|&g| inv.gpus[g].visible_id.clone())
-                .collect();
+        .map(|(((m, placed), &port), cpu_bind)| {
+            let gpus = placed.gpus.clone();
             let mut argv = s.engine_cmd.clone();
             // `vllm serve MODEL`: the model right after `serve` (vLLM warns about `--model`
             // there and plans to drop it); other commands take `--model`.
@@ -170,6 +179,10 @@ pub fn build_with_ports(
             ];
             argv.extend(own.iter().flat_map(Arg::tokens));
             argv.extend(m.args.tokens());
+            if let (true, Some(share)) = (placed.adds_share_flag, placed.gpu_share) {
+                argv.push("--gpu-memory-utilization".into());
+                argv.push(placement::share_text(share));
+            }
             let mut env = BTreeMap::new();
             env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
             env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
@@ -193,6 +206,9 @@ pub fn build_with_ports(
                 argv,
                 env,
                 predict_route,
+                gpu_share: placed.gpu_share,
+                memory_estimate: placed.memory_estimate,
+                start_after: placed.start_after,
             }
         })
         .collect();
@@ -202,6 +218,8 @@ pub fn build_with_ports(
         port: s.port,
         health_port: s.health_port,
         models,
+        gpu_memory_limit: s.gpu_memory_limit,
+        gpus: gpu_table,
     })
 }
 
@@ -229,6 +247,10 @@ impl std::fmt::Display for LaunchPlan {
             "front on port {}, health on port {}",
             self.port, self.health_port
         )?;
+        if !self.gpus.is_empty() {
+            writeln!(f)?;
+            f.write_str(&placement::render_table(&self.gpus, self.gpu_memory_limit))?;
+        }
         for m in &self.models {
             writeln!(f, "\nmodel {}", m.name)?;
             writeln!(f, "  served names: {}", m.served_names.join(", "))?;
@@ -242,6 +264,27 @@ impl std::fmt::Display for LaunchPlan {
                 m.gpus.join(",")
             };
             writeln!(f, "  GPUs:         {gpus}")?;
+            if let Some(share) = m.gpu_share {
+                writeln!(
+                    f,
+                    "  GPU share:    {} (--gpu-memory-utilization)",
+                    placement::share_text(share)
+                )?;
+            }
+            match &m.memory_estimate {
+                Some(e) => writeln!(f, "  memory:       {}", e.describe())?,
+                None if !m.gpus.is_empty() => {
+                    writeln!(f, "  memory:       no estimate (model files not on disk)")?
+                }
+                None => {}
+            }
+            if !m.start_after.is_empty() {
+                writeln!(
+                    f,
+                    "  starts after: {} (shared GPU)",
+                    m.start_after.join(", ")
+                )?;
+            }
             writeln!(f, "  port:         127.0.0.1:{}", m.port)?;
             writeln!(f, "  predict:      {}", m.predict_route)?;
             writeln!(f, "  command:      {}", shell_line(&m.argv))?;

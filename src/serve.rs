@@ -31,6 +31,12 @@ pub fn main(raw: &RawConfig) -> ExitCode {
         tracing::error!("invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    // Memory the plan counts on but someone else holds (a stale engine, another container)
+    // fails here in one line, not in an engine's memory profile twenty minutes from now.
+    if let Err(e) = crate::gpu::check_free(&plan.gpus, &crate::gpu::NvmlDiscovery) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
     // Orphans of engines (say a vLLM worker whose parent died) come back to modelmux and
     // are reaped. As PID 1 they come anyway.
     if nix::unistd::getpid().as_raw() != 1

@@ -14,6 +14,9 @@ use crate::plan::LaunchPlan;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// Not started yet: it shares a GPU with models that start before it (SPEC §3.1), and
+    /// waits until they are ready; requests get 503.
+    Waiting,
     /// The engine is loading; requests get 503.
     Starting,
     /// `/health` answered 200; requests are routed.
@@ -28,7 +31,8 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, for metrics.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
+        Phase::Waiting,
         Phase::Starting,
         Phase::Ready,
         Phase::Restarting,
@@ -39,6 +43,7 @@ impl Phase {
     /// The lowercase name used in JSON and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Waiting => "waiting",
             Phase::Starting => "starting",
             Phase::Ready => "ready",
             Phase::Restarting => "restarting",
@@ -117,6 +122,10 @@ pub struct ModelStatus {
     /// `owned_by`, ...), fetched each time it turns ready; `None` until then.
     #[serde(skip)]
     pub engine_models: Option<Arc<Vec<serde_json::Value>>>,
+    /// Its `--gpu-memory-utilization` when it gets one (a shared GPU, or the user's own).
+    pub gpu_share: Option<f64>,
+    /// Models that must be ready before it starts (they share its GPU).
+    pub start_after: Vec<String>,
 }
 
 /// Every model's state, in plan order.
@@ -129,7 +138,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every model `starting`.
+    /// Every model `starting`, or `waiting` when it starts after others on a shared GPU.
     pub fn initial(plan: &LaunchPlan) -> Self {
         let now = SystemTime::now();
         Snapshot {
@@ -139,7 +148,11 @@ impl Snapshot {
                 .iter()
                 .map(|m| ModelStatus {
                     name: m.name.clone(),
-                    state: Phase::Starting,
+                    state: if m.start_after.is_empty() {
+                        Phase::Starting
+                    } else {
+                        Phase::Waiting
+                    },
                     pid: None,
                     port: m.port,
                     gpus: m.gpus.clone(),
@@ -148,6 +161,8 @@ impl Snapshot {
                     since: now,
                     last_log: None,
                     engine_models: None,
+                    gpu_share: m.gpu_share,
+                    start_after: m.start_after.clone(),
                 })
                 .collect(),
         }

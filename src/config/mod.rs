@@ -4,6 +4,7 @@
 
 mod checks;
 mod error;
+pub mod memory_args;
 pub mod params;
 mod raw;
 mod settings;
@@ -13,10 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use memory_args::MemoryArgs;
 pub use params::{Arg, EngineArgs};
 pub use raw::RawConfig;
 pub use settings::{
-    DEFAULT_ENGINE_CMD, DEFAULT_MODEL_ROOT, LogFormat, OnFailure, Settings, log_format,
+    DEFAULT_ENGINE_CMD, DEFAULT_GPU_MEMORY_LIMIT, DEFAULT_MODEL_ROOT, LogFormat, OnFailure,
+    Settings, log_format,
 };
 pub use source::{ConfigSource, RawModel, parse_models};
 
@@ -56,6 +59,9 @@ pub struct ModelSpec {
     pub env: BTreeMap<String, String>,
     /// GPUs needed: tensor × pipeline × data parallel size.
     pub gpu_demand: u32,
+    /// The engine flags that size its GPU memory (`--max-model-len`, `--kv-cache-dtype`,
+    /// `--gpu-memory-utilization`, ...), checked.
+    pub memory: MemoryArgs,
 }
 
 /// The whole validated configuration.
@@ -266,6 +272,7 @@ fn resolve_model(
         }
         gpu_demand = gpu_demand.saturating_mul(n);
     }
+    let memory = MemoryArgs::from_args(&args, &params_origin)?;
 
     Ok(ModelSpec {
         origin: m.origin.clone(),
@@ -278,6 +285,7 @@ fn resolve_model(
         model_task: m.model_task.clone(),
         env: m.env.clone(),
         gpu_demand,
+        memory,
     })
 }
 

@@ -138,4 +138,8 @@ pub struct RawConfig {
     /// Seconds between the "still loading" log lines while models load (default 10).
     #[arg(long, env = "MODELMUX_PROGRESS_INTERVAL", global = true)]
     pub progress_interval: Option<String>,
+
+    /// The fraction of each GPU's memory all engines on it may use together (default 0.92).
+    #[arg(long, env = "MODELMUX_GPU_MEMORY_LIMIT", global = true)]
+    pub gpu_memory_limit: Option<String>,
 }

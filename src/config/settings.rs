@@ -77,6 +77,27 @@ pub struct Settings {
     pub stall_timeout: Option<Duration>,
     /// Interval between "still loading" lines while models load.
     pub progress_interval: Duration,
+    /// The fraction of each GPU's memory that all engines on it may use together
+    /// (`MODELMUX_GPU_MEMORY_LIMIT`).
+    pub gpu_memory_limit: f64,
+}
+
+/// Default of `MODELMUX_GPU_MEMORY_LIMIT` (SPEC §2).
+pub const DEFAULT_GPU_MEMORY_LIMIT: f64 = 0.92;
+
+/// A fraction in (0, 1], for `MODELMUX_GPU_MEMORY_LIMIT`.
+fn fraction(var: &str, value: Option<&str>, default: f64) -> Result<f64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(ConfigError::var(
+            var,
+            value,
+            "must be a fraction above 0 and at most 1, such as 0.92",
+        )),
+    }
 }
 
 fn parse_port(var: &str, value: &str) -> Result<u16, ConfigError> {
@@ -281,6 +302,11 @@ impl Settings {
                 10.0,
                 0.05,
             )?,
+            gpu_memory_limit: fraction(
+                "MODELMUX_GPU_MEMORY_LIMIT",
+                raw.gpu_memory_limit.as_deref(),
+                DEFAULT_GPU_MEMORY_LIMIT,
+            )?,
         })
     }
 }
@@ -311,6 +337,7 @@ mod tests {
         assert_eq!(s.engine_base_port, 8081);
         assert_eq!(s.stall_timeout, Some(Duration::from_secs(120)));
         assert_eq!(s.progress_interval, Duration::from_secs(10));
+        assert_eq!(s.gpu_memory_limit, 0.92);
     }
 
     #[test]
@@ -359,6 +386,14 @@ mod tests {
             err(|r| r.max_body_bytes = Some("0".into())).starts_with("MODELMUX_MAX_BODY_BYTES=")
         );
         assert!(err(|r| r.gpus = Some("two".into())).starts_with("MODELMUX_GPUS=\"two\""));
+        for bad in ["0", "1.5", "-0.2", "half", "NaN"] {
+            assert_eq!(
+                err(|r| r.gpu_memory_limit = Some(bad.into())),
+                format!(
+                    "MODELMUX_GPU_MEMORY_LIMIT={bad:?}: must be a fraction above 0 and at most 1, such as 0.92"
+                )
+            );
+        }
         assert!(
             err(|r| r.predict_endpoint = Some("http://evil/x".into()))
                 .starts_with("MODEL_DEPLOY_PREDICT_ENDPOINT=")

@@ -28,6 +28,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
                 "since": rfc3339(m.since), "last_log": m.last_log,
                 "seconds_in_state": (now.duration_since(m.since).unwrap_or_default().as_secs_f64()
                     * 10.0).round() / 10.0,
+                "gpu_share": m.gpu_share, "start_after": m.start_after,
             })
         })
         .collect();

@@ -126,6 +126,13 @@ impl EngineTask {
         let tail = Tail::default();
         let mut restarts = 0u32;
         let mut ever_ready = false;
+        // Engines that share a GPU start one after another (stage.rs).
+        let after = self.launch.start_after.clone();
+        if super::stage::wait_turn(&name, &after, &self.state, &mut self.shutdown).await
+            == super::stage::Turn::Shutdown
+        {
+            return;
+        }
         loop {
             tail.clear();
             let (reason, exit, ready_for, engine, pumps) = match self.run_once(&name, &tail).await {

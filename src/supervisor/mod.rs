@@ -13,6 +13,7 @@
 //! - [`restart`]: back-off and restart budget.
 //! - [`stall`]: hung-engine detection from the engine's progress metrics.
 //! - [`progress`]: the "still loading" and "all ready" log lines.
+//! - [`stage`]: staged start of engines that share a GPU.
 
 pub mod control;
 pub mod engine;
@@ -23,6 +24,7 @@ pub mod probe;
 pub mod progress;
 pub mod reaper;
 pub mod restart;
+pub mod stage;
 pub mod stall;
 pub mod tree;
 
