@@ -2,38 +2,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
 use common::MODELMUX;
 
-/// A directory holding a stand-in `vllm` program, so that `plan` with the default engine
-/// command finds it (plan refuses what serve would refuse: a missing engine program).
-fn fake_vllm_dir() -> &'static std::path::Path {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fake-vllm-bin");
-        std::fs::create_dir_all(&dir).unwrap();
-        let program = dir.join("vllm");
-        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    })
-}
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(MODELMUX);
-    let path = format!(
-        "{}:{}",
-        fake_vllm_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    cmd.args(args).env_clear().env("PATH", path);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run modelmux")
-}
+use common::run_clean as run;
 
 const CONFIG: &str = r#"{"models": [
   {"model_path": "meta-llama/Llama-3.1-8B-Instruct", "params": "--served-model-name llama -tp 2",

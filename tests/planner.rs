@@ -15,16 +15,7 @@ use serde_json::{Value, json};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(MODELMUX);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run modelmux")
-}
+use common::run_clean as run;
 
 /// Writes fake models under one temporary root: (directory name, shape, shards).
 fn models(list: &[(&str, Arch, usize)]) -> tempfile::TempDir {

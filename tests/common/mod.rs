@@ -22,6 +22,38 @@ use hyper_util::rt::TokioExecutor;
 pub const MODELMUX: &str = env!("CARGO_BIN_EXE_modelmux");
 pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-vllm");
 
+/// A directory holding a stand-in `vllm` program, so that `plan` with the default engine
+/// command (`vllm serve`) finds it: plan refuses what serve would refuse, a missing engine
+/// program included.
+pub fn fake_vllm_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fake-vllm-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("vllm");
+        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    })
+}
+
+/// Runs modelmux to completion with only `env` (plus a `PATH` that has a stand-in `vllm`).
+pub fn run_clean(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let path = format!(
+        "{}:{}",
+        fake_vllm_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(MODELMUX);
+    cmd.args(args).env_clear().env("PATH", path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run modelmux")
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
