@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, ModelSpec};
+use crate::config::{Config, LoadMode, ModelSpec};
 use crate::gpu::{
     self, GpuError, GpuTenant, GpuUse, Inventory, MemDemand, VLLM_DEFAULT_UTILIZATION, gib,
 };
@@ -45,6 +45,9 @@ pub struct ModelPlacement {
     /// Models that must be ready before this engine starts (they share its GPU and come
     /// first in the configuration).
     pub start_after: Vec<String>,
+    /// An on-demand model that does not fit beside every other model: it is loaded only
+    /// while there is room, unloading the least recently used idle on-demand model first.
+    pub takes_turns: bool,
 }
 
 fn estimate(m: &ModelSpec) -> Result<Option<MemoryEstimate>, ModelFilesError> {
@@ -121,7 +124,17 @@ pub fn place(
             },
         })
         .collect();
-    let placed = gpu::place(&demands, inv, limit)?;
+    let on_demand: Vec<bool> = config
+        .models
+        .iter()
+        .map(|m| m.loading.load == LoadMode::OnDemand)
+        .collect();
+    let (placed, turns) = match gpu::place(&demands, inv, limit) {
+        Ok(placed) => (placed, vec![false; demands.len()]),
+        Err(e) if !on_demand.contains(&true) => return Err(e.into()),
+        // On-demand models that do not all fit take turns (SPEC §9).
+        Err(_) => (place_with_turns(&demands, &on_demand, inv, limit)?, on_demand.clone()),
+    };
 
     let mut tenants: Vec<Vec<usize>> = vec![Vec::new(); inv.gpus.len()];
     for (i, p) in placed.iter().enumerate() {
@@ -133,10 +146,13 @@ pub fn place(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let start_after = match (p.shared, p.gpus.first()) {
+            // Engines that start with modelmux start one after another on a shared GPU;
+            // on-demand ones start when a request comes and room is made for them.
+            let start_after = match (p.shared && !on_demand[i], p.gpus.first()) {
                 (true, Some(&g)) => tenants[g]
                     .iter()
                     .take_while(|&&j| j != i)
+                    .filter(|&&j| !on_demand[j])
                     .map(|&j| demands[j].name.clone())
                     .collect(),
                 _ => Vec::new(),
@@ -151,6 +167,7 @@ pub fn place(
                 adds_share_flag: p.share.is_some() && demands[i].fixed_share.is_none(),
                 memory_estimate: estimates[i].clone(),
                 start_after,
+                takes_turns: turns[i],
             }
         })
         .collect();
@@ -160,16 +177,21 @@ pub fn place(
         .zip(&tenants)
         .map(|(g, members)| {
             let size = g.memory_total as f64;
-            let planned: f64 = members
+            let bytes = |i: usize| {
+                let util = placed[i].share.unwrap_or(VLLM_DEFAULT_UTILIZATION);
+                let outside = demands[i]
+                    .need
+                    .map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside);
+                util * size + outside as f64
+            };
+            // Models that take turns are there one at a time: the largest counts.
+            let resident: f64 = members.iter().filter(|&&i| !turns[i]).map(|&i| bytes(i)).sum();
+            let turn = members
                 .iter()
-                .map(|&i| {
-                    let util = placed[i].share.unwrap_or(VLLM_DEFAULT_UTILIZATION);
-                    let outside = demands[i]
-                        .need
-                        .map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside);
-                    util * size + outside as f64
-                })
-                .sum();
+                .filter(|&&i| turns[i])
+                .map(|&i| bytes(i))
+                .fold(0.0, f64::max);
+            let planned = resident + turn;
             GpuUse {
                 index: g.index,
                 id: g.visible_id.clone(),
@@ -185,6 +207,7 @@ pub fn place(
                 models: members
                     .iter()
                     .map(|&i| GpuTenant {
+                        takes_turns: turns[i],
                         name: demands[i].name.clone(),
                         share: placed[i].share,
                         estimate_bytes: estimates[i].as_ref().map(|e| e.per_gpu_bytes),
@@ -194,6 +217,55 @@ pub fn place(
         })
         .collect();
     Ok((models, table))
+}
+
+/// Plans models when the on-demand ones do not all fit beside the others: the always-loaded
+/// models are placed together with the largest on-demand model (which keeps room for one at
+/// a time), then each on-demand model is placed beside the always-loaded ones alone. At run
+/// time the supervisor loads an on-demand model only while it fits beside the engines that
+/// hold memory, unloading idle on-demand models first.
+fn place_with_turns(
+    demands: &[MemDemand],
+    on_demand: &[bool],
+    inv: &Inventory,
+    limit: f64,
+) -> Result<Vec<gpu::Placement>, GpuError> {
+    let size = inv.gpus.iter().map(|g| g.memory_total).max().unwrap_or(0);
+    // Whole GPUs (several, or no estimate) first, then by the room it takes.
+    let key = |i: usize| {
+        let d = &demands[i];
+        let whole = d.gpus > 1 || d.need.is_none() || size == 0;
+        let bytes = if whole { u64::MAX } else { d.weight_on(size) };
+        (whole, d.gpus, bytes, std::cmp::Reverse(i))
+    };
+    let largest = (0..demands.len())
+        .filter(|&i| on_demand[i])
+        .max_by_key(|&i| key(i))
+        .expect("some model is on demand");
+    let always: Vec<usize> = (0..demands.len()).filter(|&i| !on_demand[i]).collect();
+    let mut with_largest: Vec<MemDemand> = always.iter().map(|&i| demands[i].clone()).collect();
+    with_largest.push(demands[largest].clone());
+    let resident = gpu::place(&with_largest, inv, limit)?;
+    let mut placed: Vec<Option<gpu::Placement>> = vec![None; demands.len()];
+    for (k, &i) in always.iter().enumerate() {
+        placed[i] = Some(resident[k].clone());
+    }
+    let fixed: Vec<(&MemDemand, &gpu::Placement)> = always
+        .iter()
+        .zip(&resident)
+        .map(|(&i, p)| (&demands[i], p))
+        .collect();
+    let mut turns = Vec::new();
+    for i in (0..demands.len()).filter(|&i| on_demand[i]) {
+        turns.push((i, gpu::place_beside(&fixed, &demands[i], inv, limit)?));
+    }
+    for (i, p) in turns {
+        placed[i] = Some(p);
+    }
+    Ok(placed
+        .into_iter()
+        .map(|p| p.expect("every model placed"))
+        .collect())
 }
 
 /// A share as engines get it: up to three decimals, no trailing zeros.
@@ -226,9 +298,10 @@ pub fn render_table(table: &[GpuUse], limit: f64) -> String {
                 let share = t.share.map_or("whole GPU".to_string(), |s| {
                     format!("share {}", share_text(s))
                 });
+                let turns = if t.takes_turns { ", takes turns" } else { "" };
                 match t.estimate_bytes {
-                    Some(b) => format!("{} ({share}, needs {})", t.name, gib(b)),
-                    None => format!("{} ({share})", t.name),
+                    Some(b) => format!("{} ({share}, needs {}{turns})", t.name, gib(b)),
+                    None => format!("{} ({share}{turns})", t.name),
                 }
             })
             .collect();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{Arg, Config, ConfigError, ConfigSource, Settings};
+use crate::config::{Arg, Config, ConfigError, ConfigSource, LoadMode, Settings, UnloadMode};
 use crate::gpu::{GpuError, GpuSource, GpuUse, Inventory};
 use crate::placement::{self, PlacementError};
 use crate::weights::MemoryEstimate;
@@ -60,7 +60,24 @@ pub struct ModelLaunch {
     pub memory_estimate: Option<MemoryEstimate>,
     /// Names of the models that must be ready before this engine starts (they share its GPU).
     pub start_after: Vec<String>,
+    /// `always` or `on_demand` (SPEC §9).
+    pub load: LoadMode,
+    /// How an idle on-demand model is unloaded: `stop` or `sleep`.
+    pub unload: UnloadMode,
+    /// Seconds without requests before an on-demand model is unloaded.
+    pub idle_unload: f64,
+    /// An on-demand model that does not fit beside every other model: it is loaded while
+    /// there is room, unloading the least recently used idle on-demand model first.
+    pub takes_turns: bool,
+    /// True when the engine can load LoRA adapters at run time (`--enable-lora`; modelmux
+    /// sets `VLLM_ALLOW_RUNTIME_LORA_UPDATING` for it).
+    pub runtime_lora: bool,
 }
+
+/// The variable that lets vLLM load and unload LoRA adapters at run time.
+pub const RUNTIME_LORA_VAR: &str = "VLLM_ALLOW_RUNTIME_LORA_UPDATING";
+/// The variable that turns on vLLM's development endpoints (`/sleep`, `/wake_up`, ...).
+pub const DEV_MODE_VAR: &str = "VLLM_SERVER_DEV_MODE";
 
 /// The whole plan.
 #[derive(Debug, Clone, Serialize)]
@@ -189,6 +206,14 @@ pub fn build_with_ports(
             if let Some(bind) = cpu_bind {
                 env.insert(CPU_BIND_VAR.to_string(), bind);
             }
+            // Only modelmux calls these endpoints, on loopback; the front refuses them.
+            let runtime_lora = m.args.has("--enable-lora");
+            if runtime_lora {
+                env.insert(RUNTIME_LORA_VAR.to_string(), "True".to_string());
+            }
+            if m.args.has("--enable-sleep-mode") {
+                env.insert(DEV_MODE_VAR.to_string(), "1".to_string());
+            }
             env.extend(m.env.clone());
             let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
                 "/v1/embeddings".to_string()
@@ -209,6 +234,11 @@ pub fn build_with_ports(
                 gpu_share: placed.gpu_share,
                 memory_estimate: placed.memory_estimate,
                 start_after: placed.start_after,
+                load: m.loading.load,
+                unload: m.loading.unload,
+                idle_unload: m.loading.idle_unload.as_secs_f64(),
+                takes_turns: placed.takes_turns,
+                runtime_lora,
             }
         })
         .collect();
@@ -283,6 +313,19 @@ impl std::fmt::Display for LaunchPlan {
                     f,
                     "  starts after: {} (shared GPU)",
                     m.start_after.join(", ")
+                )?;
+            }
+            if m.load == LoadMode::OnDemand {
+                writeln!(
+                    f,
+                    "  load:         on demand; unloaded ({}) after {} s idle{}",
+                    m.unload.as_str(),
+                    m.idle_unload,
+                    if m.takes_turns {
+                        "; takes turns with other on-demand models"
+                    } else {
+                        ""
+                    }
                 )?;
             }
             writeln!(f, "  port:         127.0.0.1:{}", m.port)?;

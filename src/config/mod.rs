@@ -4,6 +4,7 @@
 
 mod checks;
 mod error;
+pub mod loading;
 pub mod memory_args;
 pub mod params;
 mod raw;
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use loading::{LoadMode, Loading, UnloadMode};
 pub use memory_args::MemoryArgs;
 pub use params::{Arg, EngineArgs};
 pub use raw::RawConfig;
@@ -62,6 +64,8 @@ pub struct ModelSpec {
     /// The engine flags that size its GPU memory (`--max-model-len`, `--kv-cache-dtype`,
     /// `--gpu-memory-utilization`, ...), checked.
     pub memory: MemoryArgs,
+    /// When the engine runs: `load`, `unload`, `idle_unload` (SPEC §9).
+    pub loading: Loading,
 }
 
 /// The whole validated configuration.
@@ -256,6 +260,15 @@ fn resolve_model(
         args.args.push(Arg::new("--lora-modules", &values));
     }
 
+    // Sleep mode needs the engine to start with it (its memory goes through vLLM's cumem
+    // allocator, so that sleep can move the weights to CPU memory).
+    if m.loading.load == LoadMode::OnDemand
+        && m.loading.unload == UnloadMode::Sleep
+        && !args.has("--enable-sleep-mode")
+    {
+        args.args.push(Arg::new("--enable-sleep-mode", &[]));
+    }
+
     let mut gpu_demand = 1u32;
     for flag in [
         "--tensor-parallel-size",
@@ -286,6 +299,7 @@ fn resolve_model(
         env: m.env.clone(),
         gpu_demand,
         memory,
+        loading: m.loading,
     })
 }
 

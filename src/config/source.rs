@@ -65,6 +65,8 @@ pub struct RawModel {
     pub default_name: String,
     /// Worth a warning but not an error: unknown keys or values, with the nearest known.
     pub warnings: Vec<String>,
+    /// `load`, `unload` and `idle_unload`.
+    pub loading: super::loading::Loading,
 }
 
 /// Picks the source by precedence (`--config`, `MULTI_MODEL_CONFIG`, OCI metadata,
@@ -106,6 +108,7 @@ pub fn read_models(raw: &RawConfig) -> Result<(ConfigSource, Vec<RawModel>), Con
             env: BTreeMap::new(),
             default_name: "odsc-llm".into(),
             warnings: Vec::new(),
+            loading: Default::default(),
         };
         return Ok((ConfigSource::SingleModel, vec![single]));
     }
@@ -282,11 +285,14 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         }
     };
     let default_name = model_path.trim_end_matches('/').to_string();
+    let mut warnings = checks::model_warnings(&origin, obj);
+    let loading = super::loading::read(source, obj, &origin, &mut warnings)?;
     Ok(RawModel {
         params: string_field(source, obj, &origin, "params")?.unwrap_or_default(),
         model_id: string_field(source, obj, &origin, "model_id")?,
         model_task: string_field(source, obj, &origin, "model_task")?,
-        warnings: checks::model_warnings(&origin, obj),
+        warnings,
+        loading,
         origin,
         model_path,
         adapters,
