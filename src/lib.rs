@@ -19,7 +19,8 @@
 //! - [`placement`]: estimates and GPUs joined: shares, start order, the per-GPU table.
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
-//! - [`state`]: the snapshot of model states the front reads.
+//! - [`state`]: the snapshot of model states and the routing table the front reads.
+//! - [`usage`]: requests in flight per model (leases), which unloads and stops wait for.
 //! - [`front`]: the OpenAI-compatible HTTP front (pass-through path, then hyper for the rest).
 //! - [`observability`]: logging and metrics.
 //! - [`serve`] and [`cli`]: the commands that tie it together.
@@ -35,4 +36,5 @@ pub mod plan;
 pub mod serve;
 pub mod state;
 pub mod supervisor;
+pub mod usage;
 pub mod weights;

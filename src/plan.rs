@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{Arg, Config, ConfigError, ConfigSource, LoadMode, Settings, UnloadMode};
+use crate::config::{Arg, Config, ConfigError, ConfigSource, LoadMode, ModelSpec, Settings, UnloadMode};
 use crate::gpu::{GpuError, GpuSource, GpuUse, Inventory};
-use crate::placement::{self, PlacementError};
+use crate::placement::{self, ModelPlacement, PlacementError};
 use crate::weights::MemoryEstimate;
 
 /// Everything that stops a plan from being made. All of them mean "invalid configuration".
@@ -124,7 +124,7 @@ pub const CPU_BIND_VAR: &str = "VLLM_CPU_OMP_THREADS_BIND";
 
 /// With `MODELMUX_GPUS=none`: each model's `VLLM_CPU_OMP_THREADS_BIND` (disjoint cores),
 /// `None` for a model whose own `env` sets it (it keeps its own and takes no share).
-fn cpu_binds(config: &Config) -> Vec<Option<String>> {
+pub fn cpu_binds(config: &Config) -> Vec<Option<String>> {
     let sharing: Vec<usize> = (0..config.models.len())
         .filter(|&i| !config.models[i].env.contains_key(CPU_BIND_VAR))
         .collect();
@@ -180,67 +180,7 @@ pub fn build_with_ports(
         .zip(placements)
         .zip(ports)
         .zip(cpu_binds)
-        .map(|(((m, placed), &port), cpu_bind)| {
-            let gpus = placed.gpus.clone();
-            let mut argv = s.engine_cmd.clone();
-            // `vllm serve MODEL`: the model right after `serve` (vLLM warns about `--model`
-            // there and plans to drop it); other commands take `--model`.
-            if argv.last().is_some_and(|w| w == "serve") {
-                argv.push(m.resolved_path.clone());
-            } else {
-                argv.extend(Arg::new("--model", &[&m.resolved_path]).tokens());
-            }
-            let own = [
-                Arg::new("--host", &["127.0.0.1"]),
-                Arg::new("--port", &[&port.to_string()]),
-            ];
-            argv.extend(own.iter().flat_map(Arg::tokens));
-            argv.extend(m.args.tokens());
-            if let (true, Some(share)) = (placed.adds_share_flag, placed.gpu_share) {
-                argv.push("--gpu-memory-utilization".into());
-                argv.push(placement::share_text(share));
-            }
-            let mut env = BTreeMap::new();
-            env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
-            env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
-            if let Some(bind) = cpu_bind {
-                env.insert(CPU_BIND_VAR.to_string(), bind);
-            }
-            // Only modelmux calls these endpoints, on loopback; the front refuses them.
-            let runtime_lora = m.args.has("--enable-lora");
-            if runtime_lora {
-                env.insert(RUNTIME_LORA_VAR.to_string(), "True".to_string());
-            }
-            if m.args.has("--enable-sleep-mode") {
-                env.insert(DEV_MODE_VAR.to_string(), "1".to_string());
-            }
-            env.extend(m.env.clone());
-            let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
-                "/v1/embeddings".to_string()
-            } else {
-                s.predict_endpoint.clone()
-            };
-            ModelLaunch {
-                name: m.served_names[0].clone(),
-                served_names: m.served_names.clone(),
-                adapters: m.adapters.iter().map(|a| a.name.clone()).collect(),
-                model_path: m.resolved_path.clone(),
-                model_task: m.model_task.clone(),
-                gpus,
-                port,
-                argv,
-                env,
-                predict_route,
-                gpu_share: placed.gpu_share,
-                memory_estimate: placed.memory_estimate,
-                start_after: placed.start_after,
-                load: m.loading.load,
-                unload: m.loading.unload,
-                idle_unload: m.loading.idle_unload.as_secs_f64(),
-                takes_turns: placed.takes_turns,
-                runtime_lora,
-            }
-        })
+        .map(|(((m, placed), &port), cpu_bind)| launch(m, placed, port, cpu_bind, s))
         .collect();
     Ok(LaunchPlan {
         source: config.source.clone(),
@@ -251,6 +191,75 @@ pub fn build_with_ports(
         gpu_memory_limit: s.gpu_memory_limit,
         gpus: gpu_table,
     })
+}
+
+/// One model's launch entry: its command line and environment for this placement and port.
+pub fn launch(
+    m: &ModelSpec,
+    placed: ModelPlacement,
+    port: u16,
+    cpu_bind: Option<String>,
+    s: &Settings,
+) -> ModelLaunch {
+    let gpus = placed.gpus.clone();
+    let mut argv = s.engine_cmd.clone();
+    // `vllm serve MODEL`: the model right after `serve` (vLLM warns about `--model`
+    // there and plans to drop it); other commands take `--model`.
+    if argv.last().is_some_and(|w| w == "serve") {
+        argv.push(m.resolved_path.clone());
+    } else {
+        argv.extend(Arg::new("--model", &[&m.resolved_path]).tokens());
+    }
+    let own = [
+        Arg::new("--host", &["127.0.0.1"]),
+        Arg::new("--port", &[&port.to_string()]),
+    ];
+    argv.extend(own.iter().flat_map(Arg::tokens));
+    argv.extend(m.args.tokens());
+    if let (true, Some(share)) = (placed.adds_share_flag, placed.gpu_share) {
+        argv.push("--gpu-memory-utilization".into());
+        argv.push(placement::share_text(share));
+    }
+    let mut env = BTreeMap::new();
+    env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
+    env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
+    if let Some(bind) = cpu_bind {
+        env.insert(CPU_BIND_VAR.to_string(), bind);
+    }
+    // Only modelmux calls these endpoints, on loopback; the front refuses them.
+    let runtime_lora = m.args.has("--enable-lora");
+    if runtime_lora {
+        env.insert(RUNTIME_LORA_VAR.to_string(), "True".to_string());
+    }
+    if m.args.has("--enable-sleep-mode") {
+        env.insert(DEV_MODE_VAR.to_string(), "1".to_string());
+    }
+    env.extend(m.env.clone());
+    let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
+        "/v1/embeddings".to_string()
+    } else {
+        s.predict_endpoint.clone()
+    };
+    ModelLaunch {
+        name: m.served_names[0].clone(),
+        served_names: m.served_names.clone(),
+        adapters: m.adapters.iter().map(|a| a.name.clone()).collect(),
+        model_path: m.resolved_path.clone(),
+        model_task: m.model_task.clone(),
+        gpus,
+        port,
+        argv,
+        env,
+        predict_route,
+        gpu_share: placed.gpu_share,
+        memory_estimate: placed.memory_estimate,
+        start_after: placed.start_after,
+        load: m.loading.load,
+        unload: m.loading.unload,
+        idle_unload: m.loading.idle_unload.as_secs_f64(),
+        takes_turns: placed.takes_turns,
+        runtime_lora,
+    }
 }
 
 /// Shell-quotes a command line for display.
@@ -340,8 +349,32 @@ impl std::fmt::Display for LaunchPlan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A launch entry for unit tests elsewhere.
+    pub(crate) fn launch_for_tests(name: &str) -> ModelLaunch {
+        ModelLaunch {
+            name: name.into(),
+            served_names: vec![name.into()],
+            adapters: Vec::new(),
+            model_path: format!("/models/{name}"),
+            model_task: None,
+            gpus: Vec::new(),
+            port: 9000,
+            argv: vec!["vllm".into()],
+            env: BTreeMap::new(),
+            predict_route: "/v1/completions".into(),
+            gpu_share: None,
+            memory_estimate: None,
+            start_after: Vec::new(),
+            load: LoadMode::Always,
+            unload: UnloadMode::Stop,
+            idle_unload: 600.0,
+            takes_turns: false,
+            runtime_lora: false,
+        }
+    }
 
     #[test]
     fn engine_ports_follow_the_base_and_skip_the_front() {

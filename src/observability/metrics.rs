@@ -51,6 +51,40 @@ impl Histogram {
     }
 }
 
+/// One model's loads, unloads and load times (SPEC §9): an engine started until ready, or
+/// woken; stopped or put to sleep when idle or to make room.
+#[derive(Default)]
+pub struct LoadStats {
+    /// Engines started until ready, and wakes.
+    pub loads: AtomicU64,
+    /// Unloads: stops and sleeps of an idle on-demand model.
+    pub unloads: AtomicU64,
+    /// Seconds from start (or wake) to ready.
+    pub seconds: Histogram,
+}
+
+impl std::fmt::Debug for LoadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadStats")
+            .field("loads", &self.loads.load(Relaxed))
+            .field("unloads", &self.unloads.load(Relaxed))
+            .finish()
+    }
+}
+
+impl LoadStats {
+    /// Counts a load that took `took`.
+    pub fn loaded(&self, took: Duration) {
+        self.loads.fetch_add(1, Relaxed);
+        self.seconds.observe(took);
+    }
+
+    /// Counts an unload.
+    pub fn unloaded(&self) {
+        self.unloads.fetch_add(1, Relaxed);
+    }
+}
+
 /// Per-model request metrics.
 pub struct ModelMetrics {
     name: String,
