@@ -34,6 +34,11 @@
 //! - `MOCK_METRICS_DELAY_MS`: `GET /metrics` (vLLM V1's metrics, see `mock-vllm/metrics.rs`)
 //!   answers after this long; `--max-num-seqs N` lets N requests run at once, the rest wait.
 //!
+//! - vLLM's control endpoints (`/sleep`, `/wake_up`, `/is_sleeping` with
+//!   `VLLM_SERVER_DEV_MODE=1`; `/v1/load_lora_adapter`, `/v1/unload_lora_adapter` with
+//!   `VLLM_ALLOW_RUNTIME_LORA_UPDATING`) and a GPU memory figure that sleep releases
+//!   (`MOCK_GPU_MEMORY_DIR`, `MOCK_GPU_MEMORY_BYTES`): see `mock-vllm/control.rs`.
+//!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
 //! `mock_exit` (exit at once without an answer, with `mock_exit_code`, default 1),
 //! `mock_stall_after_chunks` (a hung engine, as vLLM in a decode deadlock: a stream stops
@@ -60,13 +65,15 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+#[path = "mock-vllm/control.rs"]
+mod control;
 #[path = "mock-vllm/metrics.rs"]
 mod metrics;
 
 struct Mock {
     model: String,
     names: Vec<String>,
-    loras: Vec<(String, String)>,
+    control: control::Control,
     created: u64,
     max_model_len: u64,
     started: Instant,
@@ -277,6 +284,18 @@ async fn run(args: Vec<String>) -> i32 {
         let _ = std::fs::write(path, report.to_string());
     }
 
+    // vLLM takes its memory before it listens; one that finds too little fails at start.
+    let util = flag_values(&args, "--gpu-memory-utilization")
+        .pop()
+        .and_then(|v| v.parse::<f64>().ok());
+    let control = match control::Control::new(&args, util, loras) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("ValueError: {why}");
+            event(&events, "oom");
+            return 1;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(format!("{host}:{port}")).await {
         Ok(l) => l,
         Err(e) => {
@@ -295,7 +314,7 @@ async fn run(args: Vec<String>) -> i32 {
         metrics: Arc::new(counters),
         model: model.clone(),
         names,
-        loras,
+        control,
         created: now_unix as u64,
         max_model_len: env_ms("MOCK_MAX_MODEL_LEN").unwrap_or(4096),
         started,
@@ -338,6 +357,22 @@ async fn run(args: Vec<String>) -> i32 {
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/metrics", get(engine_metrics))
+        .route("/sleep", axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move { m.control.sleep(&uri) }))
+        .route("/wake_up", axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move { m.control.wake_up(&uri) }))
+        .route("/is_sleeping", get(|State(m): State<Arc<Mock>>| async move { m.control.is_sleeping() }))
+        .route("/mock/memory", get(|State(m): State<Arc<Mock>>| async move { m.control.memory() }))
+        .route(
+            "/v1/load_lora_adapter",
+            axum::routing::post(|State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                m.control.load_lora(&m.names, &headers, &body)
+            }),
+        )
+        .route(
+            "/v1/unload_lora_adapter",
+            axum::routing::post(|State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                m.control.unload_lora(&headers, &body)
+            }),
+        )
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -422,11 +457,12 @@ async fn models(State(m): State<Arc<Mock>>) -> Response {
                "permission": [{"id": format!("modelperm-{id}"), "object": "model_permission",
                                "allow_sampling": true, "allow_view": true}]})
     };
+    let loras = m.control.loras.read().unwrap().clone();
     let data: Vec<Value> = m
         .names
         .iter()
         .map(|n| entry(n, &m.model, None))
-        .chain(m.loras.iter().map(|(n, p)| entry(n, p, Some(&m.names[0]))))
+        .chain(loras.iter().map(|(n, p)| entry(n, p, Some(&m.names[0]))))
         .collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -445,7 +481,7 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
         .and_then(Value::as_str)
         .unwrap_or(&m.names[0])
         .to_string();
-    if !m.names.contains(&model) && !m.loras.iter().any(|(n, _)| *n == model) {
+    if !m.names.contains(&model) && !m.control.has_lora(&model) {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model `{model}` does not exist."),
@@ -459,6 +495,8 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
             .unwrap_or(1);
         std::process::exit(code as i32);
     }
+    // A sleeping vLLM holds requests until it is woken.
+    m.control.awake().await;
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);
     let mut run = m.metrics.begin().await;
