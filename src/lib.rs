@@ -20,14 +20,18 @@
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
 //! - [`state`]: the snapshot of model states and the routing table the front reads.
+//! - [`demand`]: a request's admission to its model: at once, or after an on-demand load.
 //! - [`usage`]: requests in flight per model (leases), which unloads and stops wait for.
 //! - [`front`]: the OpenAI-compatible HTTP front (pass-through path, then hyper for the rest).
 //! - [`observability`]: logging and metrics.
+//! - [`admin`]: the admin API and reloads (SIGHUP too), as supervisor commands.
 //! - [`serve`] and [`cli`]: the commands that tie it together.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod cpus;
+pub mod demand;
 pub mod front;
 pub mod gpu;
 pub mod observability;

@@ -98,12 +98,11 @@ fn estimate_all(models: &[ModelSpec]) -> Result<Vec<Option<MemoryEstimate>>, Mod
         .collect()
 }
 
-/// Places every model; returns the per-model placement and the per-GPU table.
-pub fn place(
+/// Every model's memory estimate (`None` without one) and its demand for the packer.
+pub fn demands(
     config: &Config,
     inv: &Inventory,
-) -> Result<(Vec<ModelPlacement>, Vec<GpuUse>), PlacementError> {
-    let limit = config.settings.gpu_memory_limit;
+) -> Result<(Vec<MemDemand>, Vec<Option<MemoryEstimate>>), ModelFilesError> {
     let estimates: Vec<Option<MemoryEstimate>> = if inv.disabled {
         vec![None; config.models.len()]
     } else {
@@ -124,6 +123,16 @@ pub fn place(
             },
         })
         .collect();
+    Ok((demands, estimates))
+}
+
+/// Places every model; returns the per-model placement and the per-GPU table.
+pub fn place(
+    config: &Config,
+    inv: &Inventory,
+) -> Result<(Vec<ModelPlacement>, Vec<GpuUse>), PlacementError> {
+    let limit = config.settings.gpu_memory_limit;
+    let (demands, estimates) = demands(config, inv)?;
     let on_demand: Vec<bool> = config
         .models
         .iter()

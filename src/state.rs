@@ -359,6 +359,8 @@ pub struct RoutingTable {
     pub models: Vec<Route>,
     /// Every served name and adapter name, in plan order, for `/v1/models`.
     pub names: Vec<ServedName>,
+    /// Routes by model index (`None` for a retired model).
+    by_index: Vec<Option<Route>>,
 }
 
 /// One name requests can use.
@@ -395,6 +397,10 @@ impl RoutingTable {
                 predict_route: m.predict_route.as_str().into(),
             };
             table.models.push(route.clone());
+            if table.by_index.len() <= index {
+                table.by_index.resize(index + 1, None);
+            }
+            table.by_index[index] = Some(route.clone());
             let names = m.served_names.iter().map(|n| (n, false));
             let adapters = m
                 .adapters
@@ -411,6 +417,11 @@ impl RoutingTable {
             }
         }
         table
+    }
+
+    /// The route of the model at `index`, unless it is retired.
+    pub fn route(&self, index: usize) -> Option<&Route> {
+        self.by_index.get(index).and_then(Option::as_ref)
     }
 
     /// True when a name is served (a model's or an adapter's).

@@ -114,16 +114,22 @@ pub struct Exchange {
 pub struct Inflight {
     app: Arc<App>,
     model: usize,
+    /// The request's lease on its model (stops and unloads wait for it).
+    _lease: Option<crate::usage::Lease>,
 }
 
 impl Inflight {
     /// Counts one more request in flight for `model`.
-    pub fn new(app: Arc<App>, model: usize) -> Self {
+    pub fn new(app: Arc<App>, model: usize, lease: Option<crate::usage::Lease>) -> Self {
         app.metrics
             .model(Some(model))
             .inflight
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Inflight { app, model }
+        Inflight {
+            app,
+            model,
+            _lease: lease,
+        }
     }
 }
 
@@ -252,7 +258,7 @@ pub fn record(app: &App, o: &Outcome) {
         target: "access",
         method = "POST",
         path = %o.path,
-        model = %app.table.models[o.model].model,
+        model = %app.state.borrow().models.get(o.model).map_or("-", |m| m.name.as_str()),
         status = o.status,
         us = elapsed.as_micros() as u64,
         bytes = o.bytes,

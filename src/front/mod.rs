@@ -36,11 +36,13 @@ use crate::observability::metrics::Metrics;
 use crate::plan::LaunchPlan;
 use crate::state::{RoutingTable, StateRx};
 
+/// How long a request waits for an on-demand model to load (`MODELMUX_QUEUE_TIMEOUT` once
+/// the front's queue has it).
+pub const ON_DEMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Everything the handlers share.
 pub struct App {
-    /// Names to engines.
-    pub table: RoutingTable,
-    /// The supervisor's latest snapshot.
+    /// The supervisor's latest snapshot (the routing table is part of it).
     pub state: StateRx,
     /// Request metrics.
     pub metrics: Metrics,
@@ -52,21 +54,26 @@ pub struct App {
     pub max_body: usize,
     /// `created` of `/v1/models` entries (start time).
     pub created: u64,
+    /// The admin API (`/admin/...`).
+    pub admin: Arc<AdminApi>,
+    /// On-demand loads go through it.
+    pub control: crate::supervisor::Control,
     id_prefix: u32,
     id_counter: AtomicU64,
 }
 
 impl App {
     /// Builds the shared state from the plan and the settings.
-    pub fn new(plan: &LaunchPlan, settings: &Settings, state: StateRx) -> Self {
-        let table = RoutingTable::from_plan(plan);
-        let metrics = Metrics::new(table.models.iter().map(|r| &*r.model));
-        let upstream = upstream::Upstream::new(table.models.len());
+    pub fn new(plan: &LaunchPlan, settings: &Settings, state: StateRx, admin: Arc<AdminApi>) -> Self {
+        let metrics = Metrics::new(plan.models.iter().map(|m| m.name.as_str()));
+        let upstream = upstream::Upstream::new(crate::state::MAX_MODELS);
+        let control = admin.runtime().control().clone();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         App {
-            table,
+            admin,
+            control,
             state,
             metrics,
             upstream,
@@ -76,6 +83,11 @@ impl App {
             id_prefix: now.subsec_nanos() ^ std::process::id().rotate_left(16),
             id_counter: AtomicU64::new(0),
         }
+    }
+
+    /// The routing table now.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.state.borrow().table.clone()
     }
 
     /// A fresh request id: unique within this process, cheap to make.
@@ -118,9 +130,47 @@ pub fn router(app: Arc<App>, health_endpoint: &str) -> Router {
         .route("/v1/models/{*id}", get(health::get_model))
         .route("/", any(page::root))
         .route("/status", any(page::status))
+        .route("/admin", any(admin_call))
+        .route("/admin/{*rest}", any(admin_call))
         .fallback(proxy::handle)
         .with_state(app)
 }
+
+/// The admin API's calls, handed to [`crate::admin`].
+async fn admin_call(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let auth = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes().to_vec());
+    let body = match http_body_util::Limited::new(body, app.max_body).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return errors::error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large")
+        }
+    };
+    let reply = app
+        .admin
+        .handle(parts.method.as_str(), parts.uri.path(), auth.as_deref(), &body)
+        .await;
+    let status = axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = axum::response::Response::builder().status(status);
+    if reply.body.is_some() {
+        resp = resp.header(axum::http::header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(allow) = reply.allow {
+        resp = resp.header(axum::http::header::ALLOW, allow);
+    }
+    resp.body(axum::body::Body::from(reply.body_bytes()))
+        .expect("valid response")
+}
+
+/// The admin API as the front holds it.
+pub type AdminApi = crate::admin::Admin<Arc<crate::admin::live::Live>>;
 
 /// The health listener's router: health, liveness and metrics only.
 pub fn health_router(app: Arc<App>, health_endpoint: &str) -> Router {

@@ -103,7 +103,8 @@ pub fn status_json(app: &App) -> Value {
             let mut model = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
             if let Value::Object(fields) = &mut model {
                 let names = |adapter: bool| -> Vec<&str> {
-                    app.table
+                    snapshot
+                        .table
                         .names
                         .iter()
                         .filter(|n| n.model == i && n.adapter == adapter)

@@ -14,9 +14,57 @@ use tokio::time::Instant;
 use super::body::{Exchange, Inflight, Metered, ReadError, read_limited};
 use super::errors::{error, unavailable};
 use super::{App, auth, route};
-use crate::state::{Lookup, Phase};
+use crate::state::Lookup;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// vLLM's control paths: never passed to an engine (only modelmux calls them, on loopback).
+pub fn is_engine_control(path: &str) -> bool {
+    matches!(
+        path,
+        "/sleep"
+            | "/wake_up"
+            | "/is_sleeping"
+            | "/collective_rpc"
+            | "/reset_prefix_cache"
+            | "/v1/load_lora_adapter"
+            | "/v1/unload_lora_adapter"
+            | "/start_profile"
+            | "/stop_profile"
+    )
+}
+
+/// The answer to a request that was not admitted.
+fn refusal(model: &str, refused: crate::demand::Refused) -> Response {
+    use crate::demand::Refused;
+    match refused {
+        Refused::ShuttingDown => unavailable("modelmux is shutting down", 5),
+        Refused::Removed => error(
+            StatusCode::NOT_FOUND,
+            &format!("model {model} was removed by a reload"),
+        ),
+        Refused::Failed(why) => unavailable(
+            &format!("model {model} failed and is not served ({why})"),
+            60,
+        ),
+        Refused::Stopped => unavailable(
+            &format!("model {model} is stopped by an operator; POST /admin/models/{model}/start starts it"),
+            30,
+        ),
+        Refused::NotReady(phase) => unavailable(
+            &format!("model {model} is {}; retry shortly", phase.as_str()),
+            5,
+        ),
+        Refused::TimedOut(phase) => unavailable(
+            &format!(
+                "model {model} is loading on demand ({}) and was not ready within {:.0} s; retry shortly",
+                phase.as_str(),
+                crate::front::ON_DEMAND_WAIT.as_secs_f64()
+            ),
+            5,
+        ),
+    }
+}
 
 /// Only `"model"` is read from the body; serde skips the rest without building a tree.
 #[derive(serde::Deserialize)]
@@ -104,6 +152,13 @@ async fn forward(
     request_id: &HeaderValue,
     started: Instant,
 ) -> Result<Response, Refusal> {
+    if is_engine_control(uri.path()) {
+        let msg = format!(
+            "{} is an engine control path; modelmux does not pass it on (see the admin API)",
+            uri.path()
+        );
+        return Err((None, error(StatusCode::NOT_FOUND, &msg)));
+    }
     if method != Method::POST {
         let status = if method == Method::GET {
             StatusCode::NOT_FOUND
@@ -172,20 +227,21 @@ async fn forward(
             ));
         }
     };
-    let target = match app.table.lookup(model.as_deref()) {
+    let table = app.table();
+    let target = match table.lookup(model.as_deref()) {
         Lookup::Found(r) => r,
         Lookup::Unknown => {
             let msg = format!(
                 "model {:?} is not served here; available: {}",
                 model.as_deref().unwrap_or_default(),
-                app.table.available()
+                table.available()
             );
             return Err((None, error(StatusCode::NOT_FOUND, &msg)));
         }
         Lookup::Missing => {
             let msg = format!(
                 "the body has no \"model\"; available: {}",
-                app.table.available()
+                table.available()
             );
             return Err((None, error(StatusCode::BAD_REQUEST, &msg)));
         }
@@ -221,32 +277,12 @@ async fn forward(
         }
     };
 
-    {
-        let snapshot = app.state.borrow();
-        if snapshot.stopping {
-            return Err((Some(index), unavailable("modelmux is shutting down", 5)));
-        }
-        let status = &snapshot.models[index];
-        match status.state {
-            Phase::Ready => {}
-            Phase::Failed => {
-                let msg = format!(
-                    "model {} failed and is not served ({})",
-                    target.model,
-                    status.last_exit.as_deref().unwrap_or("no reason recorded")
-                );
-                return Err((Some(index), unavailable(&msg, 60)));
-            }
-            state => {
-                let msg = format!(
-                    "model {} is {}; retry shortly",
-                    target.model,
-                    state.as_str()
-                );
-                return Err((Some(index), unavailable(&msg, 5)));
-            }
-        }
-    }
+    // Ready: at once; an on-demand model is loaded first, the request waiting its turn.
+    let deadline = tokio::time::Instant::now() + crate::front::ON_DEMAND_WAIT;
+    let lease = match crate::demand::admit(&app.state, &app.control, index, deadline).await {
+        Ok(lease) => lease,
+        Err(refused) => return Err((Some(index), refusal(&target.model, refused))),
+    };
 
     let build_headers = || {
         let mut h = HeaderMap::with_capacity(headers.len() + 2);
@@ -268,7 +304,7 @@ async fn forward(
         req
     };
 
-    let inflight = Inflight::new(app.clone(), index);
+    let inflight = Inflight::new(app.clone(), index, Some(lease));
     let resp = match app.upstream.send(index, &target.authority, make).await {
         Ok(r) => r,
         Err(e) => {

@@ -19,6 +19,8 @@ use super::reaper::{Exit, SpawnRequest, Spawned};
 use super::stall::StallWatch;
 use crate::state::{Phase, RuntimeAdapter, update};
 
+/// The first interval between readiness probes; it doubles up to `STARTUP_PROBE`.
+const FIRST_PROBE: Duration = Duration::from_millis(5);
 /// How long an adapter load or unload may take.
 const ADAPTER_CALL: Duration = Duration::from_secs(300);
 
@@ -127,6 +129,7 @@ impl EngineTask {
         let started = Instant::now();
         let deadline = started + self.settings.startup_timeout;
         let mut last_log: Option<String> = None;
+        let mut probes = 0u32;
         // Starting: probe often until ready, the engine exits, the deadline, an order to
         // stop, or shutdown; meanwhile the engine's last line is published (`last_log`).
         loop {
@@ -171,8 +174,12 @@ impl EngineTask {
                     pumps,
                 };
             }
+            // Often at first (a small model or a mock is up in milliseconds, and an
+            // on-demand request waits for it), then every STARTUP_PROBE.
+            let every = STARTUP_PROBE.min(FIRST_PROBE * 2u32.saturating_pow(probes.min(8)));
+            probes += 1;
             tokio::select! {
-                _ = sleep_until(now + STARTUP_PROBE) => {}
+                _ = sleep_until(now + every) => {}
                 _ = stopping(&mut sd) => {}
             }
         }

@@ -73,12 +73,15 @@ pub async fn exchange(
     client: &mut TcpStream,
     front: &Front,
     request: &[u8],
-    fwd: &Forward,
+    fwd: Forward,
     s: &mut Scratch,
     started: Instant,
 ) -> Next {
     let app = &*front.app;
-    let route = &app.table.models[fwd.model];
+    let table = app.table();
+    let Some(route) = table.route(fwd.model) else {
+        return Next::Close;
+    };
     let id = fwd.id.bytes(request);
     let mut log = Log {
         app,
@@ -93,7 +96,7 @@ pub async fn exchange(
             complete: false,
         },
     };
-    let _inflight = Inflight::new(front.app.clone(), fwd.model);
+    let _inflight = Inflight::new(front.app.clone(), fwd.model, Some(fwd.lease));
     let close = fwd.close || app.state.borrow().stopping;
 
     let mut pooled = front.engines.checkout(fwd.model);

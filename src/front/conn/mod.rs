@@ -54,7 +54,10 @@ pub struct Front {
 impl Front {
     /// True for paths the router answers itself: they never go to an engine.
     pub fn is_reserved(&self, path: &str) -> bool {
-        path.starts_with("/v1/models/") || self.reserved.iter().any(|r| r == path)
+        path.starts_with("/v1/models/")
+            || self.reserved.iter().any(|r| r == path)
+            || crate::admin::is_admin_path(path)
+            || crate::front::proxy::is_engine_control(path)
     }
 }
 
@@ -78,7 +81,7 @@ pub async fn serve(
         health_endpoint,
     ];
     let front = Arc::new(Front {
-        engines: engines::Engines::new(app.table.models.len()),
+        engines: engines::Engines::new(crate::state::MAX_MODELS),
         app,
         router,
         reserved: reserved.iter().map(|s| s.to_string()).collect(),
@@ -131,9 +134,10 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
             match request::parse(&buf, front, &mut scratch.out) {
                 Parsed::Forward(fwd) => {
                     let t = started.take().unwrap_or_else(Instant::now);
-                    let request = &buf[..fwd.len];
-                    let next = exchange(&mut client, front, request, &fwd, &mut scratch, t).await;
-                    buf.advance(fwd.len);
+                    let len = fwd.len;
+                    let request = &buf[..len];
+                    let next = exchange(&mut client, front, request, fwd, &mut scratch, t).await;
+                    buf.advance(len);
                     buf.extend_from_slice(&scratch.early);
                     scratch.early.clear();
                     scratch.shrink();

@@ -37,6 +37,8 @@ pub struct Forward {
     pub path: Range<usize>,
     /// The request id sent to the engine and back to the client.
     pub id: RequestId,
+    /// Its lease on the model.
+    pub lease: crate::usage::Lease,
 }
 
 /// A request id: the client's `X-Request-Id`, or one made up.
@@ -134,7 +136,8 @@ pub fn parse(buf: &[u8], front: &Front, out: &mut Vec<u8>) -> Parsed {
     let Ok(field) = serde_json::from_slice::<crate::front::proxy::ModelField>(body) else {
         return Parsed::HandOver;
     };
-    let Lookup::Found(target_model) = app.table.lookup(field.model.as_deref()) else {
+    let table = app.table();
+    let Lookup::Found(target_model) = table.lookup(field.model.as_deref()) else {
         return Parsed::HandOver;
     };
     let engine_path: std::borrow::Cow<str> = match path {
@@ -147,12 +150,15 @@ pub fn parse(buf: &[u8], front: &Front, out: &mut Vec<u8>) -> Parsed {
         },
         _ => target.into(),
     };
-    {
+    // Lease first, then look: a drain that comes after sees the lease.
+    let lease = {
         let snapshot = app.state.borrow();
-        if snapshot.stopping || snapshot.models[target_model.index].state != Phase::Ready {
-            return Parsed::HandOver;
+        let m = &snapshot.models[target_model.index];
+        match m.usage.lease() {
+            Some(lease) if !snapshot.stopping && m.state == Phase::Ready => lease,
+            _ => return Parsed::HandOver,
         }
-    }
+    };
     let id = id.unwrap_or_else(|| RequestId::Made(app.make_request_id()));
 
     out.clear();
@@ -181,6 +187,7 @@ pub fn parse(buf: &[u8], front: &Front, out: &mut Vec<u8>) -> Parsed {
         close,
         path: range_in(buf, path.as_bytes()),
         id,
+        lease,
     })
 }
 
