@@ -19,9 +19,8 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.state.borrow().clone();
     let now = std::time::SystemTime::now();
     let models: Vec<Value> = snapshot
-        .models
-        .iter()
-        .map(|m| {
+        .live()
+        .map(|(_, m)| {
             json!({
                 "name": m.name, "state": m.state, "gpus": m.gpus, "port": m.port, "pid": m.pid,
                 "restarts": m.restarts, "last_exit": m.last_exit,
@@ -29,6 +28,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
                 "seconds_in_state": (now.duration_since(m.since).unwrap_or_default().as_secs_f64()
                     * 10.0).round() / 10.0,
                 "gpu_share": m.gpu_share, "start_after": m.start_after,
+                "load": m.load, "unload": m.unload, "takes_turns": m.takes_turns,
             })
         })
         .collect();

@@ -96,9 +96,7 @@ pub fn accepts_html(headers: &HeaderMap) -> bool {
 pub fn status_json(app: &App) -> Value {
     let snapshot = app.state.borrow().clone();
     let models: Vec<Value> = snapshot
-        .models
-        .iter()
-        .enumerate()
+        .live()
         .map(|(i, status)| {
             let mut model = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
             if let Value::Object(fields) = &mut model {

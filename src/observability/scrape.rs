@@ -48,9 +48,13 @@ pub fn targets(table: &RoutingTable, snapshot: &Snapshot) -> Vec<Target> {
     table
         .models
         .iter()
-        .zip(&snapshot.models)
-        .filter(|(_, status)| status.state == Phase::Ready)
-        .map(|(route, _)| Target {
+        .filter(|route| {
+            snapshot
+                .models
+                .get(route.index)
+                .is_some_and(|m| m.state == Phase::Ready)
+        })
+        .map(|route| Target {
             index: route.index,
             model: route.model.to_string(),
             authority: route.authority.to_string(),
