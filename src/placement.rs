@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, LoadMode, ModelSpec};
+use crate::config::{Config, LoadMode, ModelSpec, UnloadMode};
 use crate::gpu::{
     self, GpuError, GpuTenant, GpuUse, Inventory, MemDemand, VLLM_DEFAULT_UTILIZATION, gib,
 };
@@ -142,7 +142,15 @@ pub fn place(
         Ok(placed) => (placed, vec![false; demands.len()]),
         Err(e) if !on_demand.contains(&true) => return Err(e.into()),
         // On-demand models that do not all fit take turns (SPEC §9).
-        Err(_) => (place_with_turns(&demands, &on_demand, inv, limit)?, on_demand.clone()),
+        Err(_) => {
+            let sleeps: Vec<bool> = config
+                .models
+                .iter()
+                .map(|m| m.loading.unload == UnloadMode::Sleep)
+                .collect();
+            let placed = place_with_turns(&demands, &on_demand, &sleeps, inv, limit)?;
+            (placed, on_demand.clone())
+        }
     };
 
     let mut tenants: Vec<Vec<usize>> = vec![Vec::new(); inv.gpus.len()];
@@ -236,6 +244,7 @@ pub fn place(
 fn place_with_turns(
     demands: &[MemDemand],
     on_demand: &[bool],
+    sleeps: &[bool],
     inv: &Inventory,
     limit: f64,
 ) -> Result<Vec<gpu::Placement>, GpuError> {
@@ -268,6 +277,23 @@ fn place_with_turns(
     for i in (0..demands.len()).filter(|&i| on_demand[i]) {
         turns.push((i, gpu::place_beside(&fixed, &demands[i], inv, limit)?));
     }
+    // A model that sleeps keeps its CUDA context on the GPU while another takes its turn:
+    // leave room for that, so that a turn puts the others to sleep rather than stopping
+    // them. Where that room cannot be spared, the plan stays and sleepers are stopped.
+    let residues: Vec<(usize, MemDemand, gpu::Placement)> = turns
+        .iter()
+        .filter(|(j, _)| sleeps[*j])
+        .map(|(j, p)| (*j, residue(&demands[*j]), residue_at(p)))
+        .collect();
+    for (i, p) in turns.iter_mut() {
+        let mut beside = fixed.clone();
+        beside.extend(residues.iter().filter(|(j, _, _)| j != i).map(|(_, d, r)| (d, r)));
+        if beside.len() > fixed.len()
+            && let Ok(roomier) = gpu::place_beside(&beside, &demands[*i], inv, limit)
+        {
+            *p = roomier;
+        }
+    }
     for (i, p) in turns {
         placed[i] = Some(p);
     }
@@ -275,6 +301,29 @@ fn place_with_turns(
         .into_iter()
         .map(|p| p.expect("every model placed"))
         .collect())
+}
+
+/// What a sleeping engine keeps on its GPU, as a demand: its CUDA context and graphs.
+pub fn residue(d: &MemDemand) -> MemDemand {
+    MemDemand {
+        name: format!("{} (asleep)", d.name),
+        gpus: d.gpus,
+        need: Some(gpu::Need {
+            inside: 0,
+            outside: d.need.map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside),
+        }),
+        fixed_share: None,
+        summary: d.summary.clone(),
+    }
+}
+
+/// Where a sleeping engine keeps its residue: its GPUs, no share.
+pub fn residue_at(p: &gpu::Placement) -> gpu::Placement {
+    gpu::Placement {
+        gpus: p.gpus.clone(),
+        share: Some(0.0),
+        shared: true,
+    }
 }
 
 /// A share as engines get it: up to three decimals, no trailing zeros.

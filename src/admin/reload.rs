@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{Config, LoadMode, ModelSpec};
+use crate::config::{Config, LoadMode, ModelSpec, UnloadMode};
 use crate::gpu::{self, Claim, Inventory, MemDemand, Placement};
 use crate::placement::{self, ModelPlacement};
 use crate::plan::{self, CPU_BIND_VAR, ModelLaunch};
@@ -114,7 +114,15 @@ pub fn diff(
         .filter(|(_, old)| old.load == LoadMode::Always)
         .map(|&(i, old)| (demands[i].clone(), placement_of(inv, old)))
         .collect();
-    let refs = |v: &[(MemDemand, Placement)]| -> Vec<(MemDemand, Placement)> { v.to_vec() };
+    // What models that take turns and sleep keep on their GPUs (see place_with_turns).
+    let mut residues: Vec<(MemDemand, Placement)> = kept
+        .iter()
+        .filter(|(_, old)| old.takes_turns && old.unload == UnloadMode::Sleep)
+        .map(|&(i, old)| {
+            let at = placement_of(inv, old);
+            (placement::residue(&demands[i]), placement::residue_at(&at))
+        })
+        .collect();
     let mut placed: HashMap<usize, (Placement, bool)> = HashMap::new();
     let order = changed
         .iter()
@@ -147,7 +155,15 @@ pub fn diff(
                     placed.insert(i, (p, false));
                 }
                 Err(_) => {
-                    let p = beside(&refs(&always)).map_err(refused)?;
+                    let mut with_residues = always.clone();
+                    with_residues.extend(residues.iter().cloned());
+                    let p = match beside(&with_residues) {
+                        Ok(p) => p,
+                        Err(_) => beside(&always).map_err(refused)?,
+                    };
+                    if config.models[i].loading.unload == UnloadMode::Sleep {
+                        residues.push((placement::residue(d), placement::residue_at(&p)));
+                    }
                     placed.insert(i, (p, true));
                 }
             }

@@ -340,18 +340,18 @@ impl EngineTask {
             .await
     }
 
-    /// Puts the ready engine to sleep (the controller drained it): `sleeping` at once, so
-    /// that requests ask for a wake; leases again once it sleeps.
+    /// Puts the ready engine to sleep (the controller drained it: requests that come
+    /// meanwhile wait). It is `sleeping` once its memory is released, not before, so that
+    /// nothing counts on that memory too early; then requests ask for a wake.
     async fn put_to_sleep(&self, name: &str) -> Result<(), String> {
-        let _ = machine::apply(&self.state, self.index, Event::Sleep, |_| {});
         let began = Instant::now();
         let key = engine_api_key(&self.launch);
-        let slept = self
-            .calls
+        self.calls
             .sleep(self.launch.port, key.as_deref(), self.settings.startup_timeout)
-            .await;
-        self.undrain();
-        slept.map_err(|e| e.to_string())?;
+            .await
+            .map_err(|e| e.to_string())?;
+        self.usage().undrain();
+        let _ = machine::apply(&self.state, self.index, Event::Sleep, |_| {});
         self.stats().unloaded();
         tracing::info!(model = %name, "engine asleep after {:.2} s (idle; weights in CPU memory)", began.elapsed().as_secs_f64());
         Ok(())
