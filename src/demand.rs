@@ -57,7 +57,10 @@ pub async fn admit(
                 return Err(Refused::Removed);
             }
             if m.state == Phase::Failed {
-                let why = m.last_exit.clone().unwrap_or_else(|| "no reason recorded".into());
+                let why = m
+                    .last_exit
+                    .clone()
+                    .unwrap_or_else(|| "no reason recorded".into());
                 return Err(Refused::Failed(why));
             }
             (m.state, m.load, m.usage.clone())

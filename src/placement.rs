@@ -202,7 +202,11 @@ pub fn place(
                 util * size + outside as f64
             };
             // Models that take turns are there one at a time: the largest counts.
-            let resident: f64 = members.iter().filter(|&&i| !turns[i]).map(|&i| bytes(i)).sum();
+            let resident: f64 = members
+                .iter()
+                .filter(|&&i| !turns[i])
+                .map(|&i| bytes(i))
+                .sum();
             let turn = members
                 .iter()
                 .filter(|&&i| turns[i])
@@ -287,7 +291,12 @@ fn place_with_turns(
         .collect();
     for (i, p) in turns.iter_mut() {
         let mut beside = fixed.clone();
-        beside.extend(residues.iter().filter(|(j, _, _)| j != i).map(|(_, d, r)| (d, r)));
+        beside.extend(
+            residues
+                .iter()
+                .filter(|(j, _, _)| j != i)
+                .map(|(_, d, r)| (d, r)),
+        );
         if beside.len() > fixed.len()
             && let Ok(roomier) = gpu::place_beside(&beside, &demands[*i], inv, limit)
         {

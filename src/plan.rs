@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{Arg, Config, ConfigError, ConfigSource, LoadMode, ModelSpec, Settings, UnloadMode};
+use crate::config::{
+    Arg, Config, ConfigError, ConfigSource, LoadMode, ModelSpec, Settings, UnloadMode,
+};
 use crate::gpu::{GpuError, GpuSource, GpuUse, Inventory};
 use crate::placement::{self, ModelPlacement, PlacementError};
 use crate::weights::MemoryEstimate;

@@ -11,9 +11,9 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::cli::{EXIT_CONFIG, load_plan};
 use crate::admin::live::{Live, Loader};
 use crate::admin::{Admin, Runtime};
+use crate::cli::{EXIT_CONFIG, load_plan};
 use crate::config::{OnFailure, RawConfig, Settings};
 use crate::front::{self, App};
 use crate::plan::LaunchPlan;

@@ -9,8 +9,8 @@ use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
 use crate::config::{LoadMode, UnloadMode};
-use crate::plan::{LaunchPlan, ModelLaunch};
 use crate::observability::metrics::LoadStats;
+use crate::plan::{LaunchPlan, ModelLaunch};
 use crate::usage::Usage;
 
 /// A model's life cycle. Phases change only through the supervisor's state machine

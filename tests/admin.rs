@@ -7,8 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::runtime::{
-    ADMIN_KEY, adapter_dir, admin, complete, health, metric, model, state_becomes,
-    wait_for,
+    ADMIN_KEY, adapter_dir, admin, complete, health, metric, model, state_becomes, wait_for,
 };
 use common::{Modelmux, Setup, client, run_async};
 use serde_json::{Value, json};
@@ -60,8 +59,19 @@ fn the_admin_api_has_its_own_key_and_is_404_without_one() {
             .env("MODELMUX_API_KEY", "api-key")
             .start();
         m.wait_ready(T);
-        for (method, path) in [("GET", "/admin/models"), ("POST", "/admin/reload"), ("POST", "/admin/models/a/stop")] {
-            let r = common::request(&c, method, &m.url(path), &[("authorization", "Bearer api-key")], "").await;
+        for (method, path) in [
+            ("GET", "/admin/models"),
+            ("POST", "/admin/reload"),
+            ("POST", "/admin/models/a/stop"),
+        ] {
+            let r = common::request(
+                &c,
+                method,
+                &m.url(path),
+                &[("authorization", "Bearer api-key")],
+                "",
+            )
+            .await;
             assert_eq!(r.status, 404, "{method} {path}: {}", r.body);
         }
         drop(m);
@@ -71,7 +81,14 @@ fn the_admin_api_has_its_own_key_and_is_404_without_one() {
             .env("MODELMUX_ADMIN_KEY", ADMIN_KEY)
             .start();
         m.wait_ready(T);
-        let r = common::request(&c, "GET", &m.url("/admin/models"), &[("authorization", "Bearer api-key")], "").await;
+        let r = common::request(
+            &c,
+            "GET",
+            &m.url("/admin/models"),
+            &[("authorization", "Bearer api-key")],
+            "",
+        )
+        .await;
         assert_eq!(r.status, 401, "{}", r.body);
         assert_eq!(r.json()["error"]["type"], "authentication_error");
         let r = common::request(&c, "GET", &m.url("/admin/models"), &[], "").await;
@@ -79,16 +96,42 @@ fn the_admin_api_has_its_own_key_and_is_404_without_one() {
         let r = admin(&c, &m, "GET", "/admin/models", "").await;
         assert_eq!(r.status, 200, "{}", r.body);
         let a = &r.json()["models"][0];
-        assert_eq!((a["name"].as_str(), a["state"].as_str(), a["load"].as_str()), (Some("a"), Some("ready"), Some("always")));
-        assert!(a["pid"].as_u64().is_some() && a["port"].as_u64().is_some(), "{a}");
+        assert_eq!(
+            (a["name"].as_str(), a["state"].as_str(), a["load"].as_str()),
+            (Some("a"), Some("ready"), Some("always"))
+        );
+        assert!(
+            a["pid"].as_u64().is_some() && a["port"].as_u64().is_some(),
+            "{a}"
+        );
         // The admin API is not a way around the API key of inference routes either.
-        let r = common::request(&c, "POST", &m.url("/v1/completions"), &[("authorization", &format!("Bearer {ADMIN_KEY}"))], r#"{"model":"a"}"#).await;
+        let r = common::request(
+            &c,
+            "POST",
+            &m.url("/v1/completions"),
+            &[("authorization", &format!("Bearer {ADMIN_KEY}"))],
+            r#"{"model":"a"}"#,
+        )
+        .await;
         assert_eq!(r.status, 401);
         let r = admin(&c, &m, "GET", "/admin/reload", "").await;
-        assert_eq!((r.status, r.headers.get("allow").map(|v| v.to_str().unwrap())), (405, Some("POST")));
+        assert_eq!(
+            (
+                r.status,
+                r.headers.get("allow").map(|v| v.to_str().unwrap())
+            ),
+            (405, Some("POST"))
+        );
         let r = admin(&c, &m, "POST", "/admin/models/nope/restart", "").await;
         assert_eq!(r.status, 404);
-        assert!(r.json()["error"]["message"].as_str().unwrap().contains("models: a"), "{}", r.body);
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("models: a"),
+            "{}",
+            r.body
+        );
     });
 }
 
@@ -104,7 +147,10 @@ fn an_admin_key_equal_to_the_api_key_is_refused_before_anything_starts() {
     );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("MODELMUX_ADMIN_KEY") && err.contains("key of its own"), "{err}");
+    assert!(
+        err.contains("MODELMUX_ADMIN_KEY") && err.contains("key of its own"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -116,11 +162,21 @@ fn restart_stop_and_start_touch_one_model_only() {
 
         let r = admin(&c, &m, "POST", "/admin/models/a/restart", "").await;
         assert_eq!(r.status, 202, "{}", r.body);
-        assert_eq!(r.json(), json!({"model": "a", "action": "restart", "state": "ready"}));
-        wait_for(T, "a restarted", || pid(&m, "a").is_some_and(|p| p != a0) && model(&m, "a")["state"] == "ready").await;
+        assert_eq!(
+            r.json(),
+            json!({"model": "a", "action": "restart", "state": "ready"})
+        );
+        wait_for(T, "a restarted", || {
+            pid(&m, "a").is_some_and(|p| p != a0) && model(&m, "a")["state"] == "ready"
+        })
+        .await;
         assert_eq!(pid(&m, "b"), Some(b0), "b untouched");
         assert!(!common::alive(a0 as u32), "the old engine is gone");
-        assert_eq!(model(&m, "a")["restarts"], 0, "an operator's restart is not a failure");
+        assert_eq!(
+            model(&m, "a")["restarts"],
+            0,
+            "an operator's restart is not a failure"
+        );
 
         let r = admin(&c, &m, "POST", "/admin/models/a/stop", "").await;
         assert_eq!(r.status, 202);
@@ -130,8 +186,15 @@ fn restart_stop_and_start_touch_one_model_only() {
         assert_eq!(r.status, 503, "{}", r.body);
         assert!(r.headers.contains_key("retry-after"));
         assert_eq!(complete(&c, &m, "b").await.status, 200);
-        assert_eq!(common::blocking_get_status(&m.url("/health")), Some(503), "a stopped model is not ready");
-        assert_eq!(metric(&m, r#"modelmux_model_state{model="a",state="stopped"}"#), Some(1.0));
+        assert_eq!(
+            common::blocking_get_status(&m.url("/health")),
+            Some(503),
+            "a stopped model is not ready"
+        );
+        assert_eq!(
+            metric(&m, r#"modelmux_model_state{model="a",state="stopped"}"#),
+            Some(1.0)
+        );
 
         let r = admin(&c, &m, "POST", "/admin/models/a/start", "").await;
         assert_eq!(r.status, 202);
@@ -152,7 +215,12 @@ fn a_restart_lets_the_requests_in_flight_finish() {
         let slow = {
             let c = c.clone();
             tokio::spawn(async move {
-                common::post(&c, &url, r#"{"model": "a", "stream": true, "mock_chunks": 10, "mock_delay_ms": 150}"#).await
+                common::post(
+                    &c,
+                    &url,
+                    r#"{"model": "a", "stream": true, "mock_chunks": 10, "mock_delay_ms": 150}"#,
+                )
+                .await
             })
         };
         wait_for(T, "the stream in flight", || {
@@ -163,9 +231,17 @@ fn a_restart_lets_the_requests_in_flight_finish() {
         assert_eq!(r.status, 202);
         let done = slow.await.unwrap();
         assert_eq!(done.status, 200);
-        assert!(done.body.contains("tok9") && done.body.contains("[DONE]"), "the stream ran to its end: {}", done.body);
+        assert!(
+            done.body.contains("tok9") && done.body.contains("[DONE]"),
+            "the stream ran to its end: {}",
+            done.body
+        );
         wait_for(T, "a restarted", || pid(&m, "a").is_some_and(|p| p != a0)).await;
-        assert!(m.log().contains("waiting for 1 request(s) in flight"), "{}", m.log());
+        assert!(
+            m.log().contains("waiting for 1 request(s) in flight"),
+            "{}",
+            m.log()
+        );
     });
 }
 
@@ -185,28 +261,67 @@ fn run_time_adapters_load_route_list_and_unload() {
     run_async(TEST, async {
         let c = client();
         let (m, files) = start_with_file(
-            &[entry("base", json!({"params": "--served-model-name base --enable-lora"})), entry("plain", json!({}))],
+            &[
+                entry(
+                    "base",
+                    json!({"params": "--served-model-name base --enable-lora"}),
+                ),
+                entry("plain", json!({})),
+            ],
             &[],
         );
         let sql = adapter_dir(files.path(), "sql-lora");
-        let r = admin(&c, &m, "POST", "/admin/models/base/adapters", &json!({"name": "sql", "path": sql}).to_string()).await;
+        let r = admin(
+            &c,
+            &m,
+            "POST",
+            "/admin/models/base/adapters",
+            &json!({"name": "sql", "path": sql}).to_string(),
+        )
+        .await;
         assert_eq!(r.status, 201, "{}", r.body);
         // Routed to its base model's engine, listed with the engine's own fields.
         let r = complete(&c, &m, "sql").await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.headers["x-mock-served-by"], "base");
         let list = common::get(&c, &m.url("/v1/models")).await.json();
-        let e = list["data"].as_array().unwrap().iter().find(|e| e["id"] == "sql").expect("listed").clone();
-        assert_eq!((e["parent"].as_str(), e["root"].as_str()), (Some("base"), Some(sql.as_str())));
+        let e = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == "sql")
+            .expect("listed")
+            .clone();
+        assert_eq!(
+            (e["parent"].as_str(), e["root"].as_str()),
+            (Some("base"), Some(sql.as_str()))
+        );
         let listed = admin(&c, &m, "GET", "/admin/models", "").await.json();
-        assert_eq!(listed["models"][0]["adapters"], json!([{"name": "sql", "path": sql, "source": "runtime"}]));
+        assert_eq!(
+            listed["models"][0]["adapters"],
+            json!([{"name": "sql", "path": sql, "source": "runtime"}])
+        );
 
         // A name in use, a model name included, is 409; a model without --enable-lora is 400.
         for name in ["sql", "plain", "base"] {
-            let r = admin(&c, &m, "POST", "/admin/models/base/adapters", &json!({"name": name, "path": sql}).to_string()).await;
+            let r = admin(
+                &c,
+                &m,
+                "POST",
+                "/admin/models/base/adapters",
+                &json!({"name": name, "path": sql}).to_string(),
+            )
+            .await;
             assert_eq!(r.status, 409, "{name}: {}", r.body);
         }
-        let r = admin(&c, &m, "POST", "/admin/models/plain/adapters", &json!({"name": "x", "path": sql}).to_string()).await;
+        let r = admin(
+            &c,
+            &m,
+            "POST",
+            "/admin/models/plain/adapters",
+            &json!({"name": "x", "path": sql}).to_string(),
+        )
+        .await;
         assert_eq!(r.status, 400);
         assert!(r.body.contains("--enable-lora"), "{}", r.body);
 
@@ -222,22 +337,53 @@ fn run_time_adapters_load_route_list_and_unload() {
 fn a_failed_adapter_load_leaves_everything_as_it_was() {
     run_async(TEST, async {
         let c = client();
-        let (m, files) = start_with_file(&[entry("base", json!({"params": "--served-model-name base --enable-lora"}))], &[]);
+        let (m, files) = start_with_file(
+            &[entry(
+                "base",
+                json!({"params": "--served-model-name base --enable-lora"}),
+            )],
+            &[],
+        );
         let before = common::get(&c, &m.url("/v1/models")).await.json();
         // A directory without adapter_config.json: the engine refuses it (404 there).
         let empty = files.path().join("not-an-adapter");
         std::fs::create_dir_all(&empty).unwrap();
-        let r = admin(&c, &m, "POST", "/admin/models/base/adapters", &json!({"name": "bad", "path": empty}).to_string()).await;
+        let r = admin(
+            &c,
+            &m,
+            "POST",
+            "/admin/models/base/adapters",
+            &json!({"name": "bad", "path": empty}).to_string(),
+        )
+        .await;
         assert_eq!(r.status, 400, "{}", r.body);
-        assert!(r.body.contains("No adapter found"), "the engine's reason: {}", r.body);
+        assert!(
+            r.body.contains("No adapter found"),
+            "the engine's reason: {}",
+            r.body
+        );
         // A path that does not exist never reaches the engine.
-        let r = admin(&c, &m, "POST", "/admin/models/base/adapters", r#"{"name": "bad", "path": "/no/such/dir"}"#).await;
+        let r = admin(
+            &c,
+            &m,
+            "POST",
+            "/admin/models/base/adapters",
+            r#"{"name": "bad", "path": "/no/such/dir"}"#,
+        )
+        .await;
         assert_eq!(r.status, 400);
         assert_eq!(common::get(&c, &m.url("/v1/models")).await.json(), before);
         assert_eq!(complete(&c, &m, "bad").await.status, 404);
         // The name is free again.
         let good = adapter_dir(files.path(), "good");
-        let r = admin(&c, &m, "POST", "/admin/models/base/adapters", &json!({"name": "bad", "path": good}).to_string()).await;
+        let r = admin(
+            &c,
+            &m,
+            "POST",
+            "/admin/models/base/adapters",
+            &json!({"name": "bad", "path": good}).to_string(),
+        )
+        .await;
         assert_eq!(r.status, 201, "{}", r.body);
     });
 }
@@ -246,22 +392,51 @@ fn a_failed_adapter_load_leaves_everything_as_it_was() {
 fn adapters_are_loaded_again_after_their_engine_restarts() {
     run_async(TEST, async {
         let c = client();
-        let (m, files) = start_with_file(&[entry("base", json!({"params": "--served-model-name base --enable-lora"}))], &[]);
+        let (m, files) = start_with_file(
+            &[entry(
+                "base",
+                json!({"params": "--served-model-name base --enable-lora"}),
+            )],
+            &[],
+        );
         let sql = adapter_dir(files.path(), "sql");
-        let r = admin(&c, &m, "POST", "/admin/models/base/adapters", &json!({"name": "sql", "path": sql}).to_string()).await;
+        let r = admin(
+            &c,
+            &m,
+            "POST",
+            "/admin/models/base/adapters",
+            &json!({"name": "sql", "path": sql}).to_string(),
+        )
+        .await;
         assert_eq!(r.status, 201);
         let p0 = pid(&m, "base").unwrap();
         // The engine dies: modelmux restarts it and loads the adapter into the new engine.
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p0 as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-        wait_for(T, "a new engine, ready", || pid(&m, "base").is_some_and(|p| p != p0) && model(&m, "base")["state"] == "ready").await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_for(T, "a new engine, ready", || {
+            pid(&m, "base").is_some_and(|p| p != p0) && model(&m, "base")["state"] == "ready"
+        })
+        .await;
         let r = complete(&c, &m, "sql").await;
         assert_eq!(r.status, 200, "{}", r.body);
-        assert!(m.log().contains("LoRA adapter loaded again after the engine started"), "{}", m.log());
+        assert!(
+            m.log()
+                .contains("LoRA adapter loaded again after the engine started"),
+            "{}",
+            m.log()
+        );
         // An adapter whose files are gone by then is dropped, the model serves on.
         std::fs::remove_file(std::path::Path::new(&sql).join("adapter_config.json")).unwrap();
         let r = admin(&c, &m, "POST", "/admin/models/base/restart", "").await;
         assert_eq!(r.status, 202);
-        wait_for(T, "restarted", || m.log().contains("could not load the run-time LoRA adapter again")).await;
+        wait_for(T, "restarted", || {
+            m.log()
+                .contains("could not load the run-time LoRA adapter again")
+        })
+        .await;
         state_becomes(&m, "base", "ready", T).await;
         assert_eq!(complete(&c, &m, "sql").await.status, 404);
         assert_eq!(complete(&c, &m, "base").await.status, 200);
@@ -274,10 +449,18 @@ fn reload_starts_stops_restarts_and_leaves_the_rest_alone_under_load() {
         let c = client();
         let keep = entry("keep", json!({}));
         let (m, files) = start_with_file(
-            &[keep.clone(), entry("change", json!({})), entry("drop", json!({}))],
+            &[
+                keep.clone(),
+                entry("change", json!({})),
+                entry("drop", json!({})),
+            ],
             &[],
         );
-        let (keep0, change0, drop0) = (pid(&m, "keep").unwrap(), pid(&m, "change").unwrap(), pid(&m, "drop").unwrap());
+        let (keep0, change0, drop0) = (
+            pid(&m, "keep").unwrap(),
+            pid(&m, "change").unwrap(),
+            pid(&m, "drop").unwrap(),
+        );
         // Requests to the unchanged model, without a pause, all through the reload.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load = {
@@ -285,7 +468,11 @@ fn reload_starts_stops_restarts_and_leaves_the_rest_alone_under_load() {
             tokio::spawn(async move {
                 let mut codes = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    codes.push(common::post(&c, &url, r#"{"model": "keep", "prompt": "x"}"#).await.status);
+                    codes.push(
+                        common::post(&c, &url, r#"{"model": "keep", "prompt": "x"}"#)
+                            .await
+                            .status,
+                    );
                 }
                 codes
             })
@@ -294,7 +481,10 @@ fn reload_starts_stops_restarts_and_leaves_the_rest_alone_under_load() {
             &files,
             &[
                 keep,
-                entry("change", json!({"params": "--served-model-name change --max-model-len 2048"})),
+                entry(
+                    "change",
+                    json!({"params": "--served-model-name change --max-model-len 2048"}),
+                ),
                 entry("new", json!({})),
             ],
         );
@@ -308,11 +498,20 @@ fn reload_starts_stops_restarts_and_leaves_the_rest_alone_under_load() {
         state_becomes(&m, "change", "ready", T).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let codes = load.await.unwrap();
-        assert!(codes.len() > 10 && codes.iter().all(|c| *c == 200), "{} requests: {codes:?}", codes.len());
+        assert!(
+            codes.len() > 10 && codes.iter().all(|c| *c == 200),
+            "{} requests: {codes:?}",
+            codes.len()
+        );
         assert_eq!(pid(&m, "keep"), Some(keep0), "unchanged: same engine");
         assert_ne!(pid(&m, "change"), Some(change0));
         assert!(!common::alive(drop0 as u32) && !common::alive(change0 as u32));
-        let names: Vec<String> = health(&m)["models"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect();
+        let names: Vec<String> = health(&m)["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(names, ["keep", "change", "new"]);
         assert_eq!(complete(&c, &m, "drop").await.status, 404);
         assert_eq!(complete(&c, &m, "new").await.status, 200);
@@ -335,16 +534,31 @@ fn an_invalid_reload_is_400_and_changes_nothing() {
         let before = health(&m);
         let pids = (pid(&m, "a"), pid(&m, "b"));
         for (bad, says) in [
-            (r#"{"models": [ {"model_path": "#.to_string(), "malformed JSON"),
-            (json!({"models": [entry("a", json!({})), entry("a", json!({}))]}).to_string(), "a"),
-            (json!({"models": [{"model_path": "/no/such/model"}]}).to_string(), "model_path"),
-            (json!({"models": [entry("a", json!({"load": "sometimes"}))]}).to_string(), "load"),
+            (
+                r#"{"models": [ {"model_path": "#.to_string(),
+                "malformed JSON",
+            ),
+            (
+                json!({"models": [entry("a", json!({})), entry("a", json!({}))]}).to_string(),
+                "a",
+            ),
+            (
+                json!({"models": [{"model_path": "/no/such/model"}]}).to_string(),
+                "model_path",
+            ),
+            (
+                json!({"models": [entry("a", json!({"load": "sometimes"}))]}).to_string(),
+                "load",
+            ),
         ] {
             std::fs::write(files.path().join("models.json"), &bad).unwrap();
             let r = admin(&c, &m, "POST", "/admin/reload", "").await;
             assert_eq!(r.status, 400, "{bad}: {}", r.body);
             let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
-            assert!(msg.contains("nothing changed") && msg.contains(says), "{msg}");
+            assert!(
+                msg.contains("nothing changed") && msg.contains(says),
+                "{msg}"
+            );
         }
         std::fs::remove_file(files.path().join("models.json")).unwrap();
         assert_eq!(admin(&c, &m, "POST", "/admin/reload", "").await.status, 400);
@@ -364,10 +578,17 @@ fn sighup_reloads_and_a_bad_file_is_one_error_line() {
         m.signal(nix::sys::signal::Signal::SIGHUP);
         state_becomes(&m, "b", "ready", T).await;
         assert_eq!(pid(&m, "a"), a0);
-        assert!(m.log().contains("SIGHUP: reloaded; started [b]"), "{}", m.log());
+        assert!(
+            m.log().contains("SIGHUP: reloaded; started [b]"),
+            "{}",
+            m.log()
+        );
         std::fs::write(files.path().join("models.json"), "{oops").unwrap();
         m.signal(nix::sys::signal::Signal::SIGHUP);
-        wait_for(T, "the refusal", || m.log().contains("SIGHUP: reload refused, nothing changed")).await;
+        wait_for(T, "the refusal", || {
+            m.log().contains("SIGHUP: reload refused, nothing changed")
+        })
+        .await;
         assert_eq!(health(&m)["models"].as_array().unwrap().len(), 2);
         assert_eq!(pid(&m, "a"), a0, "modelmux keeps serving");
         let c = client();
@@ -384,18 +605,34 @@ fn a_reload_that_does_not_fit_beside_the_running_models_is_refused() {
         LLAMA_3_8B.write(&root.path().join("llama-b"), 1).unwrap();
         let llama = |dir: &str, name: &str| json!({"model_path": dir, "params": format!("--served-model-name {name} --max-model-len 4096")});
         let root_s = root.path().to_string_lossy().into_owned();
-        let (m, files) = start_with_file(&[llama("llama-a", "a")], &[("MODELMUX_GPUS", "1x24GiB"), ("MODELMUX_MODEL_ROOT", &root_s)]);
+        let (m, files) = start_with_file(
+            &[llama("llama-a", "a")],
+            &[
+                ("MODELMUX_GPUS", "1x24GiB"),
+                ("MODELMUX_MODEL_ROOT", &root_s),
+            ],
+        );
         let a0 = pid(&m, "a");
         write_config(&files, &[llama("llama-a", "a"), llama("llama-b", "b")]);
         let c = client();
         let r = admin(&c, &m, "POST", "/admin/reload", "").await;
         assert_eq!(r.status, 400, "{}", r.body);
-        assert!(r.body.contains("does not fit beside the running models"), "{}", r.body);
+        assert!(
+            r.body.contains("does not fit beside the running models"),
+            "{}",
+            r.body
+        );
         assert_eq!(health(&m)["models"].as_array().unwrap().len(), 1);
         assert_eq!(pid(&m, "a"), a0);
         // As an on-demand model it fits: it takes turns... but only with other on-demand
         // models, never with an always-loaded one, so it is refused too.
-        write_config(&files, &[llama("llama-a", "a"), json!({"model_path": "llama-b", "params": "--served-model-name b --max-model-len 4096", "load": "on_demand"})]);
+        write_config(
+            &files,
+            &[
+                llama("llama-a", "a"),
+                json!({"model_path": "llama-b", "params": "--served-model-name b --max-model-len 4096", "load": "on_demand"}),
+            ],
+        );
         let r = admin(&c, &m, "POST", "/admin/reload", "").await;
         assert_eq!(r.status, 400, "{}", r.body);
     });

@@ -105,7 +105,9 @@ impl<T: Runtime> Runtime for Arc<T> {
         (**self).remove_adapter(model, adapter)
     }
 
-    fn reload(&self) -> impl std::future::Future<Output = Result<ReloadReport, CommandError>> + Send {
+    fn reload(
+        &self,
+    ) -> impl std::future::Future<Output = Result<ReloadReport, CommandError>> + Send {
         (**self).reload()
     }
 }

@@ -165,7 +165,10 @@ impl<R: Runtime> Admin<R> {
             );
         }
         let raw: Vec<&str> = path.trim_end_matches('/').split('/').skip(2).collect();
-        let Some(segments) = raw.iter().map(|s| decode(s)).collect::<Option<Vec<String>>>()
+        let Some(segments) = raw
+            .iter()
+            .map(|s| decode(s))
+            .collect::<Option<Vec<String>>>()
         else {
             return Reply::error(400, "bad percent-escape in the path");
         };
@@ -173,7 +176,10 @@ impl<R: Runtime> Admin<R> {
         let only = |allowed: &'static str, ok: bool| -> Option<Reply> {
             (!ok).then_some(Reply {
                 allow: Some(allowed),
-                ..Reply::error(405, &format!("{method} is not served at {path}; use {allowed}"))
+                ..Reply::error(
+                    405,
+                    &format!("{method} is not served at {path}; use {allowed}"),
+                )
             })
         };
         match seg.as_slice() {
@@ -255,37 +261,37 @@ impl<R: Runtime> Admin<R> {
     /// `GET /admin/models`.
     fn models(&self) -> Reply {
         let s = self.runtime.snapshot();
-        let models: Vec<Value> = s
-            .live()
-            .map(|(_, m)| {
-                let adapters: Vec<Value> = m
-                    .adapters
-                    .iter()
-                    .map(|a| json!({"name": a, "source": "config"}))
-                    .chain(m.runtime_adapters.iter().map(
-                        |a| json!({"name": a.name, "path": a.path, "source": "runtime"}),
-                    ))
-                    .collect();
-                json!({
-                    "name": m.name,
-                    "state": m.state,
-                    "since": crate::state::rfc3339(m.since),
-                    "gpus": m.gpus,
-                    "gpu_share": m.gpu_share,
-                    "port": m.port,
-                    "pid": m.pid,
-                    "restarts": m.restarts,
-                    "last_exit": m.last_exit,
-                    "load": m.load,
-                    "unload": m.unload,
-                    "takes_turns": m.takes_turns,
-                    "in_flight": m.usage.in_flight(),
-                    "idle_seconds": (m.usage.idle_for().as_secs_f64() * 10.0).round() / 10.0,
-                    "served_names": m.served_names,
-                    "adapters": adapters,
+        let models: Vec<Value> =
+            s.live()
+                .map(|(_, m)| {
+                    let adapters: Vec<Value> =
+                        m.adapters
+                            .iter()
+                            .map(|a| json!({"name": a, "source": "config"}))
+                            .chain(m.runtime_adapters.iter().map(
+                                |a| json!({"name": a.name, "path": a.path, "source": "runtime"}),
+                            ))
+                            .collect();
+                    json!({
+                        "name": m.name,
+                        "state": m.state,
+                        "since": crate::state::rfc3339(m.since),
+                        "gpus": m.gpus,
+                        "gpu_share": m.gpu_share,
+                        "port": m.port,
+                        "pid": m.pid,
+                        "restarts": m.restarts,
+                        "last_exit": m.last_exit,
+                        "load": m.load,
+                        "unload": m.unload,
+                        "takes_turns": m.takes_turns,
+                        "in_flight": m.usage.in_flight(),
+                        "idle_seconds": (m.usage.idle_for().as_secs_f64() * 10.0).round() / 10.0,
+                        "served_names": m.served_names,
+                        "adapters": adapters,
+                    })
                 })
-            })
-            .collect();
+                .collect();
         Reply::json(200, json!({"models": models}))
     }
 }

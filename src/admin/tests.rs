@@ -67,7 +67,11 @@ fn admin(fail: Option<CommandError>) -> Admin<Fake> {
 #[tokio::test]
 async fn without_a_key_every_admin_path_is_404() {
     let a = Admin::new(None, Fake::default());
-    for (m, p) in [("GET", "/admin/models"), ("POST", "/admin/reload"), ("GET", "/admin")] {
+    for (m, p) in [
+        ("GET", "/admin/models"),
+        ("POST", "/admin/reload"),
+        ("GET", "/admin"),
+    ] {
         assert_eq!(a.handle(m, p, Some(KEY), b"").await.status, 404);
     }
     assert!(a.runtime().calls.lock().unwrap().is_empty());
@@ -76,27 +80,64 @@ async fn without_a_key_every_admin_path_is_404() {
 #[tokio::test]
 async fn the_admin_key_is_required() {
     let a = admin(None);
-    assert_eq!(a.handle("GET", "/admin/models", None, b"").await.status, 401);
-    let wrong = a.handle("POST", "/admin/reload", Some(b"Bearer other"), b"").await;
+    assert_eq!(
+        a.handle("GET", "/admin/models", None, b"").await.status,
+        401
+    );
+    let wrong = a
+        .handle("POST", "/admin/reload", Some(b"Bearer other"), b"")
+        .await;
     assert_eq!(wrong.status, 401);
     assert_eq!(wrong.body.unwrap()["error"]["type"], "authentication_error");
     assert!(a.runtime().calls.lock().unwrap().is_empty());
-    assert_eq!(a.handle("GET", "/admin/models", Some(KEY), b"").await.status, 200);
+    assert_eq!(
+        a.handle("GET", "/admin/models", Some(KEY), b"")
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
 async fn calls_route_to_commands_with_their_status_codes() {
     let a = admin(None);
-    let r = a.handle("POST", "/admin/models/m/restart", Some(KEY), b"").await;
+    let r = a
+        .handle("POST", "/admin/models/m/restart", Some(KEY), b"")
+        .await;
     assert_eq!(r.status, 202);
-    assert_eq!(r.body.unwrap(), json!({"model": "m", "action": "restart", "state": "ready"}));
-    assert_eq!(a.handle("POST", "/admin/models/org%2Fm/stop/", Some(KEY), b"").await.status, 202);
-    assert_eq!(a.handle("POST", "/admin/models/m/start", Some(KEY), b"").await.status, 202);
+    assert_eq!(
+        r.body.unwrap(),
+        json!({"model": "m", "action": "restart", "state": "ready"})
+    );
+    assert_eq!(
+        a.handle("POST", "/admin/models/org%2Fm/stop/", Some(KEY), b"")
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        a.handle("POST", "/admin/models/m/start", Some(KEY), b"")
+            .await
+            .status,
+        202
+    );
     let body = br#"{"name": "sql", "path": "adapters/sql"}"#;
-    assert_eq!(a.handle("POST", "/admin/models/m/adapters", Some(KEY), body).await.status, 201);
-    let del = a.handle("DELETE", "/admin/models/m/adapters/sql", Some(KEY), b"").await;
+    assert_eq!(
+        a.handle("POST", "/admin/models/m/adapters", Some(KEY), body)
+            .await
+            .status,
+        201
+    );
+    let del = a
+        .handle("DELETE", "/admin/models/m/adapters/sql", Some(KEY), b"")
+        .await;
     assert_eq!((del.status, del.body), (204, None));
-    assert_eq!(a.handle("POST", "/admin/reload", Some(KEY), b"").await.status, 200);
+    assert_eq!(
+        a.handle("POST", "/admin/reload", Some(KEY), b"")
+            .await
+            .status,
+        200
+    );
     assert_eq!(
         *a.runtime().calls.lock().unwrap(),
         [
@@ -117,12 +158,33 @@ async fn wrong_methods_paths_and_bodies() {
     assert_eq!((r.status, r.allow), (405, Some("POST")));
     let r = a.handle("POST", "/admin/models", Some(KEY), b"").await;
     assert_eq!((r.status, r.allow), (405, Some("GET")));
-    assert_eq!(a.handle("GET", "/admin/nothing", Some(KEY), b"").await.status, 404);
-    assert_eq!(a.handle("POST", "/admin/models/m/jump", Some(KEY), b"").await.status, 404);
-    assert_eq!(a.handle("POST", "/admin/models/%zz/stop", Some(KEY), b"").await.status, 400);
-    for body in [&b"not json"[..], br#"{"name": "x"}"#, br#"{"name": " ", "path": "p"}"#] {
+    assert_eq!(
+        a.handle("GET", "/admin/nothing", Some(KEY), b"")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        a.handle("POST", "/admin/models/m/jump", Some(KEY), b"")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        a.handle("POST", "/admin/models/%zz/stop", Some(KEY), b"")
+            .await
+            .status,
+        400
+    );
+    for body in [
+        &b"not json"[..],
+        br#"{"name": "x"}"#,
+        br#"{"name": " ", "path": "p"}"#,
+    ] {
         assert_eq!(
-            a.handle("POST", "/admin/models/m/adapters", Some(KEY), body).await.status,
+            a.handle("POST", "/admin/models/m/adapters", Some(KEY), body)
+                .await
+                .status,
             400,
             "{}",
             String::from_utf8_lossy(body)
@@ -156,7 +218,9 @@ async fn command_errors_map_to_status_codes() {
 
 #[tokio::test]
 async fn the_model_list_has_state_adapters_and_load_mode() {
-    let r = admin(None).handle("GET", "/admin/models", Some(KEY), b"").await;
+    let r = admin(None)
+        .handle("GET", "/admin/models", Some(KEY), b"")
+        .await;
     let m = &r.body.unwrap()["models"][0];
     assert_eq!(m["name"], "m");
     assert_eq!(m["state"], "starting");

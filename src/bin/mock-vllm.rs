@@ -357,21 +357,41 @@ async fn run(args: Vec<String>) -> i32 {
         .route("/health", get(health))
         .route("/v1/models", get(models))
         .route("/metrics", get(engine_metrics))
-        .route("/sleep", axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move { m.control.sleep(&uri) }))
-        .route("/wake_up", axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move { m.control.wake_up(&uri) }))
-        .route("/is_sleeping", get(|State(m): State<Arc<Mock>>| async move { m.control.is_sleeping() }))
-        .route("/mock/memory", get(|State(m): State<Arc<Mock>>| async move { m.control.memory() }))
         .route(
-            "/v1/load_lora_adapter",
-            axum::routing::post(|State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
-                m.control.load_lora(&m.names, &headers, &body)
+            "/sleep",
+            axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
+                m.control.sleep(&uri)
             }),
         )
         .route(
-            "/v1/unload_lora_adapter",
-            axum::routing::post(|State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
-                m.control.unload_lora(&headers, &body)
+            "/wake_up",
+            axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
+                m.control.wake_up(&uri)
             }),
+        )
+        .route(
+            "/is_sleeping",
+            get(|State(m): State<Arc<Mock>>| async move { m.control.is_sleeping() }),
+        )
+        .route(
+            "/mock/memory",
+            get(|State(m): State<Arc<Mock>>| async move { m.control.memory() }),
+        )
+        .route(
+            "/v1/load_lora_adapter",
+            axum::routing::post(
+                |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                    m.control.load_lora(&m.names, &headers, &body)
+                },
+            ),
+        )
+        .route(
+            "/v1/unload_lora_adapter",
+            axum::routing::post(
+                |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                    m.control.unload_lora(&headers, &body)
+                },
+            ),
         )
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).

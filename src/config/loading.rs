@@ -116,7 +116,10 @@ pub fn read(
         obj,
         origin,
         "load",
-        &[("always", LoadMode::Always), ("on_demand", LoadMode::OnDemand)],
+        &[
+            ("always", LoadMode::Always),
+            ("on_demand", LoadMode::OnDemand),
+        ],
     )?
     .unwrap_or_default();
     let unload = choice(
@@ -170,7 +173,12 @@ mod tests {
 
     fn read_one(v: Value) -> (Result<Loading, ConfigError>, Vec<String>) {
         let mut w = Vec::new();
-        let r = read("MULTI_MODEL_CONFIG", v.as_object().unwrap(), "models[0]", &mut w);
+        let r = read(
+            "MULTI_MODEL_CONFIG",
+            v.as_object().unwrap(),
+            "models[0]",
+            &mut w,
+        );
         (r, w)
     }
 
@@ -179,7 +187,8 @@ mod tests {
         let (r, w) = read_one(json!({}));
         assert_eq!(r.unwrap(), Loading::default());
         assert!(w.is_empty());
-        let (r, _) = read_one(json!({"load": "on_demand", "unload": "sleep", "idle_unload": "2.5"}));
+        let (r, _) =
+            read_one(json!({"load": "on_demand", "unload": "sleep", "idle_unload": "2.5"}));
         let l = r.unwrap();
         assert_eq!(l.load, LoadMode::OnDemand);
         assert_eq!(l.unload, UnloadMode::Sleep);
@@ -191,11 +200,31 @@ mod tests {
     #[test]
     fn bad_values_name_the_field() {
         for (v, field, what) in [
-            (json!({"load": "lazy"}), "models[0].load", "\"always\" or \"on_demand\""),
-            (json!({"unload": 1}), "models[0].unload", "\"stop\" or \"sleep\""),
-            (json!({"idle_unload": 0}), "models[0].idle_unload", "above 0"),
-            (json!({"idle_unload": "soon"}), "models[0].idle_unload", "above 0"),
-            (json!({"idle_unload": [1]}), "models[0].idle_unload", "above 0"),
+            (
+                json!({"load": "lazy"}),
+                "models[0].load",
+                "\"always\" or \"on_demand\"",
+            ),
+            (
+                json!({"unload": 1}),
+                "models[0].unload",
+                "\"stop\" or \"sleep\"",
+            ),
+            (
+                json!({"idle_unload": 0}),
+                "models[0].idle_unload",
+                "above 0",
+            ),
+            (
+                json!({"idle_unload": "soon"}),
+                "models[0].idle_unload",
+                "above 0",
+            ),
+            (
+                json!({"idle_unload": [1]}),
+                "models[0].idle_unload",
+                "above 0",
+            ),
         ] {
             let e = read_one(v).0.unwrap_err().to_string();
             assert!(e.contains(field) && e.contains(what), "{e}");

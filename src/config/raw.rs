@@ -91,7 +91,12 @@ pub struct RawConfig {
 
     /// Serve the admin API (/admin/...) and require `Authorization: Bearer <key>` for it
     /// (default: no admin API; every /admin/ path is 404).
-    #[arg(long, env = "MODELMUX_ADMIN_KEY", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MODELMUX_ADMIN_KEY",
+        global = true,
+        hide_env_values = true
+    )]
     pub admin_key: Option<String>,
 
     /// Log format: text (default) or json.

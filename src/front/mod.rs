@@ -64,7 +64,12 @@ pub struct App {
 
 impl App {
     /// Builds the shared state from the plan and the settings.
-    pub fn new(plan: &LaunchPlan, settings: &Settings, state: StateRx, admin: Arc<AdminApi>) -> Self {
+    pub fn new(
+        plan: &LaunchPlan,
+        settings: &Settings,
+        state: StateRx,
+        admin: Arc<AdminApi>,
+    ) -> Self {
         let metrics = Metrics::new(plan.models.iter().map(|m| m.name.as_str()));
         let upstream = upstream::Upstream::new(crate::state::MAX_MODELS);
         let control = admin.runtime().control().clone();
@@ -147,17 +152,26 @@ async fn admin_call(
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes().to_vec());
-    let body = match http_body_util::Limited::new(body, app.max_body).collect().await {
+    let body = match http_body_util::Limited::new(body, app.max_body)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return errors::error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large")
+            return errors::error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large");
         }
     };
     let reply = app
         .admin
-        .handle(parts.method.as_str(), parts.uri.path(), auth.as_deref(), &body)
+        .handle(
+            parts.method.as_str(),
+            parts.uri.path(),
+            auth.as_deref(),
+            &body,
+        )
         .await;
-    let status = axum::http::StatusCode::from_u16(reply.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let status = axum::http::StatusCode::from_u16(reply.status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = axum::response::Response::builder().status(status);
     if reply.body.is_some() {
         resp = resp.header(axum::http::header::CONTENT_TYPE, "application/json");

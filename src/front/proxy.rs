@@ -48,7 +48,9 @@ fn refusal(model: &str, refused: crate::demand::Refused) -> Response {
             60,
         ),
         Refused::Stopped => unavailable(
-            &format!("model {model} is stopped by an operator; POST /admin/models/{model}/start starts it"),
+            &format!(
+                "model {model} is stopped by an operator; POST /admin/models/{model}/start starts it"
+            ),
             30,
         ),
         Refused::NotReady(phase) => unavailable(

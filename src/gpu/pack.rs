@@ -357,7 +357,12 @@ fn names(demands: &[MemDemand], items: &[usize]) -> String {
         .join(", ")
 }
 
-pub(super) fn does_not_fit(demands: &[MemDemand], inv: &Inventory, limit: f64, problem: String) -> GpuError {
+pub(super) fn does_not_fit(
+    demands: &[MemDemand],
+    inv: &Inventory,
+    limit: f64,
+    problem: String,
+) -> GpuError {
     GpuError::DoesNotFit {
         problem,
         models: demands

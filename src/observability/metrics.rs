@@ -2,8 +2,8 @@
 //! Model state and restarts are read from the state snapshot at scrape time.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::state::{MAX_MODELS, Phase, Snapshot};
@@ -171,7 +171,11 @@ impl Metrics {
         );
         out.push_str("# TYPE modelmux_requests_total counter\n");
         let unrouted = (String::new(), &self.unrouted);
-        for (name, m) in live.iter().map(|(n, m, _)| (n.clone(), *m)).chain([unrouted]) {
+        for (name, m) in live
+            .iter()
+            .map(|(n, m, _)| (n.clone(), *m))
+            .chain([unrouted])
+        {
             for (code, c) in m.by_code.iter().enumerate() {
                 let n = c.load(Relaxed);
                 if n > 0 {
@@ -242,7 +246,9 @@ impl Metrics {
                 s.loads.unloads.load(Relaxed)
             );
         }
-        out.push_str("# HELP modelmux_model_load_seconds Time from an engine's start (or wake) to ready.\n");
+        out.push_str(
+            "# HELP modelmux_model_load_seconds Time from an engine's start (or wake) to ready.\n",
+        );
         out.push_str("# TYPE modelmux_model_load_seconds histogram\n");
         for (name, _, s) in &live {
             s.loads

@@ -38,7 +38,9 @@ pub enum CallError {
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CallError::Refused { status, message } => write!(f, "{message} (engine status {status})"),
+            CallError::Refused { status, message } => {
+                write!(f, "{message} (engine status {status})")
+            }
             CallError::NoAnswer(why) => write!(f, "no answer: {why}"),
         }
     }
@@ -136,14 +138,26 @@ impl EngineCalls {
     }
 
     /// Puts the engine to sleep (level [`SLEEP_LEVEL`]).
-    pub async fn sleep(&self, port: u16, key: Option<&str>, timeout: Duration) -> Result<(), CallError> {
+    pub async fn sleep(
+        &self,
+        port: u16,
+        key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
         let path = format!("/sleep?level={SLEEP_LEVEL}");
         self.post(port, &path, None, key, timeout).await.map(drop)
     }
 
     /// Wakes the engine.
-    pub async fn wake_up(&self, port: u16, key: Option<&str>, timeout: Duration) -> Result<(), CallError> {
-        self.post(port, "/wake_up", None, key, timeout).await.map(drop)
+    pub async fn wake_up(
+        &self,
+        port: u16,
+        key: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        self.post(port, "/wake_up", None, key, timeout)
+            .await
+            .map(drop)
     }
 
     /// Loads a LoRA adapter.
@@ -185,6 +199,9 @@ mod tests {
         let vllm = br#"{"error": {"message": "The lora adapter 'x' cannot be found.", "type": "NotFoundError", "param": null, "code": 404}}"#;
         assert_eq!(message_of(vllm), "The lora adapter 'x' cannot be found.");
         assert_eq!(message_of(br#"{"detail": "Not Found"}"#), "Not Found");
-        assert_eq!(message_of(b"Internal Server Error"), "Internal Server Error");
+        assert_eq!(
+            message_of(b"Internal Server Error"),
+            "Internal Server Error"
+        );
     }
 }

@@ -195,6 +195,7 @@ impl Control {
 
     /// Applies a reload.
     pub async fn apply(&self, plan: ReloadPlan) -> Result<ReloadReport, CommandError> {
-        self.ask(|reply| Request::Apply(Box::new(plan), reply)).await
+        self.ask(|reply| Request::Apply(Box::new(plan), reply))
+            .await
     }
 }

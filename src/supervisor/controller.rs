@@ -292,7 +292,11 @@ impl Controller {
                 let waiting_request = m.usage.in_flight() > 0;
                 let idle = matches!(
                     m.state,
-                    Phase::Unloaded | Phase::Sleeping | Phase::Stopped | Phase::Failed | Phase::Waiting
+                    Phase::Unloaded
+                        | Phase::Sleeping
+                        | Phase::Stopped
+                        | Phase::Failed
+                        | Phase::Waiting
                 );
                 if m.retired {
                     Decision::Drop
@@ -525,7 +529,10 @@ impl Controller {
                 }
             }
         }
-        Ok(Accepted { model: name, state: phase })
+        Ok(Accepted {
+            model: name,
+            state: phase,
+        })
     }
 
     fn add_adapter(
@@ -586,7 +593,9 @@ impl Controller {
         self.order(index, Order::AddAdapter(adapter, tx));
         let done = self.to_self.clone();
         tokio::spawn(async move {
-            let result = rx.await.unwrap_or(Err(AdapterError::NotRunning(Phase::Stopping)));
+            let result = rx
+                .await
+                .unwrap_or(Err(AdapterError::NotRunning(Phase::Stopping)));
             let _ = done.send(Request::AdapterDone(name));
             let _ = reply.send(result.map_err(adapter_error));
         });
@@ -624,7 +633,9 @@ impl Controller {
         let (tx, rx) = oneshot::channel();
         self.order(index, Order::RemoveAdapter(adapter.to_string(), tx));
         tokio::spawn(async move {
-            let result = rx.await.unwrap_or(Err(AdapterError::NotRunning(Phase::Stopping)));
+            let result = rx
+                .await
+                .unwrap_or(Err(AdapterError::NotRunning(Phase::Stopping)));
             let _ = reply.send(result.map_err(adapter_error));
         });
     }

@@ -423,7 +423,9 @@ pub(super) async fn stopping(rx: &mut watch::Receiver<bool>) {
 pub(super) fn ended(event: GuardianEvent) -> (String, Option<Exit>) {
     match event {
         GuardianEvent::Exited(exit) => (format!("exited ({exit})"), Some(exit)),
-        GuardianEvent::Gone | GuardianEvent::Lost => ("ended (its guardian was killed)".to_string(), None),
+        GuardianEvent::Gone | GuardianEvent::Lost => {
+            ("ended (its guardian was killed)".to_string(), None)
+        }
     }
 }
 

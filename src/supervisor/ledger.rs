@@ -181,16 +181,52 @@ mod tests {
         let b = launch("b", &["0"], Some(0.4));
         let whole = launch("w", &["0"], None);
         let g = gpus();
-        assert!(g.fits(&b, &[Entry { launch: &a, holding: Holding::Full }]));
-        assert!(!g.fits(&whole, &[Entry { launch: &a, holding: Holding::Full }]));
-        assert!(g.fits(&whole, &[Entry { launch: &a, holding: Holding::None }]));
+        assert!(g.fits(
+            &b,
+            &[Entry {
+                launch: &a,
+                holding: Holding::Full
+            }]
+        ));
+        assert!(!g.fits(
+            &whole,
+            &[Entry {
+                launch: &a,
+                holding: Holding::Full
+            }]
+        ));
+        assert!(g.fits(
+            &whole,
+            &[Entry {
+                launch: &a,
+                holding: Holding::None
+            }]
+        ));
         // A sleeping model keeps 1 GiB: a whole-GPU model still cannot come.
-        assert!(!g.fits(&whole, &[Entry { launch: &a, holding: Holding::Residual }]));
+        assert!(!g.fits(
+            &whole,
+            &[Entry {
+                launch: &a,
+                holding: Holding::Residual
+            }]
+        ));
         let c = launch("c", &["0"], Some(0.8));
-        assert!(g.fits(&c, &[Entry { launch: &a, holding: Holding::Residual }]));
+        assert!(g.fits(
+            &c,
+            &[Entry {
+                launch: &a,
+                holding: Holding::Residual
+            }]
+        ));
         // Other GPUs do not matter.
         let d = launch("d", &["1"], None);
-        assert!(g.fits(&d, &[Entry { launch: &a, holding: Holding::Full }]));
+        assert!(g.fits(
+            &d,
+            &[Entry {
+                launch: &a,
+                holding: Holding::Full
+            }]
+        ));
     }
 
     #[test]
@@ -200,25 +236,61 @@ mod tests {
         let recent = launch("recent", &["0"], Some(0.4));
         let new = launch("new", &["0"], Some(0.4));
         let others = [
-            Entry { launch: &old, holding: Holding::Full },
-            Entry { launch: &recent, holding: Holding::Full },
+            Entry {
+                launch: &old,
+                holding: Holding::Full,
+            },
+            Entry {
+                launch: &recent,
+                holding: Holding::Full,
+            },
         ];
         let cands = [
-            Candidate { at: 1, idle_for: Duration::from_secs(5), unload: UnloadMode::Stop },
-            Candidate { at: 0, idle_for: Duration::from_secs(50), unload: UnloadMode::Stop },
+            Candidate {
+                at: 1,
+                idle_for: Duration::from_secs(5),
+                unload: UnloadMode::Stop,
+            },
+            Candidate {
+                at: 0,
+                idle_for: Duration::from_secs(50),
+                unload: UnloadMode::Stop,
+            },
         ];
-        assert_eq!(victims(&g, &new, &others, &cands), Some(vec![(0, Eviction::Stop)]));
+        assert_eq!(
+            victims(&g, &new, &others, &cands),
+            Some(vec![(0, Eviction::Stop)])
+        );
         // Sleep is enough when the residual leaves room.
-        let cands = [Candidate { at: 0, idle_for: Duration::from_secs(50), unload: UnloadMode::Sleep }];
-        assert_eq!(victims(&g, &new, &others, &cands), Some(vec![(0, Eviction::Sleep)]));
+        let cands = [Candidate {
+            at: 0,
+            idle_for: Duration::from_secs(50),
+            unload: UnloadMode::Sleep,
+        }];
+        assert_eq!(
+            victims(&g, &new, &others, &cands),
+            Some(vec![(0, Eviction::Sleep)])
+        );
         // Not enough even with every idle model gone: nobody is unloaded.
         let big = launch("big", &["0"], None);
-        let cands = [Candidate { at: 0, idle_for: Duration::from_secs(50), unload: UnloadMode::Stop }];
+        let cands = [Candidate {
+            at: 0,
+            idle_for: Duration::from_secs(50),
+            unload: UnloadMode::Stop,
+        }];
         assert_eq!(victims(&g, &big, &others, &cands), None);
         // For a whole GPU, sleeping is not enough: they are stopped.
         let cands = [
-            Candidate { at: 0, idle_for: Duration::from_secs(50), unload: UnloadMode::Sleep },
-            Candidate { at: 1, idle_for: Duration::from_secs(5), unload: UnloadMode::Sleep },
+            Candidate {
+                at: 0,
+                idle_for: Duration::from_secs(50),
+                unload: UnloadMode::Sleep,
+            },
+            Candidate {
+                at: 1,
+                idle_for: Duration::from_secs(5),
+                unload: UnloadMode::Sleep,
+            },
         ];
         assert_eq!(
             victims(&g, &big, &others, &cands),

@@ -219,7 +219,11 @@ pub(crate) mod tests {
                 assert_eq!(*event, Healthy);
             }
         }
-        assert_eq!(next(Sleeping, Healthy), None, "a sleeping engine is woken first");
+        assert_eq!(
+            next(Sleeping, Healthy),
+            None,
+            "a sleeping engine is woken first"
+        );
         assert_eq!(next(Unloaded, Healthy), None);
     }
 

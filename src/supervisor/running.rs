@@ -347,7 +347,11 @@ impl EngineTask {
         let began = Instant::now();
         let key = engine_api_key(&self.launch);
         self.calls
-            .sleep(self.launch.port, key.as_deref(), self.settings.startup_timeout)
+            .sleep(
+                self.launch.port,
+                key.as_deref(),
+                self.settings.startup_timeout,
+            )
             .await
             .map_err(|e| e.to_string())?;
         self.usage().undrain();
@@ -448,7 +452,13 @@ impl EngineTask {
         for a in adapters {
             let loaded = self
                 .calls
-                .load_adapter(self.launch.port, key.as_deref(), &a.name, &a.path, ADAPTER_CALL)
+                .load_adapter(
+                    self.launch.port,
+                    key.as_deref(),
+                    &a.name,
+                    &a.path,
+                    ADAPTER_CALL,
+                )
                 .await;
             match loaded {
                 Ok(()) => {

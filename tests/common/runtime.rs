@@ -16,7 +16,11 @@ pub fn get_blocking(port: u16, path: &str) -> (u16, String) {
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     let _ = s.read_to_string(&mut buf);
     let status = buf
@@ -24,7 +28,10 @@ pub fn get_blocking(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
@@ -59,7 +66,10 @@ pub async fn admin(c: &HttpClient, m: &Modelmux, method: &str, path: &str, body:
         c,
         method,
         &m.url(path),
-        &[("authorization", &auth), ("content-type", "application/json")],
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
         body,
     )
     .await
@@ -78,15 +88,24 @@ pub async fn complete(c: &HttpClient, m: &Modelmux, model: &str) -> Answer {
 /// The value of one sample in `/metrics` (its whole line up to the value), if present.
 pub fn metric(m: &Modelmux, series: &str) -> Option<f64> {
     let (_, body) = get_blocking(m.port, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// An adapter directory vLLM (and the mock) accepts.
 pub fn adapter_dir(root: &std::path::Path, name: &str) -> String {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("adapter_config.json"), r#"{"r": 8, "peft_type": "LORA"}"#).unwrap();
+    std::fs::write(
+        dir.join("adapter_config.json"),
+        r#"{"r": 8, "peft_type": "LORA"}"#,
+    )
+    .unwrap();
     dir.to_string_lossy().into_owned()
 }
 

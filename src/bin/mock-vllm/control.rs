@@ -169,7 +169,11 @@ impl Drop for DirLock {
 
 /// FastAPI's answer for a route that does not exist.
 fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, axum::Json(json!({"detail": "Not Found"}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"detail": "Not Found"})),
+    )
+        .into_response()
 }
 
 /// vLLM's `ErrorResponse`.
@@ -188,7 +192,11 @@ fn plain_ok(text: String) -> Response {
 
 impl Control {
     /// Reads the knobs and takes the engine's memory; the error is vLLM's start-up failure.
-    pub fn new(args: &[String], util: Option<f64>, loras: Vec<(String, String)>) -> Result<Control, String> {
+    pub fn new(
+        args: &[String],
+        util: Option<f64>,
+        loras: Vec<(String, String)>,
+    ) -> Result<Control, String> {
         let memory = Memory::from_env(args, util);
         if let Some(m) = &memory {
             m.hold(m.want)?;
@@ -278,7 +286,11 @@ impl Control {
             .filter_map(|kv| kv.strip_prefix("tags="))
             .collect();
         eprintln!("mock-vllm: awake");
-        let tags = if tags.is_empty() { Value::Null } else { json!(tags) };
+        let tags = if tags.is_empty() {
+            Value::Null
+        } else {
+            json!(tags)
+        };
         axum::Json(json!({"status": "awake", "tags": tags})).into_response()
     }
 
@@ -301,7 +313,13 @@ impl Control {
         let json_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             == Some("application/json".into());
         if !json_type {
             return Err(vllm_error(
@@ -314,7 +332,11 @@ impl Control {
             .ok()
             .filter(Value::is_object)
             .ok_or_else(|| {
-                vllm_error(StatusCode::BAD_REQUEST, "BadRequestError", "body: Input should be a valid dictionary")
+                vllm_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequestError",
+                    "body: Input should be a valid dictionary",
+                )
             })
     }
 
@@ -331,7 +353,11 @@ impl Control {
             req.get("lora_name").and_then(Value::as_str),
             req.get("lora_path").and_then(Value::as_str),
         ) else {
-            return vllm_error(StatusCode::BAD_REQUEST, "BadRequestError", "lora_name and lora_path: Field required");
+            return vllm_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                "lora_name and lora_path: Field required",
+            );
         };
         let inplace = req.get("load_inplace").and_then(Value::as_bool) == Some(true);
         if name.is_empty() || path.is_empty() {
@@ -364,7 +390,10 @@ impl Control {
                 "LoRA is not enabled. Use --enable-lora to enable LoRA.",
             );
         }
-        if !std::path::Path::new(path).join("adapter_config.json").is_file() {
+        if !std::path::Path::new(path)
+            .join("adapter_config.json")
+            .is_file()
+        {
             return vllm_error(
                 StatusCode::NOT_FOUND,
                 "NotFoundError",
@@ -375,7 +404,9 @@ impl Control {
         loras.retain(|(n, _)| n != name);
         loras.push((name.to_string(), path.to_string()));
         eprintln!("mock-vllm: Loaded new LoRA adapter: name '{name}', path '{path}'");
-        plain_ok(format!("Success: LoRA adapter '{name}' added successfully."))
+        plain_ok(format!(
+            "Success: LoRA adapter '{name}' added successfully."
+        ))
     }
 
     /// `POST /v1/unload_lora_adapter`.
@@ -388,7 +419,11 @@ impl Control {
             Err(r) => return r,
         };
         let Some(name) = req.get("lora_name").and_then(Value::as_str) else {
-            return vllm_error(StatusCode::BAD_REQUEST, "BadRequestError", "lora_name: Field required");
+            return vllm_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequestError",
+                "lora_name: Field required",
+            );
         };
         if name.is_empty() {
             return vllm_error(
@@ -407,6 +442,8 @@ impl Control {
         }
         loras.retain(|(n, _)| n != name);
         eprintln!("mock-vllm: Removed LoRA adapter: name '{name}'");
-        plain_ok(format!("Success: LoRA adapter '{name}' removed successfully."))
+        plain_ok(format!(
+            "Success: LoRA adapter '{name}' removed successfully."
+        ))
     }
 }
