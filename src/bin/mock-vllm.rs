@@ -3,7 +3,10 @@
 //! without a GPU.
 //!
 //! Flags (as vLLM): `--model`, `--served-model-name NAME...`, `--host`, `--port`,
-//! `--lora-modules NAME=PATH...`; any other flag is ignored.
+//! `--lora-modules NAME=PATH...`; any other flag is ignored. With `--mock-dialect NAME` (or
+//! `MOCK_DIALECT`) it speaks another server's command line instead (`sglang`, `tgi`,
+//! `llamacpp`, `llamacpp-python`; see `mock_vllm/dialect.rs`): unknown flags exit 2, and the
+//! health path, `/v1/models` and `/metrics` follow that server.
 //!
 //! Knobs (environment):
 //! - `MOCK_STARTUP_DELAY_MS`: `/health` answers 503 until this much time has passed.
@@ -20,13 +23,15 @@
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
 //! `mock_exit` (exit at once without an answer).
 //!
-//! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
+//! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`, `x-mock-dialect`,
+//! `x-mock-adapter-id` (the adapter the server would apply),
 //! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
 //! `x-mock-body-bytes`.
 
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,7 +44,12 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+#[path = "mock_vllm/dialect.rs"]
+mod dialect;
+
 struct Mock {
+    cli: dialect::Cli,
+    requests: AtomicU64,
     names: Vec<String>,
     loras: Vec<String>,
     started: Instant,
@@ -67,28 +77,15 @@ fn event(path: &Option<String>, what: &str) {
     }
 }
 
-/// Values of a flag: `--flag a b` (until the next flag) or `--flag=a`.
-fn flag_values(args: &[String], flag: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        if let Some(v) = args[i].strip_prefix(&format!("{flag}=")) {
-            out.push(v.to_string());
-        } else if args[i] == flag {
-            i += 1;
-            while i < args.len() && !args[i].starts_with("--") {
-                out.push(args[i].clone());
-                i += 1;
-            }
-            continue;
-        }
-        i += 1;
-    }
-    out
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    // A usage error exits 2 before anything starts, as the servers' argument parsers do.
+    let cli = dialect::take_dialect(&mut args)
+        .and_then(|d| dialect::parse(d, &args[1..]))
+        .unwrap_or_else(|msg| {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        });
     if let Ok(msg) = std::env::var("MOCK_CRASH_AT_START") {
         eprintln!("{msg}");
         std::process::exit(1);
@@ -99,27 +96,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    std::process::exit(rt.block_on(run(args)));
+    std::process::exit(rt.block_on(run(args, cli)));
 }
 
-async fn run(args: Vec<String>) -> i32 {
-    let model = flag_values(&args, "--model")
-        .pop()
-        .unwrap_or_else(|| "mock".into());
-    let mut names = flag_values(&args, "--served-model-name");
-    if names.is_empty() {
-        names.push(model.clone());
-    }
-    let loras = flag_values(&args, "--lora-modules")
-        .into_iter()
-        .filter_map(|v| v.split_once('=').map(|(n, _)| n.to_string()))
-        .collect();
-    let host = flag_values(&args, "--host")
-        .pop()
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = flag_values(&args, "--port")
-        .pop()
-        .unwrap_or_else(|| "8000".into());
+async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
+    let names = cli.names.clone();
+    let loras = cli.loras.clone();
+    let (host, port) = (cli.host.clone(), cli.port.clone());
     let events = std::env::var("MOCK_EVENTS_FILE").ok();
     event(&events, "start");
 
@@ -140,6 +123,7 @@ async fn run(args: Vec<String>) -> i32 {
             "ready_unix": now_unix + startup_delay.as_secs_f64(),
             "pid": std::process::id(),
             "argv": args,
+            "dialect": cli.dialect.name(),
             "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
             "cuda_device_order": std::env::var("CUDA_DEVICE_ORDER").ok(),
             "child_pid": child_pid,
@@ -156,6 +140,8 @@ async fn run(args: Vec<String>) -> i32 {
     };
     eprintln!("mock-vllm: serving {names:?} on {host}:{port}");
     let mock = Arc::new(Mock {
+        cli: cli.clone(),
+        requests: AtomicU64::new(0),
         names,
         loras,
         started,
@@ -191,9 +177,17 @@ async fn run(args: Vec<String>) -> i32 {
         }
     });
 
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/v1/models", get(models))
+    let mut app = Router::new().route("/v1/models", get(models));
+    app = match cli.dialect.health_path() {
+        Some(path) => app.route(path, get(health)),
+        None => app.route("/health", get(|| async { StatusCode::NOT_FOUND })),
+    };
+    app = if cli.metrics {
+        app.route("/metrics", get(metrics))
+    } else {
+        app.route("/metrics", get(|| async { StatusCode::NOT_FOUND }))
+    };
+    let app = app
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -223,13 +217,19 @@ async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
 }
 
 async fn models(State(m): State<Arc<Mock>>) -> Response {
-    let data: Vec<Value> = m
-        .names
-        .iter()
-        .chain(&m.loras)
-        .map(|n| json!({"id": n, "object": "model", "owned_by": "mock-vllm"}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    let mut list = dialect::models(&m.cli);
+    if m.cli.dialect == dialect::Dialect::Vllm
+        && let Some(data) = list["data"].as_array_mut()
+    {
+        for entry in data {
+            entry["owned_by"] = json!("mock-vllm");
+        }
+    }
+    axum::Json(list).into_response()
+}
+
+async fn metrics(State(m): State<Arc<Mock>>) -> String {
+    dialect::metrics_text(&m.cli, m.requests.load(Ordering::Relaxed))
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -241,12 +241,11 @@ fn error(status: StatusCode, message: String) -> Response {
 async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let body_len = body.len();
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(&m.names[0])
-        .to_string();
-    if !m.names.contains(&model) && !m.loras.contains(&model) {
+    let asked = req.get("model").and_then(Value::as_str);
+    let adapter = dialect::adapter_for(&m.cli, asked).map(str::to_string);
+    let model = asked.unwrap_or(&m.names[0]).to_string();
+    m.requests.fetch_add(1, Ordering::Relaxed);
+    if m.cli.dialect.checks_model() && !m.names.contains(&model) && !m.loras.contains(&model) {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model `{model}` does not exist."),
@@ -274,6 +273,13 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
         "x-mock-served-by",
         HeaderValue::from_str(&m.names[0]).unwrap_or(HeaderValue::from_static("?")),
     );
+    h.insert(
+        "x-mock-dialect",
+        HeaderValue::from_static(m.cli.dialect.name()),
+    );
+    if let Some(a) = adapter.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        h.insert("x-mock-adapter-id", a);
+    }
     h.insert(
         "x-mock-path",
         HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("?")),
