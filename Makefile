@@ -1,13 +1,19 @@
 # modelmux: the README's two commands are `make demo` and `make test`.
 CARGO ?= cargo
 
-.PHONY: build test demo lint bench smoke clean
+.PHONY: build test demo lint bench smoke clean test-llamacpp
 
 build:
 	$(CARGO) build --release --bins
 
 test:
 	$(CARGO) test --all-targets
+
+# Real llama.cpp servers (llama-cpp-python's, and llama-server with LLAMA_SERVER=1): the
+# setup builds llama.cpp once (several minutes), outside the tracked files.
+test-llamacpp:
+	scripts/real-llamacpp-setup.sh $(if $(LLAMA_SERVER),--with-llama-server,)
+	$(CARGO) test --test real_llamacpp -- --test-threads=1 --nocapture
 
 demo: build
 	PROFILE=release scripts/demo.sh

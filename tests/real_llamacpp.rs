@@ -1,0 +1,324 @@
+//! The real llama.cpp tier: llama-cpp-python's OpenAI server (the `llamacpp-python`
+//! profile) with a tiny random GGUF, behind modelmux's front beside a `mock-vllm` model.
+//! `scripts/real-llamacpp-setup.sh` installs it (pinned, several minutes: it builds
+//! llama.cpp); these tests skip with a printed reason when it has not run.
+//!
+//! Where: `MODELMUX_ENGINES_DIR` (default `/work/cache/engines`) holds `llamacpp-venv/` and
+//! `tiny-llama.gguf`. When `llama-server` was built too (`--with-llama-server`), the
+//! `llamacpp` profile is tested against it as well.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{MOCK, Setup};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+fn engines_dir() -> PathBuf {
+    std::env::var_os("MODELMUX_ENGINES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/cache/engines"))
+}
+
+/// The venv's python and the model, or `None` (with the reason printed) when the tier is
+/// not installed.
+fn installed() -> Option<(PathBuf, PathBuf)> {
+    let dir = engines_dir();
+    let python = dir.join("llamacpp-venv/bin/python");
+    let model = dir.join("tiny-llama.gguf");
+    let ok = python.exists()
+        && model.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import llama_cpp.server"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ok {
+        Some((python, model))
+    } else {
+        eprintln!(
+            "skipped: llama-cpp-python or the tiny GGUF is not installed under {} (run \
+             scripts/real-llamacpp-setup.sh)",
+            dir.display()
+        );
+        None
+    }
+}
+
+/// One llama-cpp-python model (`tiny`) and one mock vLLM model (`mock`) behind one front.
+fn mixed_setup(python: &PathBuf, model: &PathBuf) -> Setup {
+    Setup {
+        models: vec![
+            json!({"model_path": model, "engine": "llamacpp-python",
+                   "engine_cmd": format!("{} -m llama_cpp.server", python.display()),
+                   "params": "--model_alias tiny --n_ctx 512 --verbose false"}),
+            json!({"model_path": "org/mock", "params": "--served-model-name mock",
+                   "engine_cmd": MOCK}),
+        ],
+        env: BTreeMap::new(),
+        args: Vec::new(),
+    }
+}
+
+fn ready_pid(mm: &common::Modelmux, model: &str) -> Option<u64> {
+    let url = mm.url("/health");
+    let body = blocking_get_body(&url)?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == model && m["state"] == "ready")
+        .and_then(|m| m["pid"].as_u64())
+}
+
+fn blocking_get_body(url: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/')?;
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    Some(buf.split_once("\r\n\r\n")?.1.to_string())
+}
+
+#[test]
+fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
+    let Some((python, model)) = installed() else {
+        return;
+    };
+    let started = Instant::now();
+    let mut mm = mixed_setup(&python, &model).start();
+    mm.wait_ready(Duration::from_secs(180));
+    eprintln!(
+        "llama-cpp-python engine ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let first = ready_pid(&mm, "tiny").expect("tiny is ready with a pid");
+
+    common::run_async(Duration::from_secs(120), async {
+        let c = common::client();
+        // /v1/models lists both, under their served names.
+        let models = common::get(&c, &mm.url("/v1/models")).await.json();
+        let ids: Vec<&str> = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["tiny", "mock"]);
+        // Routing: each name reaches its own engine.
+        let a = common::post(
+            &c,
+            &mm.url("/v1/completions"),
+            r#"{"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0}"#,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let v = a.json();
+        assert_eq!(v["object"], "text_completion", "{v}");
+        assert!(
+            a.headers.get("x-mock-served-by").is_none(),
+            "went to the mock"
+        );
+        let a = common::post(&c, &mm.url("/v1/chat/completions"),
+            r#"{"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}"#).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.json()["choices"][0]["message"]["role"], "assistant");
+        let a = common::post(
+            &c,
+            &mm.url("/v1/completions"),
+            r#"{"model": "mock", "prompt": "x"}"#,
+        )
+        .await;
+        assert_eq!(a.headers["x-mock-served-by"], "mock");
+        // Streaming: several events, then [DONE].
+        let a = common::post(
+            &c,
+            &mm.url("/v1/completions"),
+            r#"{"model": "tiny", "prompt": "hello", "max_tokens": 16, "stream": true}"#,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let events = a.body.matches("data: ").count();
+        assert!(events >= 3, "{}", a.body);
+        assert!(a.body.trim_end().ends_with("data: [DONE]"), "{}", a.body);
+    });
+
+    // kill -9 of the engine: restarted, ready again under a new pid, the old one gone.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    common::wait_until(Duration::from_secs(120), "a new ready engine", || {
+        ready_pid(&mm, "tiny").is_some_and(|p| p != first)
+    });
+    eprintln!(
+        "llama-cpp-python engine ready again {:.1} s after kill -9",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(!common::alive(first as u32));
+    common::run_async(Duration::from_secs(60), async {
+        let c = common::client();
+        let a = common::post(
+            &c,
+            &mm.url("/v1/completions"),
+            r#"{"model": "tiny", "prompt": "again", "max_tokens": 4}"#,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let text = common::get(&c, &mm.url("/metrics")).await.body;
+        assert!(
+            text.contains("modelmux_model_restarts_total{model=\"tiny\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("modelmux_requests_total{model=\"tiny\",code=\"200\"}"),
+            "{text}"
+        );
+    });
+
+    // SIGTERM: exit 0, no engine of this run left.
+    let pids = mm.engine_pids();
+    mm.signal(Signal::SIGTERM);
+    assert_eq!(
+        mm.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        mm.log()
+    );
+    common::wait_until(Duration::from_secs(10), "engines gone", || {
+        pids.iter().all(|p| !common::alive(*p))
+    });
+}
+
+#[test]
+fn sigkill_of_modelmux_leaves_no_llamacpp_engine() {
+    let Some((python, model)) = installed() else {
+        return;
+    };
+    let setup = mixed_setup(&python, &model);
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut cmd = setup.command(dir.path(), port);
+    cmd.stderr(std::process::Stdio::piped());
+    // Its own session, as by hand on a GPU box: no terminal or test harness kills for it.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let _modelmux = KillGroups(vec![child.id()]);
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            log2.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let health = format!("http://127.0.0.1:{port}/health");
+    common::wait_until(Duration::from_secs(180), "ready", || {
+        common::blocking_get_status(&health) == Some(200)
+    });
+    let pids: Vec<u32> = log
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("engine started"))
+        .filter_map(|l| l.split("pid=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    let _cleanup = KillGroups(pids.clone());
+    assert_eq!(pids.len(), 2, "{}", log.lock().unwrap());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    common::wait_until(
+        Duration::from_secs(10),
+        "no engine left after SIGKILL",
+        || pids.iter().all(|p| !common::alive(*p)),
+    );
+}
+
+/// Kills these process groups when a test ends, passed or failed (the processes are this
+/// test's own: modelmux leads its session, each engine its group).
+struct KillGroups(Vec<u32>);
+
+impl Drop for KillGroups {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ =
+                nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn llama_server_profile_against_the_real_llama_server() {
+    let Some((_, model)) = installed() else {
+        return;
+    };
+    let server = engines_dir().join("llama-server/bin/llama-server");
+    if !server.exists() {
+        eprintln!(
+            "skipped: {} is not built (scripts/real-llamacpp-setup.sh --with-llama-server)",
+            server.display()
+        );
+        return;
+    }
+    let setup = Setup {
+        models: vec![json!({"model_path": model, "engine": "llamacpp",
+                            "engine_cmd": server, "params": "--alias tiny,tiny2 -c 512 -np 1"})],
+        env: BTreeMap::new(),
+        args: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut mm = setup.start();
+    mm.wait_ready(Duration::from_secs(180));
+    eprintln!(
+        "llama-server ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    common::run_async(Duration::from_secs(120), async {
+        let c = common::client();
+        for name in ["tiny", "tiny2"] {
+            let a = common::post(&c, &mm.url("/v1/chat/completions"),
+                &json!({"model": name, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}).to_string()).await;
+            assert_eq!(a.status, 200, "{name}: {}", a.body);
+        }
+        let a = common::post(
+            &c,
+            &mm.url("/v1/completions"),
+            r#"{"model": "tiny", "prompt": "hello", "max_tokens": 16, "stream": true}"#,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(a.body.matches("data: ").count() >= 3, "{}", a.body);
+        // The engine's own metrics carry the profile's prefix (--metrics was added).
+        let health = common::get(&c, &mm.url("/health")).await.json();
+        let port = health["models"][0]["port"].as_u64().unwrap();
+        let text = common::get(&c, &format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .body;
+        assert!(text.contains("llamacpp:prompt_tokens_total"), "{text}");
+    });
+    mm.signal(Signal::SIGTERM);
+    assert_eq!(
+        mm.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "{}",
+        mm.log()
+    );
+}
