@@ -230,7 +230,8 @@ fn modelmux_engine_and_its_command_apply_to_models_that_name_none() {
 
 #[test]
 fn bad_engine_input_exits_2_before_anything_starts() {
-    let cases: [(&str, &[(&str, &str)], &str); 4] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (
             r#"{"models": [{"model_path": "org/a", "engine": "ollama"}]}"#,
             &[],

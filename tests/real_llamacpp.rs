@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{MOCK, Setup};
@@ -49,7 +49,7 @@ fn installed() -> Option<(PathBuf, PathBuf)> {
 }
 
 /// One llama-cpp-python model (`tiny`) and one mock vLLM model (`mock`) behind one front.
-fn mixed_setup(python: &PathBuf, model: &PathBuf) -> Setup {
+fn mixed_setup(python: &Path, model: &Path) -> Setup {
     Setup {
         models: vec![
             json!({"model_path": model, "engine": "llamacpp-python",

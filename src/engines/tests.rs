@@ -440,7 +440,7 @@ fn plan_shows_engine_health_and_metrics() {
         "{text}"
     );
     assert!(text.contains("  health:       /v1/models"), "{text}");
-    let json = serde_json::to_value(&plan_one("tgi", "", "none")).unwrap();
+    let json = serde_json::to_value(plan_one("tgi", "", "none")).unwrap();
     let m = &json["models"][0];
     assert_eq!(m["engine"], "tgi");
     assert_eq!(m["metrics_prefix"], "tgi_");
