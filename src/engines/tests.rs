@@ -420,6 +420,31 @@ fn planner_flags_per_profile() {
             Some("--n_ctx")
         ]
     );
+    // The planner writes its share in each engine's spelling, and keeps a user's own.
+    let mut args =
+        crate::config::EngineArgs::parse_for("-c 512", "p", Engine::Llamacpp.profile()).unwrap();
+    let ctx = crate::engines::concept_arg(Engine::Llamacpp, &args, Concept::MaxContext).unwrap();
+    assert_eq!(ctx.values, ["512"]);
+    assert!(!crate::engines::set_concept(
+        Engine::Llamacpp,
+        &mut args,
+        Concept::GpuMemoryFraction,
+        "0.4"
+    ));
+    let mut args = crate::config::EngineArgs::default();
+    assert!(crate::engines::set_concept(
+        Engine::Sglang,
+        &mut args,
+        Concept::GpuMemoryFraction,
+        "0.4"
+    ));
+    assert_eq!(args.tokens(), ["--mem-fraction-static", "0.4"]);
+    assert!(!crate::engines::set_concept(
+        Engine::Sglang,
+        &mut args,
+        Concept::GpuMemoryFraction,
+        "0.5"
+    ));
     // The flag the planner reads back from params, whatever alias the user wrote.
     let p = Engine::Llamacpp.profile();
     assert_eq!(p.canonical("-c"), "--ctx-size");
