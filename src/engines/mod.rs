@@ -155,6 +155,12 @@ fn check_vocabulary(p: &Profile, args: &EngineArgs, origin: &str) -> Result<(), 
             let Some(concept) = other.concept_of(&other.canonical(&arg.spelling)) else {
                 continue;
             };
+            // Short launcher aliases mean other things elsewhere (`-p`: TGI's port,
+            // llama.cpp's prompt); the launcher's own flags win anyway.
+            let short = !arg.spelling.starts_with("--");
+            if short && matches!(concept, Concept::ModelPath | Concept::Host | Concept::Port) {
+                continue;
+            }
             let advice = match p.flag(concept) {
                 Some(own) => format!("{} spells it {own}", p.name),
                 None => format!("{} has no such flag", p.name),
@@ -189,9 +195,12 @@ fn drop_launcher_flags(
         _ => p.port_flag,
     };
     args.args.retain(|arg| {
+        // This server's spellings, short ones included, and other servers' long ones (a
+        // short flag means something else elsewhere: `-p` is TGI's port, llama.cpp's prompt).
         let concept = Engine::ALL
             .map(Engine::profile)
             .into_iter()
+            .filter(|q| std::ptr::eq(*q, p) || arg.spelling.starts_with("--"))
             .find_map(|q| q.concept_of(&q.canonical(&arg.spelling)))
             .filter(|c| launcher.contains(c));
         match concept {

@@ -40,6 +40,9 @@ pub static PROFILE: Profile = Profile {
         (Concept::GpuMemoryFraction, "--mem-fraction-static"),
         (Concept::MaxContext, "--context-length"),
         (Concept::Metrics, "--enable-metrics"),
+        // The device type (`cuda`, `cpu`, ...), not llama.cpp's device list; listed so that
+        // it is not taken for llama.cpp's flag.
+        (Concept::Devices, "--device"),
     ],
     // With --enable-dp-attention the data-parallel ranks live inside the TP group.
     gpu_count: GpuCount::Product {

@@ -274,8 +274,9 @@ fn another_servers_flags_are_refused_with_this_servers_spelling() {
     for (engine, params) in [
         (
             "sglang",
-            "--tensor-parallel-size 2 --model-loader-extra-config {}",
+            "--tensor-parallel-size 2 --model-loader-extra-config {} --device cpu",
         ),
+        ("llamacpp", "-p hello"),
         ("vllm", "--max_model_len 4096 -tp 1 --enforce-eager"),
         ("llamacpp", "--gpu-layers 10 -c 128 --flash-attn on"),
         ("tgi", "--max-input-tokens 10 --sharded false"),
