@@ -21,7 +21,10 @@ t0=$(date +%s)
 if ! "$VENV/bin/python" -c 'import llama_cpp.server, gguf, numpy' 2>/dev/null; then
     echo "== installing llama-cpp-python $LLAMA_CPP_PYTHON (builds llama.cpp: several minutes)"
     "$PYTHON" -m venv "$VENV"
-    CMAKE_BUILD_PARALLEL_LEVEL=$JOBS "$VENV/bin/pip" install --no-cache-dir \
+    # LLAVA_BUILD=OFF: no multimodal library (46 more files to compile); llama_cpp imports
+    # it only for multimodal chat formats.
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}" CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+        "$VENV/bin/pip" install --no-cache-dir \
         "llama-cpp-python[server]==$LLAMA_CPP_PYTHON" "gguf==$GGUF" "numpy<3"
     echo "== installed in $(( $(date +%s) - t0 )) s"
 fi
