@@ -177,6 +177,7 @@ pub fn build_with_ports(
             env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
             env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
             env.extend(m.env.clone());
+            env.extend(engines::launch_env(m.engine, port));
             let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
                 "/v1/embeddings".to_string()
             } else {

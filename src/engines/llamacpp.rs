@@ -10,7 +10,8 @@
 //! `llamacpp-python` read from llama-cpp-python 0.3.36 (`llama_cpp/server/settings.py`,
 //! `cli.py`, `app.py`): flags are the settings' field names with underscores
 //! (`--model_alias`, `--n_gpu_layers` default 0 = CPU, `--n_ctx` default 2048,
-//! `--lora_path`), no `/health` and no `/metrics`: readiness is `GET /v1/models`.
+//! `--lora_path`), no `/health` and no `/metrics`: readiness is `GET /v1/models`. Its
+//! `__main__` binds `$HOST`/`$PORT` when set, over the flags: the launcher sets both.
 
 use super::profile::*;
 
@@ -59,6 +60,7 @@ pub static LLAMA_SERVER: Profile = Profile {
         prefix: "llamacpp:",
     }),
     default_flags: &["--metrics"],
+    env: &[],
     per_instance: &[],
     models_list: ModelsList::FirstName,
     request_model: None,
@@ -98,6 +100,10 @@ pub static LLAMA_CPP_PYTHON: Profile = Profile {
     health_path: "/v1/models",
     metrics: None,
     default_flags: &[],
+    // `uvicorn.run(host=os.getenv("HOST", ...), port=int(os.getenv("PORT", ...)))` in
+    // `llama_cpp/server/__main__.py`: the environment wins over --host/--port, and
+    // containers set PORT for the front.
+    env: &[("HOST", EnvValue::Host), ("PORT", EnvValue::Port)],
     per_instance: &[],
     models_list: ModelsList::FirstName,
     request_model: None,

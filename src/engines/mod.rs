@@ -12,8 +12,8 @@ mod vllm;
 use serde::Serialize;
 
 pub use profile::{
-    AdapterStyle, Concept, FlagStyle, GpuCount, Metrics, ModelsList, PerInstance, Profile,
-    ServedName, dashed,
+    AdapterStyle, Concept, EnvValue, FlagStyle, GpuCount, Metrics, ModelsList, PerInstance,
+    Profile, ServedName, dashed,
 };
 pub use vllm::DEFAULT_CMD as VLLM_DEFAULT_CMD;
 
@@ -518,6 +518,22 @@ pub fn extra_ports(engine: Engine, args: &EngineArgs) -> usize {
         .iter()
         .filter(|f| matches!(f, PerInstance::Port(flag) if !args.has(&dashed(flag))))
         .count()
+}
+
+/// The variables the launcher sets in the engine's environment (over every other).
+pub fn launch_env(engine: Engine, port: u16) -> Vec<(String, String)> {
+    engine
+        .profile()
+        .env
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                EnvValue::Host => "127.0.0.1".to_string(),
+                EnvValue::Port => port.to_string(),
+            };
+            (name.to_string(), value)
+        })
+        .collect()
 }
 
 /// The launcher's own flags, in the profile's spelling: model path, host, port, then the

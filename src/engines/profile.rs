@@ -159,6 +159,16 @@ pub enum PerInstance {
     TmpPath(&'static str),
 }
 
+/// A value the launcher puts in an engine's environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvValue {
+    /// The engine's loopback address, `127.0.0.1`.
+    Host,
+    /// The engine's port.
+    Port,
+}
+
 /// One inference server, as plain data.
 #[derive(Debug, Serialize)]
 pub struct Profile {
@@ -199,6 +209,10 @@ pub struct Profile {
     pub default_flags: &'static [&'static str],
     /// Flags that need a value unique to each engine.
     pub per_instance: &'static [PerInstance],
+    /// Variables the launcher sets in the engine's environment, over modelmux's own and the
+    /// model's `env`: servers that read their address from the environment ahead of their
+    /// flags would otherwise take the front's `PORT`.
+    pub env: &'static [(&'static str, EnvValue)],
     /// What `GET /v1/models` lists.
     pub models_list: ModelsList,
     /// The `"model"` value the engine expects in requests for the base model, when it is

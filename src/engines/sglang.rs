@@ -59,6 +59,7 @@ pub static PROFILE: Profile = Profile {
         prefix: "sglang:",
     }),
     default_flags: &["--enable-metrics"],
+    env: &[],
     per_instance: &[],
     models_list: ModelsList::FirstName,
     request_model: None,

@@ -44,6 +44,7 @@ pub static PROFILE: Profile = Profile {
         prefix: "tgi_",
     }),
     default_flags: &[],
+    env: &[],
     per_instance: &[
         PerInstance::Port("--prometheus-port"),
         PerInstance::TmpPath("--shard-uds-path"),

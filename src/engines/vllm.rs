@@ -58,6 +58,7 @@ pub static PROFILE: Profile = Profile {
         prefix: "vllm:",
     }),
     default_flags: &[],
+    env: &[],
     per_instance: &[],
     models_list: ModelsList::AllNames,
     request_model: None,

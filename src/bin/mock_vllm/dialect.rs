@@ -3,8 +3,8 @@
 //! picks one: `vllm` (the default; unknown flags are ignored, as the mock always did),
 //! `sglang`, `tgi`, `llamacpp`, `llamacpp-python` (unknown flags are a usage error, exit 2,
 //! in the server's own words). Each dialect also answers like its server where modelmux
-//! depends on it: the health path (llama-cpp-python has none), what `/v1/models` lists, and
-//! the metrics endpoint and prefix.
+//! depends on it: the health path (llama-cpp-python has none), what `/v1/models` lists, the
+//! metrics endpoint and prefix, and llama-cpp-python binding `$HOST:$PORT` over its flags.
 
 use serde_json::{Value, json};
 
@@ -318,13 +318,23 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
         .flat_map(|(_, v)| v.iter().flat_map(|s| s.split(',')))
         .map(|v| v.split(['=', '@']).next().unwrap_or(v).to_string())
         .collect();
+    // llama-cpp-python's __main__ binds $HOST/$PORT over its flags.
+    let from_env = |var: &str| {
+        (d == Dialect::LlamacppPython)
+            .then(|| std::env::var(var).ok())
+            .flatten()
+    };
     Ok(Cli {
         dialect: d,
         model,
         names,
         loras,
-        host: last("host").unwrap_or_else(|| "127.0.0.1".into()),
-        port: last("port").unwrap_or_else(|| "8000".into()),
+        host: from_env("HOST")
+            .or_else(|| last("host"))
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        port: from_env("PORT")
+            .or_else(|| last("port"))
+            .unwrap_or_else(|| "8000".into()),
         metrics: match d {
             Dialect::Tgi => true,
             Dialect::LlamacppPython => false,
