@@ -64,6 +64,9 @@ pub struct ModelLaunch {
     /// The `"model"` value the engine wants in requests for the base model when it is not
     /// the served name (TGI: `"tgi"`; any other name is an adapter id there).
     pub request_model: Option<String>,
+    /// The engine refuses an `X-Request-Id` that is not a UUID (llama-cpp-python answers
+    /// 400): the front must send it a UUID.
+    pub uuid_request_ids: bool,
 }
 
 /// The whole plan.
@@ -200,6 +203,7 @@ pub fn build_with_ports(
                 metrics_prefix: profile.metrics.map(|x| x.prefix.to_string()),
                 models_list: profile.models_list,
                 request_model: profile.request_model.map(str::to_string),
+                uuid_request_ids: profile.uuid_request_ids,
             }
         })
         .collect();

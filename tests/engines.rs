@@ -163,6 +163,10 @@ fn plan_shows_each_engines_exact_command() {
     let health: Vec<&str> = (0..5)
         .map(|i| m[i]["health_path"].as_str().unwrap())
         .collect();
+    let uuid_ids: Vec<bool> = (0..5)
+        .map(|i| m[i]["uuid_request_ids"].as_bool().unwrap())
+        .collect();
+    assert_eq!(uuid_ids, [false, false, false, false, true]);
     assert_eq!(
         health,
         ["/health", "/health", "/health", "/health", "/v1/models"]
@@ -312,6 +316,18 @@ fn every_profile_serves_through_the_front_on_its_servers_command_line() {
     }
     common::run_async(Duration::from_secs(60), async {
         let c = common::client();
+        // llama-cpp-python refuses request ids that are not UUIDs (the plan says so:
+        // `uuid_request_ids`); until the front converts them, clients send UUIDs.
+        let post = |url: String, body: String| {
+            let c = c.clone();
+            async move {
+                let headers = [
+                    ("content-type", "application/json"),
+                    ("x-request-id", "0c6c52f3-a1b3-4cbf-8bd4-b4a4b7f1a0a1"),
+                ];
+                common::request(&c, "POST", &url, &headers, &body).await
+            }
+        };
         for (name, dialect) in [
             ("v", "vllm"),
             ("s", "sglang"),
@@ -319,10 +335,9 @@ fn every_profile_serves_through_the_front_on_its_servers_command_line() {
             ("l", "llamacpp"),
             ("p", "llamacpp-python"),
         ] {
-            let a = common::post(
-                &c,
-                &mm.url("/v1/chat/completions"),
-                &json!({"model": name, "messages": []}).to_string(),
+            let a = post(
+                mm.url("/v1/chat/completions"),
+                json!({"model": name, "messages": []}).to_string(),
             )
             .await;
             assert_eq!(a.status, 200, "{name}: {}", a.body);
@@ -341,10 +356,9 @@ fn every_profile_serves_through_the_front_on_its_servers_command_line() {
         );
         assert_eq!(a.headers["x-mock-adapter-id"], "sql");
         // Streaming passes through whatever the server.
-        let a = common::post(
-            &c,
-            &mm.url("/v1/completions"),
-            r#"{"model": "l", "prompt": "x", "stream": true}"#,
+        let a = post(
+            mm.url("/v1/completions"),
+            r#"{"model": "l", "prompt": "x", "stream": true}"#.to_string(),
         )
         .await;
         assert_eq!(a.status, 200);

@@ -63,6 +63,17 @@ fn mixed_setup(python: &Path, model: &Path) -> Setup {
     }
 }
 
+/// A POST with a UUID `X-Request-Id`: llama-cpp-python answers 400 to any other id (its
+/// starlette-context `RequestIdPlugin` validates it), and modelmux's own ids are not UUIDs
+/// (the plan marks the engine `uuid_request_ids` for the front).
+async fn post_uuid(c: &common::HttpClient, url: &str, body: &str) -> common::Answer {
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-request-id", "0c6c52f3-a1b3-4cbf-8bd4-b4a4b7f1a0a1"),
+    ];
+    common::request(c, "POST", url, &headers, body).await
+}
+
 fn ready_pid(mm: &common::Modelmux, model: &str) -> Option<u64> {
     let url = mm.url("/health");
     let body = blocking_get_body(&url)?;
@@ -116,7 +127,7 @@ fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
             .collect();
         assert_eq!(ids, ["tiny", "mock"]);
         // Routing: each name reaches its own engine.
-        let a = common::post(
+        let a = post_uuid(
             &c,
             &mm.url("/v1/completions"),
             r#"{"model": "tiny", "prompt": "hello world", "max_tokens": 8, "temperature": 0}"#,
@@ -129,11 +140,11 @@ fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
             a.headers.get("x-mock-served-by").is_none(),
             "went to the mock"
         );
-        let a = common::post(&c, &mm.url("/v1/chat/completions"),
+        let a = post_uuid(&c, &mm.url("/v1/chat/completions"),
             r#"{"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}"#).await;
         assert_eq!(a.status, 200, "{}", a.body);
         assert_eq!(a.json()["choices"][0]["message"]["role"], "assistant");
-        let a = common::post(
+        let a = post_uuid(
             &c,
             &mm.url("/v1/completions"),
             r#"{"model": "mock", "prompt": "x"}"#,
@@ -141,7 +152,7 @@ fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
         .await;
         assert_eq!(a.headers["x-mock-served-by"], "mock");
         // Streaming: several events, then [DONE].
-        let a = common::post(
+        let a = post_uuid(
             &c,
             &mm.url("/v1/completions"),
             r#"{"model": "tiny", "prompt": "hello", "max_tokens": 16, "stream": true}"#,
@@ -166,7 +177,7 @@ fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
     assert!(!common::alive(first as u32));
     common::run_async(Duration::from_secs(60), async {
         let c = common::client();
-        let a = common::post(
+        let a = post_uuid(
             &c,
             &mm.url("/v1/completions"),
             r#"{"model": "tiny", "prompt": "again", "max_tokens": 4}"#,
@@ -294,11 +305,11 @@ fn llama_server_profile_against_the_real_llama_server() {
     common::run_async(Duration::from_secs(120), async {
         let c = common::client();
         for name in ["tiny", "tiny2"] {
-            let a = common::post(&c, &mm.url("/v1/chat/completions"),
+            let a = post_uuid(&c, &mm.url("/v1/chat/completions"),
                 &json!({"model": name, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}).to_string()).await;
             assert_eq!(a.status, 200, "{name}: {}", a.body);
         }
-        let a = common::post(
+        let a = post_uuid(
             &c,
             &mm.url("/v1/completions"),
             r#"{"model": "tiny", "prompt": "hello", "max_tokens": 16, "stream": true}"#,

@@ -241,6 +241,10 @@ fn error(status: StatusCode, message: String) -> Response {
 async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let body_len = body.len();
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let id = headers.get("x-request-id").map(HeaderValue::as_bytes);
+    if dialect::request_id_refused(&m.cli, id) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
     let asked = req.get("model").and_then(Value::as_str);
     let adapter = dialect::adapter_for(&m.cli, asked).map(str::to_string);
     let model = asked.unwrap_or(&m.names[0]).to_string();

@@ -64,6 +64,7 @@ pub static LLAMA_SERVER: Profile = Profile {
     per_instance: &[],
     models_list: ModelsList::FirstName,
     request_model: None,
+    uuid_request_ids: false,
 };
 
 /// The `llamacpp-python` profile (llama-cpp-python's OpenAI server).
@@ -107,4 +108,7 @@ pub static LLAMA_CPP_PYTHON: Profile = Profile {
     per_instance: &[],
     models_list: ModelsList::FirstName,
     request_model: None,
+    // `app.py`: `Middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))`, which
+    // validates X-Request-ID as a UUID and answers 400 with an empty body otherwise.
+    uuid_request_ids: true,
 };

@@ -218,6 +218,10 @@ pub struct Profile {
     /// The `"model"` value the engine expects in requests for the base model, when it is
     /// not the served name (TGI reads any other value as a LoRA adapter id).
     pub request_model: Option<&'static str>,
+    /// The engine answers 400 (empty body) to an `X-Request-Id` that is not a UUID
+    /// (llama-cpp-python: starlette-context's `RequestIdPlugin(validate=True)`): the front must
+    /// send it a UUID (the client still gets its own id back).
+    pub uuid_request_ids: bool,
 }
 
 impl Profile {

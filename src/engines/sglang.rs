@@ -63,4 +63,5 @@ pub static PROFILE: Profile = Profile {
     per_instance: &[],
     models_list: ModelsList::FirstName,
     request_model: None,
+    uuid_request_ids: false,
 };

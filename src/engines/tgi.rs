@@ -52,4 +52,5 @@ pub static PROFILE: Profile = Profile {
     ],
     models_list: ModelsList::ModelPath,
     request_model: Some("tgi"),
+    uuid_request_ids: false,
 };

@@ -62,4 +62,5 @@ pub static PROFILE: Profile = Profile {
     per_instance: &[],
     models_list: ModelsList::AllNames,
     request_model: None,
+    uuid_request_ids: false,
 };

@@ -4,7 +4,8 @@
 //! `sglang`, `tgi`, `llamacpp`, `llamacpp-python` (unknown flags are a usage error, exit 2,
 //! in the server's own words). Each dialect also answers like its server where modelmux
 //! depends on it: the health path (llama-cpp-python has none), what `/v1/models` lists, the
-//! metrics endpoint and prefix, and llama-cpp-python binding `$HOST:$PORT` over its flags.
+//! metrics endpoint and prefix, llama-cpp-python binding `$HOST:$PORT` over its flags and
+//! refusing an `X-Request-Id` that is not a UUID.
 
 use serde_json::{Value, json};
 
@@ -389,4 +390,20 @@ pub fn adapter_for<'a>(cli: &Cli, model: Option<&'a str>) -> Option<&'a str> {
         (_, Some(m)) if cli.loras.iter().any(|l| l == m) => Some(m),
         _ => None,
     }
+}
+
+/// llama-cpp-python answers 400 with an empty body to an `X-Request-Id` that is not a UUID
+/// (starlette-context's `RequestIdPlugin` validates it); the others take anything.
+pub fn request_id_refused(cli: &Cli, id: Option<&[u8]>) -> bool {
+    let Some(id) = id else { return false };
+    if cli.dialect != Dialect::LlamacppPython {
+        return false;
+    }
+    // What Python's uuid.UUID() accepts: 32 hex digits, dashes and braces aside.
+    let hex: Vec<u8> = id
+        .iter()
+        .copied()
+        .filter(|c| !matches!(c, b'-' | b'{' | b'}'))
+        .collect();
+    !(hex.len() == 32 && hex.iter().all(u8::is_ascii_hexdigit))
 }
