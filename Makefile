@@ -10,10 +10,11 @@ test:
 	$(CARGO) test --all-targets
 
 # Real llama.cpp servers (llama-cpp-python's, and llama-server with LLAMA_SERVER=1): the
-# setup builds llama.cpp once (several minutes), outside the tracked files.
+# setup builds llama.cpp once (several minutes) into ENGINES_DIR, outside the tracked files.
+ENGINES_DIR ?= $(or $(MODELMUX_ENGINES_DIR),$(CURDIR)/target/engines)
 test-llamacpp:
-	scripts/real-llamacpp-setup.sh $(if $(LLAMA_SERVER),--with-llama-server,)
-	$(CARGO) test --test real_llamacpp -- --test-threads=1 --nocapture
+	scripts/real-llamacpp-setup.sh "$(ENGINES_DIR)" $(if $(LLAMA_SERVER),--with-llama-server,)
+	MODELMUX_ENGINES_DIR="$(ENGINES_DIR)" $(CARGO) test --test real_llamacpp -- --test-threads=1 --nocapture
 
 demo: build
 	PROFILE=release scripts/demo.sh

@@ -6,10 +6,10 @@
 # source shipped in the same llama-cpp-python release, into $DIR/llama-server/bin.
 # Idempotent: what is there already is kept.
 #
-#   DIR = $MODELMUX_ENGINES_DIR, default /work/cache/engines
+#   usage: scripts/real-llamacpp-setup.sh DIR [--with-llama-server]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIR=${MODELMUX_ENGINES_DIR:-/work/cache/engines}
+DIR=$(realpath -m "${1:?usage: $0 DIR [--with-llama-server]}")
 VENV=$DIR/llamacpp-venv
 LLAMA_CPP_PYTHON=0.3.36
 GGUF=0.19.0
@@ -32,7 +32,7 @@ if [ ! -s "$DIR/tiny-llama.gguf" ]; then
     "$VENV/bin/python" scripts/make-tiny-gguf.py "$DIR/tiny-llama.gguf"
 fi
 
-if [ "${1:-}" = "--with-llama-server" ] && [ ! -x "$DIR/llama-server/bin/llama-server" ]; then
+if [ "${2:-}" = "--with-llama-server" ] && [ ! -x "$DIR/llama-server/bin/llama-server" ]; then
     t1=$(date +%s)
     echo "== building llama-server from llama-cpp-python $LLAMA_CPP_PYTHON's llama.cpp source"
     "$VENV/bin/pip" install --no-cache-dir cmake ninja

@@ -1,11 +1,11 @@
 //! The real llama.cpp tier: llama-cpp-python's OpenAI server (the `llamacpp-python`
 //! profile) with a tiny random GGUF, behind modelmux's front beside a `mock-vllm` model.
-//! `scripts/real-llamacpp-setup.sh` installs it (pinned, several minutes: it builds
-//! llama.cpp); these tests skip with a printed reason when it has not run.
-//!
-//! Where: `MODELMUX_ENGINES_DIR` (default `/work/cache/engines`) holds `llamacpp-venv/` and
-//! `tiny-llama.gguf`. When `llama-server` was built too (`--with-llama-server`), the
-//! `llamacpp` profile is tested against it as well.
+//! `scripts/real-llamacpp-setup.sh DIR` installs it (pinned, several minutes: it builds
+//! llama.cpp); these tests skip with a printed reason unless `MODELMUX_ENGINES_DIR` names
+//! such a directory (`make test-llamacpp` does). When `llama-server` was built too
+//! (`--with-llama-server`), the `llamacpp` profile is tested against it as well; when the
+//! vLLM tier is there too (`MODELMUX_REAL_DIR`, `make test-vllm`), one vLLM and one llama.cpp
+//! model run behind one front.
 
 mod common;
 
@@ -18,16 +18,31 @@ use common::{MOCK, Setup};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
-fn engines_dir() -> PathBuf {
-    std::env::var_os("MODELMUX_ENGINES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/cache/engines"))
+/// `MODELMUX_ENGINES_DIR`: the directory `scripts/real-llamacpp-setup.sh DIR` filled
+/// (`llamacpp-venv/`, `tiny-llama.gguf`, optionally `llama-server/bin/llama-server`). Unset,
+/// the tier is skipped, so that plain `cargo test` stays fast; `make test-llamacpp` sets it.
+fn engines_dir() -> Option<PathBuf> {
+    std::env::var_os("MODELMUX_ENGINES_DIR").map(PathBuf::from)
+}
+
+fn skip(test: &str, why: String) {
+    use std::io::Write;
+    // Straight to stderr: libtest captures eprintln! of passing tests.
+    let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
 }
 
 /// The venv's python and the model, or `None` (with the reason printed) when the tier is
 /// not installed.
-fn installed() -> Option<(PathBuf, PathBuf)> {
-    let dir = engines_dir();
+fn installed(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let Some(dir) = engines_dir() else {
+        skip(
+            test,
+            "the llama.cpp tier needs llama-cpp-python; run `make test-llamacpp` (or set \
+             MODELMUX_ENGINES_DIR to a directory made by scripts/real-llamacpp-setup.sh)"
+                .into(),
+        );
+        return None;
+    };
     let python = dir.join("llamacpp-venv/bin/python");
     let model = dir.join("tiny-llama.gguf");
     let ok = python.exists()
@@ -39,10 +54,13 @@ fn installed() -> Option<(PathBuf, PathBuf)> {
     if ok {
         Some((python, model))
     } else {
-        eprintln!(
-            "skipped: llama-cpp-python or the tiny GGUF is not installed under {} (run \
-             scripts/real-llamacpp-setup.sh)",
-            dir.display()
+        skip(
+            test,
+            format!(
+                "MODELMUX_ENGINES_DIR={}: no llama-cpp-python or tiny GGUF there; run \
+                 scripts/real-llamacpp-setup.sh {0}",
+                dir.display()
+            ),
         );
         None
     }
@@ -103,7 +121,7 @@ fn blocking_get_body(url: &str) -> Option<String> {
 
 #[test]
 fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
-    let Some((python, model)) = installed() else {
+    let Some((python, model)) = installed("llamacpp_python_serves") else {
         return;
     };
     let started = Instant::now();
@@ -211,7 +229,7 @@ fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
 
 #[test]
 fn sigkill_of_modelmux_leaves_no_llamacpp_engine() {
-    let Some((python, model)) = installed() else {
+    let Some((python, model)) = installed("sigkill_of_modelmux") else {
         return;
     };
     let setup = mixed_setup(&python, &model);
@@ -278,15 +296,16 @@ impl Drop for KillGroups {
 
 #[test]
 fn llama_server_profile_against_the_real_llama_server() {
-    let Some((_, model)) = installed() else {
+    let Some((_, model)) = installed("llama_server_profile") else {
         return;
     };
-    let server = engines_dir().join("llama-server/bin/llama-server");
+    let server = engines_dir().unwrap().join("llama-server/bin/llama-server");
     if !server.exists() {
-        eprintln!(
-            "skipped: {} is not built (scripts/real-llamacpp-setup.sh --with-llama-server)",
+        let why = format!(
+            "{} is not built (scripts/real-llamacpp-setup.sh DIR --with-llama-server)",
             server.display()
         );
+        skip("llama_server_profile", why);
         return;
     }
     let setup = Setup {
