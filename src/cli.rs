@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, RawConfig};
 use crate::gpu::{self, NvmlDiscovery};
@@ -11,7 +11,7 @@ use crate::{observability, plan, serve};
 
 /// modelmux: serve several LLMs from one GPU machine behind one OpenAI-compatible front.
 #[derive(Debug, Parser)]
-#[command(name = "modelmux", version, about, long_about = None)]
+#[command(name = "modelmux", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
@@ -20,6 +20,30 @@ pub struct Cli {
     #[command(flatten)]
     pub raw: RawConfig,
 }
+
+/// Shown at the end of `--help`.
+const EXAMPLES: &str = "\
+Every option can also be set through the environment variable shown with it.
+
+Examples:
+  # what `serve` would run (GPUs, ports, command lines), without starting anything
+  modelmux --config models.json plan
+  MULTI_MODEL_CONFIG=\"$(cat models.json)\" modelmux plan --json
+
+  # serve, on GPUs 0-3 only
+  modelmux --config models.json --gpus 0,1,2,3
+
+  # one model (OCI's single-model variables)
+  MODEL=/models/llama PARAMS='--served-model-name llama --max-model-len 8192' modelmux
+
+  # without a GPU, with the fake engine (as `make demo` does)
+  modelmux --config models.json --gpus none --engine-cmd target/release/mock-vllm
+
+  # the GPUs modelmux sees
+  modelmux gpus
+
+models.json: {\"models\": [{\"model_path\": \"llama\", \"params\": \"--served-model-name llama\"}]}
+Once serving: /health, /metrics, /v1/models, and a status page at / in a browser.";
 
 /// The subcommands.
 #[derive(Debug, Clone, Subcommand)]
@@ -45,6 +69,10 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    if let Err(e) = check_utf8() {
+        eprintln!("modelmux: invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let cli = Cli::parse();
     let format = match config::log_format(&cli.raw) {
         Ok(f) => f,
@@ -63,6 +91,38 @@ pub fn main() -> ExitCode {
     code
 }
 
+/// Names the variable or flag whose value is not UTF-8 (clap's own message names none).
+fn check_utf8() -> Result<(), config::ConfigError> {
+    let not_utf8 =
+        |name: &str, value: &str| config::ConfigError::var(name, value, "is not valid UTF-8 text");
+    for arg in Cli::command().get_arguments() {
+        if let Some(var) = arg.get_env()
+            && let Some(value) = std::env::var_os(var)
+            && value.to_str().is_none()
+        {
+            return Err(not_utf8(&var.to_string_lossy(), &value.to_string_lossy()));
+        }
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    for (i, a) in args.iter().enumerate() {
+        if a.to_str().is_some() {
+            continue;
+        }
+        let text = a.to_string_lossy();
+        if let Some((flag, value)) = text.split_once('=')
+            && flag.starts_with("--")
+        {
+            return Err(not_utf8(flag, value));
+        }
+        let name = match i.checked_sub(1).and_then(|p| args[p].to_str()) {
+            Some(flag) if flag.starts_with('-') => flag.to_string(),
+            _ => format!("argument {}", i + 1),
+        };
+        return Err(not_utf8(&name, &text));
+    }
+    Ok(())
+}
+
 /// Loads the configuration and builds the plan, logging the source and the warnings.
 pub fn load_plan(raw: &RawConfig) -> Result<(config::Config, plan::LaunchPlan), plan::PlanError> {
     let config = config::load(raw)?;
@@ -79,7 +139,12 @@ pub fn load_plan(raw: &RawConfig) -> Result<(config::Config, plan::LaunchPlan), 
 }
 
 fn print_plan(raw: &RawConfig, json: bool) -> ExitCode {
-    match load_plan(raw) {
+    // `plan` refuses what `serve` would refuse, the engine program included.
+    let checked = load_plan(raw).and_then(|(config, plan)| {
+        serve::check_engine_programs(&config)?;
+        Ok((config, plan))
+    });
+    match checked {
         Ok((_, plan)) => {
             if json {
                 println!(

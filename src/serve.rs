@@ -27,11 +27,9 @@ pub fn main(raw: &RawConfig) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    for m in &config.models {
-        if let Err(e) = check_engine_program(&m.engine_cmd[0], &m.engine_cmd_origin, m.engine) {
-            tracing::error!("invalid configuration: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    if let Err(e) = check_engine_programs(&config) {
+        tracing::error!("invalid configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
     // Orphans of engines (say a vLLM worker whose parent died) come back to modelmux and
     // are reaped. As PID 1 they come anyway.
@@ -68,8 +66,18 @@ fn raise_open_files_limit() {
     }
 }
 
-/// The engine program must exist before anything starts: otherwise every model would
-/// crash-loop through its restart budget and the real cause would hide in the logs.
+/// Every model's engine program must exist before anything starts: otherwise every model
+/// would crash-loop through its restart budget and the real cause would hide in the logs.
+pub fn check_engine_programs(
+    config: &crate::config::Config,
+) -> Result<(), crate::config::ConfigError> {
+    for m in &config.models {
+        check_engine_program(&m.engine_cmd[0], &m.engine_cmd_origin, m.engine)?;
+    }
+    Ok(())
+}
+
+/// One engine program; `origin` names where its command came from.
 fn check_engine_program(
     program: &str,
     origin: &str,

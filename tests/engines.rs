@@ -12,11 +12,32 @@ use std::time::Duration;
 use common::{MOCK, MODELMUX, Setup};
 use serde_json::{Value, json};
 
+/// A directory of stand-ins for the engine programs that are not installed here
+/// (`text-generation-launcher`, `llama-server`): `plan` and `serve` check that the engine
+/// program exists.
+fn fake_engines() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["text-generation-launcher", "llama-server"] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "#!/bin/sh\nexit 2\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        dir
+    })
+    .path()
+}
+
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(MODELMUX);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        fake_engines().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    cmd.args(args).env_clear().env("PATH", path);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -198,26 +219,21 @@ fn modelmux_engine_and_its_command_apply_to_models_that_name_none() {
         {"model_path": "org/a", "params": "--max-total-tokens 2048"},
         {"model_path": "org/b", "engine": "vllm"},
     ]});
+    let tgi = fake_engines().join("text-generation-launcher");
+    let tgi_cmd = format!("{} --json-output", tgi.display());
     let plan = plan_json(
         &config,
         &[
             ("MODELMUX_GPUS", "none"),
             ("MODELMUX_ENGINE", "tgi"),
-            (
-                "MODELMUX_ENGINE_CMD",
-                "/opt/tgi/bin/text-generation-launcher --json-output",
-            ),
+            ("MODELMUX_ENGINE_CMD", &tgi_cmd),
         ],
     );
     let m = &plan["models"];
     assert_eq!(m[0]["engine"], "tgi");
     assert_eq!(
         argv_before_port(&m[0])[..3],
-        [
-            "/opt/tgi/bin/text-generation-launcher",
-            "--json-output",
-            "--model-id"
-        ]
+        [tgi.to_str().unwrap(), "--json-output", "--model-id"]
     );
     // The vLLM model keeps vLLM's default command: MODELMUX_ENGINE_CMD is TGI's here.
     assert_eq!(m[1]["engine"], "vllm");
@@ -363,6 +379,25 @@ fn every_profile_serves_through_the_front_on_its_servers_command_line() {
         .await;
         assert_eq!(a.status, 200);
         assert!(a.body.ends_with("data: [DONE]\n\n"), "{}", a.body);
+        // One scrape carries each engine's own series, under its own prefix, at its
+        // profile's path; llama-cpp-python has no metrics and is not asked (no error).
+        let text = common::get(&c, &mm.url("/metrics")).await.body;
+        for (prefix, model) in [
+            ("vllm:", "v"),
+            ("sglang:", "s"),
+            ("tgi_", "t"),
+            ("llamacpp:", "l"),
+        ] {
+            let series = format!("{prefix}num_requests_running{{");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&series) && l.contains(&format!("model=\"{model}\"")));
+            assert!(line.is_some(), "{series} of {model} missing:\n{text}");
+        }
+        for model in ["v", "s", "t", "l", "p"] {
+            let zero = format!("modelmux_engine_scrape_errors_total{{model=\"{model}\"}} 0");
+            assert!(text.contains(&zero), "{zero}:\n{text}");
+        }
         let models = common::get(&c, &mm.url("/v1/models")).await.json();
         let ids: Vec<&str> = models["data"]
             .as_array()

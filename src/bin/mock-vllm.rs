@@ -5,8 +5,8 @@
 //! Flags (as vLLM): `--model`, `--served-model-name NAME...`, `--host`, `--port`,
 //! `--lora-modules NAME=PATH...`; any other flag is ignored. With `--mock-dialect NAME` (or
 //! `MOCK_DIALECT`) it speaks another server's command line instead (`sglang`, `tgi`,
-//! `llamacpp`, `llamacpp-python`; see `mock_vllm/dialect.rs`): unknown flags exit 2, and the
-//! health path, `/v1/models` and `/metrics` follow that server.
+//! `llamacpp`, `llamacpp-python`; see `mock-vllm/dialect.rs`): unknown flags exit 2, and the
+//! health path, `/v1/models`, `/metrics` and request-id rules follow that server.
 //!
 //! Knobs (environment):
 //! - `MOCK_STARTUP_DELAY_MS`: `/health` answers 503 until this much time has passed.
@@ -19,6 +19,8 @@
 //!   ready_unix}` (`ready_unix`: when `/health` turns 200).
 //! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `cancelled`, ...).
 //! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
+//! - `MOCK_METRICS_DELAY_MS`: `GET /metrics` (vLLM V1's metrics, see `mock-vllm/metrics.rs`)
+//!   answers after this long; `--max-num-seqs N` lets N requests run at once, the rest wait.
 //!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
 //! `mock_exit` (exit at once without an answer).
@@ -31,7 +33,6 @@
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -44,12 +45,14 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-#[path = "mock_vllm/dialect.rs"]
+#[path = "mock-vllm/metrics.rs"]
+mod metrics;
+
+#[path = "mock-vllm/dialect.rs"]
 mod dialect;
 
 struct Mock {
     cli: dialect::Cli,
-    requests: AtomicU64,
     names: Vec<String>,
     loras: Vec<String>,
     started: Instant,
@@ -59,6 +62,7 @@ struct Mock {
     chunk_delay: u64,
     response_delay: u64,
     events: Option<String>,
+    metrics: Arc<metrics::EngineMetrics>,
 }
 
 fn env_ms(name: &str) -> Option<u64> {
@@ -75,6 +79,26 @@ fn event(path: &Option<String>, what: &str) {
         // One write(2) per line: O_APPEND keeps concurrent writers' lines whole.
         let _ = f.write_all(format!("{what} {}\n", std::process::id()).as_bytes());
     }
+}
+
+/// Values of a flag: `--flag a b` (until the next flag) or `--flag=a`.
+fn flag_values(args: &[String], flag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if let Some(v) = args[i].strip_prefix(&format!("{flag}=")) {
+            out.push(v.to_string());
+        } else if args[i] == flag {
+            i += 1;
+            while i < args.len() && !args[i].starts_with("--") {
+                out.push(args[i].clone());
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
 }
 
 fn main() {
@@ -139,9 +163,12 @@ async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
         }
     };
     eprintln!("mock-vllm: serving {names:?} on {host}:{port}");
+    let max_num_seqs = flag_values(&args, "--max-num-seqs").pop();
+    let counters =
+        metrics::EngineMetrics::new(&names[0], max_num_seqs.and_then(|v| v.parse().ok()));
     let mock = Arc::new(Mock {
         cli: cli.clone(),
-        requests: AtomicU64::new(0),
+        metrics: Arc::new(counters),
         names,
         loras,
         started,
@@ -183,7 +210,7 @@ async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
         None => app.route("/health", get(|| async { StatusCode::NOT_FOUND })),
     };
     app = if cli.metrics {
-        app.route("/metrics", get(metrics))
+        app.route("/metrics", get(engine_metrics))
     } else {
         app.route("/metrics", get(|| async { StatusCode::NOT_FOUND }))
     };
@@ -216,20 +243,24 @@ async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
     }
 }
 
-async fn models(State(m): State<Arc<Mock>>) -> Response {
-    let mut list = dialect::models(&m.cli);
-    if m.cli.dialect == dialect::Dialect::Vllm
-        && let Some(data) = list["data"].as_array_mut()
-    {
-        for entry in data {
-            entry["owned_by"] = json!("mock-vllm");
-        }
-    }
-    axum::Json(list).into_response()
+async fn engine_metrics(State(m): State<Arc<Mock>>) -> Response {
+    // vLLM's series; the other dialects' servers export theirs under their own prefix.
+    let text = match m.cli.dialect.metrics_prefix() {
+        "vllm:" => m.metrics.render().await,
+        prefix => m.metrics.render().await.replace("vllm:", prefix),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
-async fn metrics(State(m): State<Arc<Mock>>) -> String {
-    dialect::metrics_text(&m.cli, m.requests.load(Ordering::Relaxed))
+async fn models(State(m): State<Arc<Mock>>) -> Response {
+    axum::Json(dialect::models(&m.cli)).into_response()
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -248,7 +279,6 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     let asked = req.get("model").and_then(Value::as_str);
     let adapter = dialect::adapter_for(&m.cli, asked).map(str::to_string);
     let model = asked.unwrap_or(&m.names[0]).to_string();
-    m.requests.fetch_add(1, Ordering::Relaxed);
     if m.cli.dialect.checks_model() && !m.names.contains(&model) && !m.loras.contains(&model) {
         return error(
             StatusCode::NOT_FOUND,
@@ -261,15 +291,26 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     }
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);
+    let mut run = m.metrics.begin().await;
     let mut resp = if req.get("stream").and_then(Value::as_bool) == Some(true) {
         let chunks = num("mock_chunks").unwrap_or(m.chunks);
         let delay = num("mock_delay_ms").unwrap_or(m.chunk_delay);
         let die_after = num("mock_die_after_chunks");
-        stream(m.clone(), path.clone(), model, chunks, delay, die_after)
+        stream(
+            m.clone(),
+            path.clone(),
+            model,
+            chunks,
+            delay,
+            die_after,
+            run,
+        )
     } else {
         if m.response_delay > 0 {
             tokio::time::sleep(Duration::from_millis(m.response_delay)).await;
         }
+        run.generated(4);
+        run.finish();
         axum::Json(completion(&path, &model)).into_response()
     };
     let h = resp.headers_mut();
@@ -345,6 +386,7 @@ fn stream(
     chunks: u64,
     delay: u64,
     die_after: Option<u64>,
+    mut run: metrics::Running,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
@@ -372,6 +414,7 @@ fn stream(
                 event(&m.events, "cancelled");
                 return;
             }
+            run.generated(1);
         }
         if tx
             .send(Bytes::from_static(b"data: [DONE]\n\n"))
@@ -379,6 +422,8 @@ fn stream(
             .is_err()
         {
             event(&m.events, "cancelled");
+        } else {
+            run.finish();
         }
     });
     Response::builder()

@@ -2,6 +2,7 @@
 //! [`Settings`] and [`ModelSpec`]s. It knows nothing about GPUs or processes; every error is a
 //! [`ConfigError`] that names the variable or field.
 
+mod checks;
 mod error;
 pub mod params;
 mod raw;
@@ -89,7 +90,8 @@ pub fn load(raw: &RawConfig) -> Result<Config, ConfigError> {
         Some(text) => EngineArgs::parse(text, "VLLM_PARAMS")?,
         None => EngineArgs::default(),
     };
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = checks::shadowed_sources(raw).into_iter().collect();
+    warnings.extend(raw_models.iter().flat_map(|m| m.warnings.iter().cloned()));
     let models = raw_models
         .iter()
         .map(|m| resolve_model(m, &global, &settings, &mut warnings))

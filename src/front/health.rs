@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::errors::{error, json as json_response};
 use super::{App, auth};
+use crate::observability::scrape;
 use crate::state::now_unix;
 
 /// 200 when every model is ready, else 503; the body lists each model's state.
@@ -45,9 +46,17 @@ pub async fn livez() -> Response {
     json_response(StatusCode::OK, &json!({"status": "alive"}))
 }
 
-/// Prometheus text.
+/// Prometheus text: modelmux's own metrics, then each ready engine's (see
+/// [`crate::observability::scrape`]).
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(&app.state.borrow());
+    let (mut text, engines) = {
+        let snapshot = app.state.borrow();
+        (
+            app.metrics.render(&snapshot),
+            scrape::targets(&app.table, &snapshot),
+        )
+    };
+    scrape::append_engines(&mut text, engines, &app.metrics.engine_scrape_errors).await;
     Response::builder()
         .header(
             header::CONTENT_TYPE,

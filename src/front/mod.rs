@@ -8,6 +8,7 @@
 //! - [`workers`]: one single-threaded runtime per core accepting on the front's socket.
 //! - [`route`]: the `route` header rules of `/predict`.
 //! - [`health`]: `/health`, `/livez`, `/metrics`, `/v1/models`.
+//! - [`page`]: the status page at `/` for browsers, and its JSON at `/status`.
 //! - [`auth`], [`errors`]: API key and OpenAI-shaped errors.
 
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod body;
 pub mod conn;
 pub mod errors;
 pub mod health;
+pub mod page;
 pub mod proxy;
 pub mod route;
 pub mod upstream;
@@ -22,7 +24,7 @@ pub mod workers;
 
 use axum::Router;
 use axum::http::HeaderValue;
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::serve::ListenerExt;
 use std::future::Future;
 use std::sync::Arc;
@@ -114,6 +116,8 @@ pub fn router(app: Arc<App>, health_endpoint: &str) -> Router {
     health_routes(health_endpoint)
         .route("/v1/models", get(health::list_models))
         .route("/v1/models/{*id}", get(health::get_model))
+        .route("/", any(page::root))
+        .route("/status", any(page::status))
         .fallback(proxy::handle)
         .with_state(app)
 }

@@ -1,6 +1,8 @@
-//! Observability: log set-up (text or JSON on stderr) and the Prometheus metrics registry.
+//! Observability: log set-up (text or JSON on stderr), the Prometheus metrics registry and
+//! the engines' own metrics merged into its scrape ([`scrape`]).
 
 pub mod metrics;
+pub mod scrape;
 pub mod sink;
 
 use tracing_subscriber::filter::{LevelFilter, Targets};

@@ -2,6 +2,9 @@
 //! timeouts and clean-up on drop.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod tools;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

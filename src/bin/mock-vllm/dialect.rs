@@ -370,18 +370,6 @@ pub fn models(cli: &Cli) -> Value {
     json!({"object": "list", "data": data})
 }
 
-/// The server's Prometheus text: one gauge and one counter under its own prefix.
-pub fn metrics_text(cli: &Cli, requests: u64) -> String {
-    let p = cli.dialect.metrics_prefix();
-    let name = &cli.names[0];
-    format!(
-        "# HELP {p}num_requests_running Requests running.\n# TYPE {p}num_requests_running gauge\n\
-         {p}num_requests_running{{model_name=\"{name}\"}} 0\n\
-         # HELP {p}request_success_total Requests finished.\n# TYPE {p}request_success_total counter\n\
-         {p}request_success_total{{model_name=\"{name}\"}} {requests}\n"
-    )
-}
-
 /// The adapter id the server would apply to a request naming `model` (TGI: any model
 /// other than `tgi`), for the `x-mock-adapter-id` response header.
 pub fn adapter_for<'a>(cli: &Cli, model: Option<&'a str>) -> Option<&'a str> {
