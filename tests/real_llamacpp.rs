@@ -211,6 +211,11 @@ fn llamacpp_python_serves_streams_restarts_and_counts_beside_vllm() {
             text.contains("modelmux_requests_total{model=\"tiny\",code=\"200\"}"),
             "{text}"
         );
+        // llama-cpp-python has no /metrics: its profile says so, and the scrape skips it.
+        assert!(
+            text.contains("modelmux_engine_scrape_errors_total{model=\"tiny\"} 0"),
+            "{text}"
+        );
     });
 
     // SIGTERM: exit 0, no engine of this run left.
