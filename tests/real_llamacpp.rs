@@ -348,6 +348,15 @@ fn llama_server_profile_against_the_real_llama_server() {
             .await
             .body;
         assert!(text.contains("llamacpp:prompt_tokens_total"), "{text}");
+        // ... and reach modelmux's own scrape with the model label.
+        let merged = common::get(&c, &mm.url("/metrics")).await.body;
+        assert!(
+            merged
+                .lines()
+                .any(|l| l.starts_with("llamacpp:prompt_tokens_total{")
+                    && l.contains("model=\"tiny\"")),
+            "{merged}"
+        );
     });
     mm.signal(Signal::SIGTERM);
     assert_eq!(
