@@ -152,7 +152,9 @@ fn print_plan(raw: &RawConfig, json: bool) -> ExitCode {
                     serde_json::to_string_pretty(&plan).expect("plan serialises")
                 );
             } else {
-                print!("{plan}");
+                // One string, so that stdout takes it in one write rather than line by line.
+                let text = plan.to_string();
+                print!("{text}");
             }
             ExitCode::SUCCESS
         }
@@ -172,13 +174,45 @@ fn print_gpus(raw: &RawConfig, json: bool) -> ExitCode {
         }
     };
     let inv = gpu::inventory(over.as_ref(), &NvmlDiscovery);
+    let plan = planned_use(raw, &inv);
     if json {
+        let mut doc = serde_json::to_value(&inv).expect("inventory serialises");
+        doc["plan"] = match &plan {
+            Some(p) => serde_json::json!({"gpu_memory_limit": p.gpu_memory_limit, "gpus": p.gpus}),
+            None => serde_json::Value::Null,
+        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&inv).expect("inventory serialises")
+            serde_json::to_string_pretty(&doc).expect("inventory serialises")
         );
     } else {
         print!("{}", gpu::describe(&inv));
+        if let Some(p) = plan.filter(|p| !p.gpus.is_empty()) {
+            print!(
+                "\nas planned for the configured models:\n{}",
+                crate::placement::render_table(&p.gpus, p.gpu_memory_limit)
+            );
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// The plan on these GPUs when models are configured, so that `gpus` shows each GPU's
+/// models and shares. A configuration that does not plan is reported, not fatal.
+fn planned_use(raw: &RawConfig, inv: &gpu::Inventory) -> Option<plan::LaunchPlan> {
+    let config = match config::load(raw) {
+        Ok(c) => c,
+        Err(config::ConfigError::NoSource) => return None,
+        Err(e) => {
+            tracing::warn!("no plan to show: {e}");
+            return None;
+        }
+    };
+    match plan::build(&config, inv) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("no plan to show: {e}");
+            None
+        }
+    }
 }

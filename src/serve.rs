@@ -16,7 +16,7 @@ use crate::config::{OnFailure, RawConfig, Settings};
 use crate::front::{self, App};
 use crate::plan::LaunchPlan;
 use crate::state::{Snapshot, StateRx};
-use crate::supervisor::{Failure, Reaper, Supervisor, group};
+use crate::supervisor::{Failure, Reaper, Supervisor, group, progress};
 
 /// Runs `serve` to completion and returns the process exit code.
 pub fn main(raw: &RawConfig) -> ExitCode {
@@ -30,6 +30,12 @@ pub fn main(raw: &RawConfig) -> ExitCode {
     if let Err(e) = check_engine_programs(&config) {
         tracing::error!("invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
+    }
+    // Memory the plan counts on but someone else holds (a stale engine, another container)
+    // fails here in one line, not in an engine's memory profile twenty minutes from now.
+    if let Err(e) = crate::gpu::check_free(&plan.gpus, &crate::gpu::NvmlDiscovery) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
     }
     // Orphans of engines (say a vLLM worker whose parent died) come back to modelmux and
     // are reaped. As PID 1 they come anyway.
@@ -130,6 +136,27 @@ async fn bind(var: &str, port: u16) -> Result<TcpListener, ExitCode> {
     })
 }
 
+/// The plan fixed the engine ports, the extra ones some profiles need included (TGI's
+/// Prometheus and torch master ports); one that another process holds would make its engine
+/// crash-loop on "address in use", so it is an error before anything starts.
+fn check_engine_ports(plan: &LaunchPlan) -> Result<(), String> {
+    for m in &plan.models {
+        let ports = std::iter::once((m.port, "engine port"))
+            .chain(m.extra_ports.iter().map(|&p| (p, "extra engine port")));
+        for (port, what) in ports {
+            if let Err(e) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                return Err(format!(
+                    "{what} 127.0.0.1:{port} of model {} is in use ({e}); engines get PORT+1, \
+                     PORT+2, ... (skipping HEALTH_CHECK_PORT), then the extra ports some engines \
+                     need: free that port, or move them with MODELMUX_ENGINE_BASE_PORT",
+                    m.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Kills every engine group at once (the second signal).
 fn kill_all_now(state: &StateRx) {
     for pid in state.borrow().models.iter().filter_map(|m| m.pid) {
@@ -139,6 +166,7 @@ fn kill_all_now(state: &StateRx) {
 
 /// Serves until a signal or a fatal failure; returns the exit code.
 pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
+    let started = tokio::time::Instant::now();
     let settings = Arc::new(settings);
     let reaper = match Reaper::start() {
         Ok(r) => r,
@@ -167,6 +195,11 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
     } else {
         None
     };
+
+    if let Err(e) = check_engine_ports(&plan) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
 
     let (state_tx, state_rx) = watch::channel(Snapshot::initial(&plan));
     let app = Arc::new(App::new(&plan, &settings, state_rx.clone()));
@@ -205,6 +238,13 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         "modelmux is up; starting engines"
     );
     let mut supervisor = Supervisor::start(&plan, settings.clone(), reaper, state_tx.clone());
+    let serving_on = format!("http://{}:{}", Ipv4Addr::UNSPECIFIED, settings.port);
+    tokio::spawn(progress::report(
+        state_rx.clone(),
+        settings.progress_interval,
+        started,
+        serving_on,
+    ));
 
     let exit_on_failure = settings.on_failure == OnFailure::Exit;
     let outcome = tokio::select! {
@@ -220,7 +260,10 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         Outcome::Signal(name) => {
             tracing::info!("{name} received; shutting down (send it again to kill at once)")
         }
-        Outcome::Failed(f) => tracing::error!("{f}; shutting down (MODELMUX_ON_FAILURE=exit)"),
+        Outcome::Failed(f) => tracing::error!(
+            "model {} failed; shutting down (MODELMUX_ON_FAILURE=exit)",
+            f.model
+        ),
         Outcome::FrontDied(why) => tracing::error!("{why}; shutting down"),
     }
 

@@ -5,7 +5,7 @@
 //! such a directory (`make test-llamacpp` does). When `llama-server` was built too
 //! (`--with-llama-server`), the `llamacpp` profile is tested against it as well; when the
 //! vLLM tier is there too (`MODELMUX_REAL_DIR`, `make test-vllm`), one vLLM and one llama.cpp
-//! model run behind one front.
+//! model run behind one front, and SIGKILL of modelmux leaves no process of that run.
 
 mod common;
 
@@ -239,7 +239,8 @@ fn sigkill_of_modelmux_leaves_no_llamacpp_engine() {
     };
     let setup = mixed_setup(&python, &model);
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    // Engine ports follow PORT: a block of free ports.
+    let port = common::port_block();
     let mut cmd = setup.command(dir.path(), port);
     cmd.stderr(std::process::Stdio::piped());
     // Its own session, as by hand on a GPU box: no terminal or test harness kills for it.
@@ -367,28 +368,13 @@ fn llama_server_profile_against_the_real_llama_server() {
     );
 }
 
-/// Every pid whose environment carries `MODELMUX_ENGINES_TEST_RUN=marker`: the processes of
-/// one run of this file, engines' children included, and no one else's.
-fn run_pids(marker: &str) -> Vec<u32> {
-    let needle = format!("MODELMUX_ENGINES_TEST_RUN={marker}");
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return vec![];
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                && common::alive(*pid)
-        })
-        .collect()
-}
-
-/// Kills every process of one run when the test ends, passed or failed.
+/// Kills every process of one run (those carrying its marker, `MMX_TEST_MARK=...`) when the
+/// test ends, passed or failed.
 struct KillRun(String);
 
 impl Drop for KillRun {
     fn drop(&mut self) {
-        for pid in run_pids(&self.0) {
+        for pid in common::marked(&self.0) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
@@ -417,7 +403,7 @@ fn vllm_and_llamacpp_behind_one_front() {
         );
         return;
     }
-    let marker = format!("{}-{}", std::process::id(), common::free_port());
+    let (mark, marker) = common::new_mark("vllm_and_llamacpp");
     let _cleanup = KillRun(marker.clone());
     let cache = real.join("cache");
     let mut setup = Setup {
@@ -434,7 +420,7 @@ fn vllm_and_llamacpp_behind_one_front() {
         args: Vec::new(),
     };
     for (k, v) in [
-        ("MODELMUX_ENGINES_TEST_RUN", marker.as_str()),
+        ("MMX_TEST_MARK", mark.as_str()),
         ("HF_HUB_OFFLINE", "1"),
         ("TRANSFORMERS_OFFLINE", "1"),
         ("VLLM_NO_USAGE_STATS", "1"),
@@ -511,24 +497,49 @@ fn vllm_and_llamacpp_behind_one_front() {
         "vLLM was disturbed"
     );
 
-    // SIGKILL of modelmux: both engines' main processes die with it.
+    // SIGKILL of modelmux: no process of the run is left, the engines' main processes,
+    // vLLM's EngineCore (a grandchild) and the guardians included.
     let engines = [vllm, ready_pid(&mm, "tiny").unwrap() as u32];
-    let before = run_pids(&marker).len();
+    let before = common::marked(&marker);
+    assert!(
+        before.len() > 3,
+        "modelmux, two guardians, two engines and vLLM's EngineCore at least: {before:?}"
+    );
+    let killed = Instant::now();
     mm.signal(Signal::SIGKILL);
     common::wait_until(
         Duration::from_secs(15),
         "engines gone after SIGKILL",
         || engines.iter().all(|p| !common::alive(*p)),
     );
-    // vLLM's EngineCore is a grandchild; containing it is the supervisor's guardian
-    // (issue 10): reported here, asserted by the vLLM tier.
-    std::thread::sleep(Duration::from_secs(2));
-    let left = run_pids(&marker);
+    let mut left = common::marked(&marker);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        left = common::marked(&marker);
+    }
+    let describe = |pids: &[u32]| -> Vec<String> {
+        pids.iter()
+            .map(|p| {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                format!("{p} {}", cmd.trim())
+            })
+            .collect()
+    };
+    assert!(
+        left.is_empty(),
+        "processes of the run left {:.0} s after SIGKILL of modelmux: {:?} (of {})",
+        killed.elapsed().as_secs_f64(),
+        describe(&left),
+        before.len()
+    );
     let _ = std::io::Write::write_fmt(
         &mut std::io::stderr(),
         format_args!(
-            "{} of {before} processes of the run left 2 s after SIGKILL of modelmux: {left:?}\n",
-            left.len()
+            "all {} processes of the run gone {:.1} s after SIGKILL of modelmux\n",
+            before.len(),
+            killed.elapsed().as_secs_f64()
         ),
     );
 }

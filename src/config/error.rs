@@ -94,6 +94,10 @@ pub enum ConfigError {
         /// The OS error.
         message: String,
     },
+
+    /// A GPU setting (`MODELMUX_GPUS`) is unusable; the gpu module says why.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
 }
 
 /// For a path under the model root, where relative paths are resolved; nothing for a path

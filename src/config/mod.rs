@@ -4,6 +4,7 @@
 
 mod checks;
 mod error;
+pub mod memory_args;
 pub mod params;
 mod raw;
 mod settings;
@@ -13,11 +14,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use memory_args::MemoryArgs;
 pub use params::{Arg, EngineArgs};
 pub use raw::RawConfig;
 pub use settings::{
-    DEFAULT_ENGINE_CMD, DEFAULT_MODEL_ROOT, LogFormat, OnFailure, Settings, command_line,
-    log_format,
+    DEFAULT_ENGINE_CMD, DEFAULT_GPU_MEMORY_LIMIT, DEFAULT_MODEL_ROOT, LogFormat, OnFailure,
+    Settings, command_line, log_format,
 };
 
 use crate::engines::{self, Engine, ModelInput};
@@ -66,6 +68,9 @@ pub struct ModelSpec {
     /// Where `engine_cmd` came from (`models[0].engine_cmd`, `MODELMUX_ENGINE_CMD`, or
     /// `engine tgi (default command)`), for messages.
     pub engine_cmd_origin: String,
+    /// The engine flags that size its GPU memory (the context length, the GPU-memory
+    /// fraction in the engine's own spelling; vLLM's `--kv-cache-dtype`, ...), checked.
+    pub memory: MemoryArgs,
 }
 
 /// The whole validated configuration.
@@ -231,6 +236,7 @@ fn resolve_model(
         fine_tune,
     };
     let r = engines::resolve(engine, input, warnings)?;
+    let memory = MemoryArgs::from_args(engine, &r.args, &params_origin, r.gpu_demand)?;
     Ok(ModelSpec {
         origin: m.origin.clone(),
         model_path: m.model_path.clone(),
@@ -245,6 +251,7 @@ fn resolve_model(
         engine,
         engine_cmd,
         engine_cmd_origin,
+        memory,
     })
 }
 

@@ -130,4 +130,22 @@ pub struct RawConfig {
     /// or llamacpp-python.
     #[arg(long, env = "MODELMUX_ENGINE", global = true)]
     pub engine: Option<String>,
+
+    /// First engine port; engines get consecutive ports from it, skipping PORT and
+    /// HEALTH_CHECK_PORT (default PORT + 1).
+    #[arg(long, env = "MODELMUX_ENGINE_BASE_PORT", global = true)]
+    pub engine_base_port: Option<String>,
+
+    /// Seconds a ready engine may have requests running without generating a token before
+    /// it counts as hung and is restarted; 0 turns the check off (default 120).
+    #[arg(long, env = "MODELMUX_STALL_TIMEOUT", global = true)]
+    pub stall_timeout: Option<String>,
+
+    /// Seconds between the "still loading" log lines while models load (default 10).
+    #[arg(long, env = "MODELMUX_PROGRESS_INTERVAL", global = true)]
+    pub progress_interval: Option<String>,
+
+    /// The fraction of each GPU's memory all engines on it may use together (default 0.92).
+    #[arg(long, env = "MODELMUX_GPU_MEMORY_LIMIT", global = true)]
+    pub gpu_memory_limit: Option<String>,
 }

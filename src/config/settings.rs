@@ -8,9 +8,11 @@ use super::{ConfigError, RawConfig};
 use crate::engines::Engine;
 use crate::gpu::GpuOverride;
 
-/// Default engine command of the default profile (vLLM's OpenAI server); each profile has
-/// its own ([`crate::engines::Profile::default_cmd`]).
-pub const DEFAULT_ENGINE_CMD: &str = "python3 -m vllm.entrypoints.openai.api_server";
+/// Default engine command of the default profile: vLLM's own CLI, as vLLM's images run it
+/// (the model goes right after `serve`; the `python3 -m vllm.entrypoints.openai.api_server`
+/// module still works and takes `--model`). Each profile has its own
+/// ([`crate::engines::Profile::default_cmd`]).
+pub const DEFAULT_ENGINE_CMD: &str = "vllm serve";
 /// Default base directory of relative model paths (where OCI mounts model artifacts).
 pub const DEFAULT_MODEL_ROOT: &str = "/opt/ds/model/deployed_model";
 
@@ -71,6 +73,36 @@ pub struct Settings {
     pub health_timeout: Duration,
     /// First restart delay.
     pub restart_delay: Duration,
+    /// The first engine port (`MODELMUX_ENGINE_BASE_PORT`, default `PORT + 1`): model `i`
+    /// gets the `i`-th port from here that is neither `PORT` nor `HEALTH_CHECK_PORT`.
+    pub engine_base_port: u16,
+    /// How long a ready engine may have requests running without making progress before it
+    /// counts as hung and is restarted (`MODELMUX_STALL_TIMEOUT`); `None` (`0`) turns the
+    /// check off.
+    pub stall_timeout: Option<Duration>,
+    /// Interval between "still loading" lines while models load.
+    pub progress_interval: Duration,
+    /// The fraction of each GPU's memory that all engines on it may use together
+    /// (`MODELMUX_GPU_MEMORY_LIMIT`).
+    pub gpu_memory_limit: f64,
+}
+
+/// Default of `MODELMUX_GPU_MEMORY_LIMIT` (SPEC §2).
+pub const DEFAULT_GPU_MEMORY_LIMIT: f64 = 0.92;
+
+/// A fraction in (0, 1], for `MODELMUX_GPU_MEMORY_LIMIT`.
+fn fraction(var: &str, value: Option<&str>, default: f64) -> Result<f64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(ConfigError::var(
+            var,
+            value,
+            "must be a fraction above 0 and at most 1, such as 0.92",
+        )),
+    }
 }
 
 fn parse_port(var: &str, value: &str) -> Result<u16, ConfigError> {
@@ -176,6 +208,16 @@ impl Settings {
                 )
             })?,
         };
+        let engine_base_port = match &raw.engine_base_port {
+            Some(v) => parse_port("MODELMUX_ENGINE_BASE_PORT", v)?,
+            None => port.checked_add(1).ok_or_else(|| {
+                ConfigError::var(
+                    "PORT",
+                    "65535",
+                    "leaves no room for engine ports after it; set MODELMUX_ENGINE_BASE_PORT",
+                )
+            })?,
+        };
         let engine_cmd = raw
             .engine_cmd
             .as_deref()
@@ -269,6 +311,25 @@ impl Settings {
                 1.0,
                 0.0,
             )?,
+            engine_base_port,
+            stall_timeout: Some(seconds(
+                "MODELMUX_STALL_TIMEOUT",
+                raw.stall_timeout.as_deref(),
+                120.0,
+                0.0,
+            )?)
+            .filter(|t| !t.is_zero()),
+            progress_interval: seconds(
+                "MODELMUX_PROGRESS_INTERVAL",
+                raw.progress_interval.as_deref(),
+                10.0,
+                0.05,
+            )?,
+            gpu_memory_limit: fraction(
+                "MODELMUX_GPU_MEMORY_LIMIT",
+                raw.gpu_memory_limit.as_deref(),
+                DEFAULT_GPU_MEMORY_LIMIT,
+            )?,
         })
     }
 }
@@ -301,6 +362,29 @@ mod tests {
         assert_eq!(s.model_root, PathBuf::from("/opt/ds/model/deployed_model"));
         assert_eq!(s.predict_endpoint, "/v1/completions");
         assert_eq!(s.health_endpoint, "/health");
+        assert_eq!(s.engine_base_port, 8081);
+        assert_eq!(s.stall_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(s.progress_interval, Duration::from_secs(10));
+        assert_eq!(s.gpu_memory_limit, 0.92);
+    }
+
+    #[test]
+    fn a_stall_timeout_of_zero_turns_the_check_off() {
+        let with = |v: &str| {
+            let raw = RawConfig {
+                stall_timeout: Some(v.into()),
+                ..RawConfig::default()
+            };
+            Settings::from_raw(&raw).map(|s| s.stall_timeout)
+        };
+        assert_eq!(with("0").unwrap(), None);
+        assert_eq!(with("2.5").unwrap(), Some(Duration::from_millis(2500)));
+        assert!(
+            with("-1")
+                .unwrap_err()
+                .to_string()
+                .starts_with("MODELMUX_STALL_TIMEOUT=\"-1\": not a number of seconds")
+        );
     }
 
     #[test]
@@ -335,6 +419,14 @@ mod tests {
             err(|r| r.max_body_bytes = Some("0".into())).starts_with("MODELMUX_MAX_BODY_BYTES=")
         );
         assert!(err(|r| r.gpus = Some("two".into())).starts_with("MODELMUX_GPUS=\"two\""));
+        for bad in ["0", "1.5", "-0.2", "half", "NaN"] {
+            assert_eq!(
+                err(|r| r.gpu_memory_limit = Some(bad.into())),
+                format!(
+                    "MODELMUX_GPU_MEMORY_LIMIT={bad:?}: must be a fraction above 0 and at most 1, such as 0.92"
+                )
+            );
+        }
         assert!(
             err(|r| r.predict_endpoint = Some("http://evil/x".into()))
                 .starts_with("MODEL_DEPLOY_PREDICT_ENDPOINT=")

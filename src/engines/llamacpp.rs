@@ -22,6 +22,7 @@ pub static LLAMA_SERVER: Profile = Profile {
     source: "llama.cpp as vendored in llama-cpp-python 0.3.36 (common/arg.cpp, tools/server/server.cpp)",
     default_cmd: &["llama-server"],
     model_flag: "--model",
+    model_positional_after: None,
     host_flag: "--host",
     port_flag: "--port",
     served_name: ServedName::Comma("--alias"),
@@ -34,6 +35,9 @@ pub static LLAMA_SERVER: Profile = Profile {
         ("-ts", "--tensor-split"),
         ("-dev", "--device"),
         ("-c", "--ctx-size"),
+        ("-t", "--threads"),
+        ("-C", "--cpu-mask"),
+        ("-Cr", "--cpu-range"),
     ],
     vocabulary: &[
         (Concept::ModelPath, "--model"),
@@ -46,6 +50,7 @@ pub static LLAMA_SERVER: Profile = Profile {
         (Concept::Adapters, "--lora"),
         (Concept::MaxContext, "--ctx-size"),
         (Concept::Metrics, "--metrics"),
+        (Concept::ApiKey, "--api-key"),
     ],
     gpu_count: GpuCount::Layers {
         layers: "--n-gpu-layers",
@@ -54,14 +59,41 @@ pub static LLAMA_SERVER: Profile = Profile {
         devices: Some("--device"),
     },
     adapters: AdapterStyle::Unnamed { flag: "--lora" },
+    // `-c 0` (and the default, `n_ctx = 0` in common/common.h): the model's training context.
+    context: ContextRule {
+        default: None,
+        model_values: &["0"],
+        suffixes: false,
+    },
     health_path: "/health",
     metrics: Some(Metrics {
         path: "/metrics",
         prefix: "llamacpp:",
+        // `tools/server/server-task.cpp` (`to_metrics`): `n_decode_total` grows with every
+        // `llama_decode()` call; the token counters when a request's slot is released. The
+        // server's main loop answers `/metrics`, so a loop stuck in a decode does not answer
+        // it at all: no reading, no verdict (the health probe does not go through that loop).
+        progress: ProgressMetrics {
+            running: "llamacpp:requests_processing",
+            generated: None,
+            progress: &[
+                "llamacpp:n_decode_total",
+                "llamacpp:prompt_tokens_total",
+                "llamacpp:tokens_predicted_total",
+            ],
+        },
     }),
     default_flags: &["--metrics"],
     env: &[],
     per_instance: &[],
+    // `common/arg.cpp`: `-C/--cpu-mask M` (hex) binds the threads; `-t/--threads N` must
+    // match it or llama.cpp warns and starts one thread per physical core of the machine.
+    cpu_bind: CpuBind::MaskFlags {
+        mask: "--cpu-mask",
+        threads: "--threads",
+        own: &["--cpu-mask", "--cpu-range", "--threads"],
+    },
+    api_key_env: Some("LLAMA_API_KEY"),
     models_list: ModelsList::FirstName,
     request_model: None,
     uuid_request_ids: false,
@@ -74,6 +106,7 @@ pub static LLAMA_CPP_PYTHON: Profile = Profile {
     source: "llama-cpp-python 0.3.36 (llama_cpp/server/settings.py, cli.py, app.py)",
     default_cmd: &["python3", "-m", "llama_cpp.server"],
     model_flag: "--model",
+    model_positional_after: None,
     host_flag: "--host",
     port_flag: "--port",
     served_name: ServedName::One("--model_alias"),
@@ -88,6 +121,7 @@ pub static LLAMA_CPP_PYTHON: Profile = Profile {
         (Concept::TensorSplit, "--tensor_split"),
         (Concept::Adapters, "--lora_path"),
         (Concept::MaxContext, "--n_ctx"),
+        (Concept::ApiKey, "--api_key"),
     ],
     gpu_count: GpuCount::Layers {
         layers: "--n-gpu-layers",
@@ -98,6 +132,12 @@ pub static LLAMA_CPP_PYTHON: Profile = Profile {
     adapters: AdapterStyle::Unnamed {
         flag: "--lora_path",
     },
+    // `n_ctx: int = Field(default=2048)` in settings.py; 0 is the model's own, as in llama.cpp.
+    context: ContextRule {
+        default: Some(2048),
+        model_values: &["0"],
+        suffixes: false,
+    },
     health_path: "/v1/models",
     metrics: None,
     default_flags: &[],
@@ -106,6 +146,8 @@ pub static LLAMA_CPP_PYTHON: Profile = Profile {
     // containers set PORT for the front.
     env: &[("HOST", EnvValue::Host), ("PORT", EnvValue::Port)],
     per_instance: &[],
+    cpu_bind: CpuBind::None,
+    api_key_env: None,
     models_list: ModelsList::FirstName,
     request_model: None,
     // `app.py`: `Middleware(RawContextMiddleware, plugins=(RequestIdPlugin(),))`, which

@@ -9,11 +9,14 @@ mod sglang;
 mod tgi;
 mod vllm;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
+use serde_json::Value;
 
 pub use profile::{
-    AdapterStyle, Concept, EnvValue, FlagStyle, GpuCount, Metrics, ModelsList, PerInstance,
-    Profile, ServedName, dashed,
+    AdapterStyle, Concept, ContextRule, CpuBind, EnvValue, FlagStyle, GpuCount, Metrics,
+    ModelsList, PerInstance, Profile, ProgressMetrics, ServedName, dashed,
 };
 pub use vllm::DEFAULT_CMD as VLLM_DEFAULT_CMD;
 
@@ -536,18 +539,39 @@ pub fn launch_env(engine: Engine, port: u16) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The launcher's own flags, in the profile's spelling: model path, host, port, then the
-/// per-instance flags `params` did not set (`extra` holds their ports, in order).
-pub fn launch_args(
+/// The engine's full command line: its command, the model path (positional right after
+/// the profile's subcommand when the command ends with it, as `vllm serve MODEL`; else the
+/// profile's model flag), the launcher's host and port, the per-instance flags `params` did
+/// not set (`extra` holds their ports, in order), then `args`.
+pub fn argv(
     engine: Engine,
+    cmd: &[String],
     model_path: &str,
     port: u16,
     extra: &[u16],
     args: &EngineArgs,
-) -> Vec<Arg> {
+) -> Vec<String> {
+    let p = engine.profile();
+    let positional = p
+        .model_positional_after
+        .is_some_and(|sub| cmd.last().is_some_and(|w| w == sub));
+    let mut out = cmd.to_vec();
+    if positional {
+        out.push(model_path.to_string());
+    } else {
+        out.extend(Arg::new(p.model_flag, &[model_path]).tokens());
+    }
+    let own = launch_args(engine, port, extra, args);
+    out.extend(own.iter().flat_map(Arg::tokens));
+    out.extend(args.tokens());
+    out
+}
+
+/// The launcher's own flags after the model path, in the profile's spelling: host, port,
+/// then the per-instance flags `params` did not set (`extra` holds their ports, in order).
+fn launch_args(engine: Engine, port: u16, extra: &[u16], args: &EngineArgs) -> Vec<Arg> {
     let p = engine.profile();
     let mut out = vec![
-        Arg::new(p.model_flag, &[model_path]),
         Arg::new(p.host_flag, &["127.0.0.1"]),
         Arg::new(p.port_flag, &[&port.to_string()]),
     ];
@@ -567,6 +591,126 @@ pub fn launch_args(
         }
     }
     out
+}
+
+/// With `MODELMUX_GPUS=none`: the number of core sets (one per rank) this model's engine
+/// takes from the split, or `None` when its profile cannot be told its cores or the model
+/// chose its own (its `env` sets the variable, its `params` the flags).
+pub fn cpu_ranks(
+    engine: Engine,
+    args: &EngineArgs,
+    env: &BTreeMap<String, String>,
+    gpu_demand: u32,
+) -> Option<usize> {
+    match engine.profile().cpu_bind {
+        CpuBind::None => None,
+        CpuBind::Env { var } => (!env.contains_key(var)).then(|| gpu_demand.max(1) as usize),
+        CpuBind::MaskFlags { own, .. } => own.iter().all(|f| !args.has(f)).then_some(1),
+    }
+}
+
+/// Gives an engine its cores (`cores`: a kernel CPU list per rank, ranks separated by `|`,
+/// as [`crate::cpus::Topology::split`] writes them) the profile's way: the variable in
+/// `env`, or the mask and thread-count flags in `args`.
+pub fn bind_cpus(
+    engine: Engine,
+    cores: &str,
+    args: &mut EngineArgs,
+    env: &mut BTreeMap<String, String>,
+) {
+    match engine.profile().cpu_bind {
+        CpuBind::None => {}
+        CpuBind::Env { var } => {
+            env.insert(var.to_string(), cores.to_string());
+        }
+        CpuBind::MaskFlags { mask, threads, .. } => {
+            let cpus = crate::cpus::parse_list(&cores.replace('|', ","));
+            if cpus.is_empty() {
+                return;
+            }
+            args.args.push(Arg::new(mask, &[&hex_mask(&cpus)]));
+            args.args
+                .push(Arg::new(threads, &[&cpus.len().to_string()]));
+        }
+    }
+}
+
+/// CPU ids as a hexadecimal affinity mask, `0x` first (CPU 0 is the lowest bit).
+pub fn hex_mask(cpus: &[u32]) -> String {
+    let top = cpus.iter().copied().max().unwrap_or(0);
+    let mut nibbles = vec![0u8; top as usize / 4 + 1];
+    for &c in cpus {
+        nibbles[c as usize / 4] |= 1 << (c % 4);
+    }
+    let digits: String = nibbles
+        .iter()
+        .rev()
+        .map(|n| char::from_digit(u32::from(*n), 16).expect("a nibble"))
+        .collect();
+    format!("0x{digits}")
+}
+
+/// The API key the engine requires of its clients (modelmux's own probe of its
+/// `/v1/models` included): its flag in the engine's command line, else the profile's
+/// variable in the engine's environment or modelmux's. llama.cpp takes a comma list; the
+/// first key is used.
+pub fn api_key(engine: Engine, argv: &[String], env: &BTreeMap<String, String>) -> Option<String> {
+    let p = engine.profile();
+    let from_flag = p.flag(Concept::ApiKey).and_then(|flag| {
+        let inline = format!("{flag}=");
+        argv.iter().enumerate().rev().find_map(|(i, a)| {
+            a.strip_prefix(&inline)
+                .map(str::to_string)
+                .or_else(|| (a == flag).then(|| argv.get(i + 1).cloned()).flatten())
+        })
+    });
+    let from_env = || {
+        let var = p.api_key_env?;
+        env.get(var).cloned().or_else(|| std::env::var(var).ok())
+    };
+    from_flag
+        .or_else(from_env)
+        .map(|k| match engine {
+            Engine::Llamacpp => k.split(',').next().unwrap_or("").trim().to_string(),
+            _ => k,
+        })
+        .filter(|k| !k.is_empty())
+}
+
+/// The engine's own `/v1/models` entries completed for modelmux's list: every served name
+/// the engine does not list itself (SGLang and llama.cpp list only the first, TGI only its
+/// model id: [`ModelsList`]) gets a copy of the engine's base-model entry with its `id`
+/// set to the name, so that the engine's fields (`max_model_len`, `owned_by`, `meta`, ...)
+/// reach the front's list for every name. Adapters the engine does not list are left to
+/// the front's own entries.
+pub fn model_entries(
+    served_names: &[String],
+    model_path: &str,
+    adapters: &[String],
+    mut list: Vec<Value>,
+) -> Vec<Value> {
+    let id_is = |e: &Value, id: &str| e.get("id").and_then(Value::as_str) == Some(id);
+    let base = served_names
+        .iter()
+        .find_map(|n| list.iter().find(|e| id_is(e, n)))
+        .or_else(|| list.iter().find(|e| id_is(e, model_path)))
+        .or_else(|| {
+            list.iter()
+                .find(|e| !adapters.iter().any(|a| id_is(e, a)) && e.is_object())
+        })
+        .filter(|e| e.is_object())
+        .cloned();
+    let Some(base) = base else {
+        return list;
+    };
+    for name in served_names {
+        if !list.iter().any(|e| id_is(e, name)) {
+            let mut entry = base.clone();
+            entry["id"] = Value::String(name.clone());
+            list.push(entry);
+        }
+    }
+    list
 }
 
 #[cfg(test)]

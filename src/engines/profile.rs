@@ -37,6 +37,8 @@ pub enum Concept {
     TensorSplit,
     /// Turns the Prometheus endpoint on.
     Metrics,
+    /// The key the server requires of clients (its own `/v1/models` included).
+    ApiKey,
 }
 
 /// How flags are spelled: vLLM takes `--max_model_len` and `--max-model-len`, most servers
@@ -145,6 +147,37 @@ pub struct Metrics {
     pub path: &'static str,
     /// The prefix of the engine's own series (`vllm:`), for the one-scrape `/metrics`.
     pub prefix: &'static str,
+    /// The series that tell a working engine from a hung one (`MODELMUX_STALL_TIMEOUT`).
+    pub progress: ProgressMetrics,
+}
+
+/// The metric names that tell whether an engine is working, for hung-engine detection
+/// (`supervisor::stall`): requests in its running batch, and values that move while it
+/// works on them. A hung engine has requests running and none of them moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ProgressMetrics {
+    /// Gauge: requests in the engine's running batch (summed over its label sets).
+    pub running: &'static str,
+    /// The counter of generated tokens when the server counts them as they come out (named
+    /// in the restart reason); `None` where it counts them only when a request finishes.
+    pub generated: Option<&'static str>,
+    /// Other series that move while the engine works: counters of work done (prompt
+    /// tokens, finished requests, forward passes), or gauges the server refreshes as it
+    /// steps, so that a long prefill or an embedding model is not taken for a hang.
+    pub progress: &'static [&'static str],
+}
+
+/// How the engine reads its context-length flag ([`Concept::MaxContext`]), for the memory
+/// estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ContextRule {
+    /// The length the engine plans for when the flag is absent; `None`: the model's own
+    /// (`max_position_embeddings`, or the GGUF's training context).
+    pub default: Option<u64>,
+    /// Values of the flag that mean the model's own length (vLLM `auto`, `-1`; llama.cpp `0`).
+    pub model_values: &'static [&'static str],
+    /// Whether the value may carry vLLM's `k`/`K`/`m`/`M`/`g`/`G` suffixes (`32k`).
+    pub suffixes: bool,
 }
 
 /// A flag the launcher adds with a value of its own unless `params` sets it: values the
@@ -157,6 +190,31 @@ pub enum PerInstance {
     Port(&'static str),
     /// A path unique to the engine: `/tmp/modelmux-{profile}-{engine port}`.
     TmpPath(&'static str),
+}
+
+/// How a CPU engine (`MODELMUX_GPUS=none`) is given its own cores (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum CpuBind {
+    /// The server has no way to be told its cores: it gets none of the split.
+    None,
+    /// A variable with the cores in the kernel's list syntax, one list per tensor- or
+    /// pipeline-parallel rank separated by `|` (vLLM's `VLLM_CPU_OMP_THREADS_BIND`); a
+    /// model's own `env` setting it keeps its value.
+    Env {
+        /// The variable.
+        var: &'static str,
+    },
+    /// A hexadecimal affinity-mask flag and a thread-count flag (llama.cpp `--cpu-mask`,
+    /// `--threads`: one thread per core); `params` that set any of `own` keep theirs.
+    MaskFlags {
+        /// The mask flag.
+        mask: &'static str,
+        /// The thread-count flag.
+        threads: &'static str,
+        /// Canonical flags with which `params` choose the cores or threads themselves.
+        own: &'static [&'static str],
+    },
 }
 
 /// A value the launcher puts in an engine's environment.
@@ -182,6 +240,10 @@ pub struct Profile {
     pub default_cmd: &'static [&'static str],
     /// The launcher's flags for model path, host and port, in the server's spelling.
     pub model_flag: &'static str,
+    /// A subcommand after which the model path is positional instead of `model_flag`: when
+    /// the engine command ends with it (vLLM's `vllm serve MODEL`), the path goes right
+    /// after it; other commands of the profile (vLLM's API server module) take `model_flag`.
+    pub model_positional_after: Option<&'static str>,
     /// See `model_flag`.
     pub host_flag: &'static str,
     /// See `model_flag`.
@@ -200,6 +262,8 @@ pub struct Profile {
     pub gpu_count: GpuCount,
     /// How adapters are passed.
     pub adapters: AdapterStyle,
+    /// How the context-length flag reads, for the memory estimate.
+    pub context: ContextRule,
     /// The readiness and liveness path (200 when ready).
     pub health_path: &'static str,
     /// The Prometheus endpoint, if the server has one.
@@ -213,6 +277,10 @@ pub struct Profile {
     /// model's `env`: servers that read their address from the environment ahead of their
     /// flags would otherwise take the front's `PORT`.
     pub env: &'static [(&'static str, EnvValue)],
+    /// How a CPU engine is given its cores.
+    pub cpu_bind: CpuBind,
+    /// The variable the server reads its API key from when no flag gives one.
+    pub api_key_env: Option<&'static str>,
     /// What `GET /v1/models` lists.
     pub models_list: ModelsList,
     /// The `"model"` value the engine expects in requests for the base model, when it is

@@ -17,6 +17,7 @@ pub static PROFILE: Profile = Profile {
     source: "sglang 0.5.23 wheel (srt/arg_groups/fields/*.py, srt/entrypoints/http_server.py)",
     default_cmd: &["python3", "-m", "sglang.launch_server"],
     model_flag: "--model-path",
+    model_positional_after: None,
     host_flag: "--host",
     port_flag: "--port",
     served_name: ServedName::One("--served-model-name"),
@@ -40,6 +41,7 @@ pub static PROFILE: Profile = Profile {
         (Concept::GpuMemoryFraction, "--mem-fraction-static"),
         (Concept::MaxContext, "--context-length"),
         (Concept::Metrics, "--enable-metrics"),
+        (Concept::ApiKey, "--api-key"),
         // The device type (`cuda`, `cpu`, ...), not llama.cpp's device list; listed so that
         // it is not taken for llama.cpp's flag.
         (Concept::Devices, "--device"),
@@ -53,14 +55,35 @@ pub static PROFILE: Profile = Profile {
         flag: "--lora-paths",
         enable: None,
     },
+    context: ContextRule {
+        default: None,
+        model_values: &[],
+        suffixes: false,
+    },
     health_path: "/health",
     metrics: Some(Metrics {
         path: "/metrics",
         prefix: "sglang:",
+        // `srt/metrics/collector.py`: the token counters grow only when a request finishes
+        // (`observe_one_finished_request`), so the scheduler's gauges, refreshed every few
+        // dozen decode steps and at each prefill, say that it is stepping.
+        progress: ProgressMetrics {
+            running: "sglang:num_running_reqs",
+            generated: None,
+            progress: &[
+                "sglang:num_used_tokens",
+                "sglang:gen_throughput",
+                "sglang:generation_tokens_total",
+                "sglang:prompt_tokens_total",
+                "sglang:num_requests_total",
+            ],
+        },
     }),
     default_flags: &["--enable-metrics"],
     env: &[],
     per_instance: &[],
+    cpu_bind: CpuBind::None,
+    api_key_env: None,
     models_list: ModelsList::FirstName,
     request_model: None,
     uuid_request_ids: false,

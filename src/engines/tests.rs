@@ -42,8 +42,7 @@ fn params_error(engine: &str, params: &str) -> String {
 fn each_profile_spells_the_launcher_flags_its_own_way() {
     assert_eq!(
         argv("vllm", "-tp 2"),
-        "python3 -m vllm.entrypoints.openai.api_server --model org/m --host 127.0.0.1 --port 9000 \
-         --served-model-name org/m -tp 2"
+        "vllm serve org/m --host 127.0.0.1 --port 9000 --served-model-name org/m -tp 2"
     );
     assert_eq!(
         argv("sglang", "--tp-size 2 --served-model-name chat"),
@@ -64,6 +63,43 @@ fn each_profile_spells_the_launcher_flags_its_own_way() {
         argv("llamacpp-python", "--n_ctx 512"),
         "python3 -m llama_cpp.server --model org/m --host 127.0.0.1 --port 9000 \
          --model_alias org/m --n_ctx 512"
+    );
+}
+
+#[test]
+fn vllm_takes_the_model_after_serve_and_as_model_elsewhere() {
+    let with_cmd = |cmd: &str| {
+        let models = r#"{"models": [{"model_path": "org/m", "params": "--served-model-name m"}]}"#;
+        let c = load(models, |raw| raw.engine_cmd = Some(cmd.into())).unwrap();
+        let inv = GpuOverride::parse("1").unwrap().inventory();
+        let p = plan::build_with_ports(&c, &inv, &[9000]).unwrap();
+        p.models[0].argv.join(" ")
+    };
+    // `vllm serve MODEL`: positional right after `serve` (vLLM warns about --model there).
+    assert_eq!(
+        with_cmd("/opt/venv/bin/vllm serve"),
+        "/opt/venv/bin/vllm serve org/m --host 127.0.0.1 --port 9000 --served-model-name m"
+    );
+    // The API server module (the real tier's command) takes --model.
+    assert_eq!(
+        with_cmd("/opt/venv/bin/python -m vllm.entrypoints.openai.api_server"),
+        "/opt/venv/bin/python -m vllm.entrypoints.openai.api_server --model org/m --host \
+         127.0.0.1 --port 9000 --served-model-name m"
+    );
+    // Only vLLM's profile has the rule: a wrapper named serve for another server still gets
+    // that server's model flag.
+    let models = r#"{"models": [{"model_path": "org/m", "engine": "sglang",
+        "engine_cmd": "/opt/wrap serve"}]}"#;
+    let c = load(models, |_| ()).unwrap();
+    let inv = GpuOverride::parse("1").unwrap().inventory();
+    let p = plan::build_with_ports(&c, &inv, &[9000]).unwrap();
+    assert!(
+        p.models[0]
+            .argv
+            .join(" ")
+            .starts_with("/opt/wrap serve --model-path org/m "),
+        "{:?}",
+        p.models[0].argv
     );
 }
 
@@ -336,7 +372,7 @@ fn engine_and_command_come_from_the_model_then_the_environment() {
             "/usr/local/bin/tgi-launcher --json-output",
             "/usr/local/bin/tgi-launcher --json-output",
             "/opt/sgl/bin/python -m sglang.launch_server",
-            "python3 -m vllm.entrypoints.openai.api_server",
+            "vllm serve",
         ]
     );
     assert_eq!(
@@ -472,4 +508,425 @@ fn plan_shows_engine_health_and_metrics() {
     assert_eq!(m["metrics_prefix"], "tgi_");
     assert_eq!(m["models_list"], "model_path");
     assert_eq!(m["request_model"], "tgi");
+}
+
+/// A model root with a small safetensors model (`qwen`, Qwen2-0.5B's shape) and a GGUF file
+/// (`tiny.gguf`, 4.9 GB, 8k context), sparse.
+fn model_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    crate::weights::fixtures::QWEN2_0_5B
+        .write(&root.path().join("qwen"), 1)
+        .unwrap();
+    crate::weights::write_minimal_gguf(
+        &root.path().join("tiny.gguf"),
+        "llama",
+        &[
+            ("block_count", 32),
+            ("attention.head_count", 32),
+            ("attention.head_count_kv", 8),
+            ("embedding_length", 4096),
+            ("context_length", 8192),
+        ],
+        4_920_000_000,
+    )
+    .unwrap();
+    root
+}
+
+/// Plans these models (JSON list) from `root` on `gpus`, with engine ports from 9000.
+fn plan_files(root: &tempfile::TempDir, models: serde_json::Value, gpus: &str) -> LaunchPlan {
+    let c = load_files(root, models).unwrap_or_else(|e| panic!("{e}"));
+    let inv = GpuOverride::parse(gpus).unwrap().inventory();
+    let ports: Vec<u16> = (9000..9020).collect();
+    plan::build_with_ports(&c, &inv, &ports).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn load_files(root: &tempfile::TempDir, models: serde_json::Value) -> Result<Config, String> {
+    let text = serde_json::json!({ "models": models }).to_string();
+    load(&text, |raw| {
+        raw.model_root = Some(root.path().to_string_lossy().into_owned())
+    })
+}
+
+/// The value after `flag` in a model's command line.
+fn flag_value(m: &plan::ModelLaunch, flag: &str) -> Option<String> {
+    let at = m.argv.iter().position(|a| a == flag)?;
+    m.argv.get(at + 1).cloned()
+}
+
+#[test]
+fn each_engine_gets_its_share_of_a_shared_gpu_in_its_own_flag() {
+    let root = model_root();
+    let p = plan_files(
+        &root,
+        serde_json::json!([
+            {"model_path": "qwen", "params": "--served-model-name v"},
+            {"model_path": "qwen", "engine": "sglang", "params": "--served-model-name s"},
+            {"model_path": "qwen", "engine": "tgi", "params": "--served-model-name t"},
+        ]),
+        "1x24GiB",
+    );
+    let mut total = 0.0;
+    for (m, flag) in p.models.iter().zip([
+        "--gpu-memory-utilization",
+        "--mem-fraction-static",
+        "--cuda-memory-fraction",
+    ]) {
+        let share = m.gpu_share.expect("a share on a shared GPU");
+        assert_eq!(
+            flag_value(m, flag),
+            Some(crate::placement::share_text(share)),
+            "{}: {:?}",
+            m.name,
+            m.argv
+        );
+        // Only its own engine's spelling.
+        for other in [
+            "--gpu-memory-utilization",
+            "--mem-fraction-static",
+            "--cuda-memory-fraction",
+        ] {
+            if other != flag {
+                assert!(!m.argv.iter().any(|a| a == other), "{:?}", m.argv);
+            }
+        }
+        total += share;
+    }
+    assert!(total <= 0.92, "{total}");
+    // Engines on one GPU start one after another.
+    assert_eq!(p.models[2].start_after, ["v", "s"]);
+
+    // A user's own value, in the engine's spelling, is kept and counted against the GPU.
+    let p = plan_files(
+        &root,
+        serde_json::json!([
+            {"model_path": "qwen", "engine": "sglang",
+             "params": "--served-model-name s --mem-fraction-static 0.3"},
+            {"model_path": "qwen", "engine": "tgi",
+             "params": "--served-model-name t --cuda-memory-fraction=0.25"},
+            {"model_path": "qwen", "params": "--served-model-name v"},
+        ]),
+        "1x24GiB",
+    );
+    assert_eq!(p.models[0].gpu_share, Some(0.3));
+    assert_eq!(p.models[1].gpu_share, Some(0.25));
+    let own: Vec<&String> = p.models[0]
+        .argv
+        .iter()
+        .filter(|a| a.starts_with("--mem-fraction-static"))
+        .collect();
+    assert_eq!(own.len(), 1, "{:?}", p.models[0].argv);
+    assert!(
+        p.models[1]
+            .argv
+            .contains(&"--cuda-memory-fraction=0.25".to_string())
+    );
+    let rest = p.models[2].gpu_share.unwrap();
+    assert!(rest <= 0.92 - 0.55 + 1e-9, "{rest}");
+}
+
+#[test]
+fn a_llamacpp_model_on_a_shared_gpu_reserves_its_estimate_without_a_flag() {
+    let root = model_root();
+    let p = plan_files(
+        &root,
+        serde_json::json!([
+            {"model_path": "qwen", "params": "--served-model-name v"},
+            {"model_path": "tiny.gguf", "engine": "llamacpp", "params": "-a g -c 4096"},
+        ]),
+        "1x24GiB",
+    );
+    let (v, g) = (&p.models[0], &p.models[1]);
+    assert_eq!(g.gpus, ["0"]);
+    let e = g
+        .memory_estimate
+        .as_ref()
+        .expect("a GGUF on disk has an estimate");
+    assert_eq!(e.max_model_len, 4096, "-c is llama.cpp's context");
+    // Reserved: its need, rounded up to the share step, not a proportional part.
+    let size = 24.0 * (1u64 << 30) as f64;
+    let reserved = g.gpu_share.unwrap();
+    let need = e.need.inside as f64 / size;
+    assert!(
+        reserved >= need && reserved < need + 0.0011,
+        "{reserved} for {need}"
+    );
+    // ... and never passed to llama-server, which has no such flag.
+    for flag in [
+        "--gpu-memory-utilization",
+        "--mem-fraction-static",
+        "--cuda-memory-fraction",
+    ] {
+        assert!(!g.argv.iter().any(|a| a == flag), "{:?}", g.argv);
+    }
+    // vLLM gets the rest of the GPU's allowance.
+    let outside = (v.memory_estimate.as_ref().unwrap().need.outside + e.need.outside) as f64;
+    let rest = 0.92 - reserved - outside / size;
+    let vshare = v.gpu_share.unwrap();
+    assert!(
+        vshare <= rest + 1e-9 && vshare > rest - 0.002,
+        "{vshare} of {rest}"
+    );
+    assert_eq!(
+        flag_value(v, "--gpu-memory-utilization"),
+        Some(crate::placement::share_text(vshare))
+    );
+    let text = p.to_string();
+    assert!(
+        text.contains("(reserved; llamacpp has no memory-fraction flag)"),
+        "{text}"
+    );
+    assert!(text.contains("(--gpu-memory-utilization)"), "{text}");
+
+    // Alone on a GPU it gets no share at all; with no layers on the GPU it needs none.
+    let p = plan_files(
+        &root,
+        serde_json::json!([{"model_path": "tiny.gguf", "engine": "llamacpp"}]),
+        "1x24GiB",
+    );
+    assert_eq!((p.models[0].gpu_share, p.models[0].gpus.len()), (None, 1));
+    let p = plan_files(
+        &root,
+        serde_json::json!([
+            {"model_path": "qwen", "params": "--served-model-name v"},
+            {"model_path": "tiny.gguf", "engine": "llamacpp", "params": "-ngl 0"},
+        ]),
+        "1x24GiB",
+    );
+    assert!(p.models[1].gpus.is_empty() && p.models[1].memory_estimate.is_none());
+    assert_eq!(p.models[0].gpu_share, None, "vLLM alone on its GPU");
+}
+
+#[test]
+fn estimates_read_the_context_in_each_engines_spelling() {
+    let root = model_root();
+    let len = |engine: &str, path: &str, params: &str| {
+        let p = plan_files(
+            &root,
+            serde_json::json!([{"model_path": path, "engine": engine, "params": params}]),
+            "1x80GiB",
+        );
+        let e = p.models[0].memory_estimate.clone().expect("an estimate");
+        (e.max_model_len, e.kv_cache_bytes)
+    };
+    let vllm = len("vllm", "qwen", "--max-model-len 1024");
+    assert_eq!(vllm.0, 1024);
+    assert_eq!(
+        len("vllm", "qwen", "--max_model_len 1k"),
+        (1000, len("vllm", "qwen", "--max-model-len 1000").1)
+    );
+    assert_eq!(len("sglang", "qwen", "--context-length 1024"), vllm);
+    assert_eq!(len("tgi", "qwen", "--max-total-tokens 1024"), vllm);
+    // The model's own length where the flag is absent (or says so).
+    assert_eq!(len("sglang", "qwen", "").0, 32_768);
+    assert_eq!(len("vllm", "qwen", "--max-model-len auto").0, 32_768);
+    assert_eq!(len("llamacpp", "tiny.gguf", "").0, 8192);
+    assert_eq!(len("llamacpp", "tiny.gguf", "-c 0").0, 8192);
+    assert_eq!(len("llamacpp", "tiny.gguf", "--ctx-size 2048").0, 2048);
+    // llama-cpp-python's own default is 2048 tokens, not the model's.
+    assert_eq!(
+        len("llamacpp-python", "tiny.gguf", "--n_gpu_layers -1").0,
+        2048
+    );
+    assert_eq!(
+        len(
+            "llamacpp-python",
+            "tiny.gguf",
+            "--n_gpu_layers -1 --n_ctx 4096"
+        )
+        .0,
+        4096
+    );
+
+    // GPU counts from the profile spread the estimate: SGLang's --tp-size, TGI's shards.
+    let spread = |engine: &str, params: &str| {
+        let p = plan_files(
+            &root,
+            serde_json::json!([{"model_path": "qwen", "engine": engine, "params": params}]),
+            "2x80GiB",
+        );
+        (
+            p.models[0].gpus.len(),
+            p.models[0].memory_estimate.as_ref().unwrap().gpus,
+        )
+    };
+    assert_eq!(spread("sglang", "--tp-size 2"), (2, 2));
+    assert_eq!(spread("tgi", "--num-shard 2"), (2, 2));
+    assert_eq!(spread("vllm", "-tp 2"), (2, 2));
+}
+
+#[test]
+fn memory_flags_are_checked_in_each_engines_spelling() {
+    let root = model_root();
+    let err = |engine: &str, params: &str| {
+        load_files(
+            &root,
+            serde_json::json!([{"model_path": "qwen", "engine": engine, "params": params}]),
+        )
+        .unwrap_err()
+    };
+    assert_eq!(
+        err("sglang", "--mem-fraction-static 1.5"),
+        "models[0].params: --mem-fraction-static must be a fraction above 0 and at most 1, got \"1.5\""
+    );
+    assert_eq!(
+        err("tgi", "--cuda-memory-fraction=0"),
+        "models[0].params: --cuda-memory-fraction must be a fraction above 0 and at most 1, got \"0\""
+    );
+    // Suffixes are vLLM's own; the others take a plain number.
+    assert_eq!(
+        err("sglang", "--context-length 32k"),
+        "models[0].params: --context-length must be a positive whole number, got \"32k\""
+    );
+    assert!(err("llamacpp", "-c lots").contains("-c must be a positive whole number"));
+    // vLLM's finer flags are vLLM's: another engine's own --kv-cache-dtype values pass.
+    assert!(
+        load_files(
+            &root,
+            serde_json::json!([{"model_path": "qwen", "engine": "sglang", "params": "--kv-cache-dtype fp8_e5m2"}]),
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn cpu_engines_are_given_cores_the_way_their_server_takes_them() {
+    use crate::config::EngineArgs;
+    use std::collections::BTreeMap;
+    assert_eq!(crate::engines::hex_mask(&[0]), "0x1");
+    assert_eq!(crate::engines::hex_mask(&[0, 1, 2, 3]), "0xf");
+    assert_eq!(crate::engines::hex_mask(&[1, 4, 9]), "0x212");
+    let none = BTreeMap::new();
+    let args =
+        |engine: Engine, text: &str| EngineArgs::parse_for(text, "p", engine.profile()).unwrap();
+    // Who takes part in the split, with how many core sets.
+    let ranks = |engine: Engine, text: &str, gpus: u32| {
+        crate::engines::cpu_ranks(engine, &args(engine, text), &none, gpus)
+    };
+    assert_eq!(ranks(Engine::Vllm, "", 2), Some(2));
+    assert_eq!(ranks(Engine::Llamacpp, "", 1), Some(1));
+    assert_eq!(ranks(Engine::Llamacpp, "-t 3", 1), None, "its own threads");
+    assert_eq!(ranks(Engine::Llamacpp, "-Cr 0-1", 1), None, "its own cores");
+    for engine in [Engine::Sglang, Engine::Tgi, Engine::LlamacppPython] {
+        assert_eq!(ranks(engine, "", 1), None, "{engine}");
+    }
+    let own: BTreeMap<String, String> =
+        [("VLLM_CPU_OMP_THREADS_BIND".to_string(), "0".to_string())].into();
+    assert_eq!(
+        crate::engines::cpu_ranks(Engine::Vllm, &args(Engine::Vllm, ""), &own, 1),
+        None
+    );
+
+    // vLLM: the variable; llama.cpp: --cpu-mask and one thread per core.
+    let (mut a, mut env) = (args(Engine::Vllm, ""), BTreeMap::new());
+    crate::engines::bind_cpus(Engine::Vllm, "0-1|2-3", &mut a, &mut env);
+    assert_eq!(env["VLLM_CPU_OMP_THREADS_BIND"], "0-1|2-3");
+    assert!(a.args.is_empty());
+    let (mut a, mut env) = (args(Engine::Llamacpp, "-c 512"), BTreeMap::new());
+    crate::engines::bind_cpus(Engine::Llamacpp, "2-3,6", &mut a, &mut env);
+    assert!(env.is_empty());
+    assert_eq!(
+        a.tokens(),
+        ["-c", "512", "--cpu-mask", "0x4c", "--threads", "3"]
+    );
+}
+
+#[test]
+fn cpu_cores_reach_llama_server_in_the_plan() {
+    let p = plan_one("llamacpp", "-c 512", "none");
+    let argv = &p.models[0].argv;
+    let mask = argv
+        .iter()
+        .position(|a| a == "--cpu-mask")
+        .map(|i| &argv[i + 1]);
+    let threads = argv
+        .iter()
+        .position(|a| a == "--threads")
+        .map(|i| &argv[i + 1]);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match (mask, threads) {
+        (Some(mask), Some(threads)) => {
+            assert!(mask.starts_with("0x"), "{argv:?}");
+            let n: usize = threads.parse().unwrap();
+            assert!(n >= 1 && n <= cpus, "{argv:?}");
+        }
+        _ => panic!("no cores for a CPU llama-server: {argv:?}"),
+    }
+    assert!(!p.models[0].env.contains_key("VLLM_CPU_OMP_THREADS_BIND"));
+    // Not with GPUs, and not for servers that cannot take them.
+    assert!(
+        !plan_one("llamacpp", "", "1").models[0]
+            .argv
+            .contains(&"--cpu-mask".to_string())
+    );
+    let p = plan_one("llamacpp-python", "", "none");
+    assert!(
+        !p.models[0].argv.iter().any(|a| a.contains("cpu")),
+        "{:?}",
+        p.models[0].argv
+    );
+    assert!(!p.models[0].env.contains_key("VLLM_CPU_OMP_THREADS_BIND"));
+}
+
+#[test]
+fn the_engines_api_key_is_read_in_its_own_spelling() {
+    use std::collections::BTreeMap;
+    let argv = |s: &str| s.split(' ').map(str::to_string).collect::<Vec<_>>();
+    let none = BTreeMap::new();
+    let key = |engine: Engine, line: &str| crate::engines::api_key(engine, &argv(line), &none);
+    assert_eq!(
+        key(Engine::Vllm, "vllm serve m --api-key k1").as_deref(),
+        Some("k1")
+    );
+    assert_eq!(key(Engine::Sglang, "x --api-key=k2").as_deref(), Some("k2"));
+    assert_eq!(
+        key(Engine::Llamacpp, "llama-server --api-key a,b").as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        key(Engine::LlamacppPython, "x --api_key k3").as_deref(),
+        Some("k3")
+    );
+    assert_eq!(key(Engine::LlamacppPython, "x --api-key k3"), None);
+    let env: BTreeMap<String, String> = [("LLAMA_API_KEY".to_string(), "k4".to_string())].into();
+    assert_eq!(
+        crate::engines::api_key(Engine::Llamacpp, &argv("llama-server"), &env).as_deref(),
+        Some("k4")
+    );
+    // The other-vocabulary check knows the spelling too.
+    assert!(params_error("llamacpp-python", "--api-key k").contains("use --api_key"));
+}
+
+#[test]
+fn v1_models_entries_cover_every_served_name() {
+    use serde_json::json;
+    let names = |v: &[serde_json::Value]| -> Vec<String> {
+        v.iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let served = ["chat".to_string(), "chat2".to_string()];
+    // SGLang, llama.cpp, llama-cpp-python: the first name only; the second is copied from it.
+    let list = vec![json!({"id": "chat", "object": "model", "max_model_len": 512})];
+    let out = crate::engines::model_entries(&served, "/m", &[], list);
+    assert_eq!(names(&out), ["chat", "chat2"]);
+    assert_eq!(out[1]["max_model_len"], 512);
+    // TGI: its model id only.
+    let list = vec![json!({"id": "/m", "object": "model", "owned_by": "/m"})];
+    let out = crate::engines::model_entries(&served, "/m", &[], list);
+    assert_eq!(names(&out), ["/m", "chat", "chat2"]);
+    assert_eq!(out[2]["owned_by"], "/m");
+    // An adapter the engine lists is not taken for the base model; vLLM lists everything.
+    let list = vec![
+        json!({"id": "sql", "parent": "chat"}),
+        json!({"id": "chat", "max_model_len": 4096}),
+        json!({"id": "chat2", "max_model_len": 4096}),
+    ];
+    let out = crate::engines::model_entries(&served, "/m", &["sql".to_string()], list.clone());
+    assert_eq!(out, list);
+    let list = vec![json!({"id": "sql", "parent": "x"}), json!({"id": "other"})];
+    let out = crate::engines::model_entries(&served, "/m", &["sql".to_string()], list);
+    assert_eq!(out[2], json!({"id": "chat"}));
+    // Nothing to copy from: left as it is (the front makes its own entries).
+    assert!(crate::engines::model_entries(&served, "/m", &[], vec![]).is_empty());
 }

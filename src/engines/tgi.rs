@@ -18,6 +18,7 @@ pub static PROFILE: Profile = Profile {
     source: "huggingface/text-generation-inference v3.3.7 (launcher/src/main.rs, router/src/server.rs, server/.../utils/adapter.py)",
     default_cmd: &["text-generation-launcher"],
     model_flag: "--model-id",
+    model_positional_after: None,
     host_flag: "--hostname",
     port_flag: "--port",
     served_name: ServedName::Absent,
@@ -38,10 +39,22 @@ pub static PROFILE: Profile = Profile {
     adapters: AdapterStyle::NamedComma {
         flag: "--lora-adapters",
     },
+    context: ContextRule {
+        default: None,
+        model_values: &[],
+        suffixes: false,
+    },
     health_path: "/health",
     metrics: Some(Metrics {
         path: "/metrics",
         prefix: "tgi_",
+        // The router's batching loop (`backends/v3/src/backend.rs`): the running batch's
+        // size, and a counter per successful prefill or decode step.
+        progress: ProgressMetrics {
+            running: "tgi_batch_current_size",
+            generated: None,
+            progress: &["tgi_batch_inference_success", "tgi_request_success"],
+        },
     }),
     default_flags: &[],
     env: &[],
@@ -50,6 +63,8 @@ pub static PROFILE: Profile = Profile {
         PerInstance::TmpPath("--shard-uds-path"),
         PerInstance::Port("--master-port"),
     ],
+    cpu_bind: CpuBind::None,
+    api_key_env: None,
     models_list: ModelsList::ModelPath,
     request_model: Some("tgi"),
     uuid_request_ids: false,

@@ -193,6 +193,40 @@ async fn fetch(authority: &str, path: &str) -> Result<String, String> {
     result
 }
 
+/// One engine's metrics text (at its profile's `path`) within `timeout`, outside any scrape (the supervisor's
+/// progress check reads its counters this way).
+pub async fn fetch_within(
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    tokio::time::timeout(timeout, fetch(authority, path))
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// For each of `names`, the sum of its samples over every label set (several engine
+/// processes, finish reasons, ...), or `None` when the text has no sample of that name.
+/// Names are matched exactly: `foo_total` does not match `foo_created`.
+pub fn sums(text: &str, names: &[&str]) -> Vec<Option<f64>> {
+    let mut out = vec![None; names.len()];
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(sample) = Sample::parse(line) else {
+            continue;
+        };
+        if let Some(i) = names.iter().position(|n| *n == sample.name)
+            && let Ok(v) = sample.value.parse::<f64>()
+        {
+            *out[i].get_or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
 /// A Prometheus label value with `\`, `"` and newlines escaped.
 pub fn escape_label_value(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

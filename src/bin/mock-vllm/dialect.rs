@@ -77,6 +77,10 @@ const LLAMACPP: Spec = &[
     (&["--metrics"], Zero, "metrics"),
     (&["-fa", "--flash-attn"], One, ""),
     (&["-np", "--parallel"], One, ""),
+    (&["-t", "--threads"], One, "threads"),
+    (&["-C", "--cpu-mask"], One, "cpu_mask"),
+    (&["-Cr", "--cpu-range"], One, ""),
+    (&["--api-key"], One, ""),
 ];
 const LLAMACPP_PYTHON: Spec = &[
     (&["--model"], One, "model"),
@@ -98,12 +102,15 @@ pub struct Cli {
     pub model: String,
     /// Names the server answers to (for `/v1/models` and the request check).
     pub names: Vec<String>,
-    /// Adapter names.
-    pub loras: Vec<String>,
+    /// Adapters: name and path (the path as given; empty where the server names none).
+    pub loras: Vec<(String, String)>,
     pub host: String,
     pub port: String,
     /// Whether `/metrics` is served.
     pub metrics: bool,
+    /// llama.cpp's `--cpu-mask` and `--threads`, as given (for the report file).
+    pub cpu_mask: Option<String>,
+    pub threads: Option<String>,
 }
 
 impl Dialect {
@@ -145,6 +152,44 @@ impl Dialect {
             Dialect::Tgi => "tgi_",
             Dialect::Llamacpp | Dialect::LlamacppPython => "llamacpp:",
         }
+    }
+
+    /// The mock's vLLM metrics text as this server names its series: the running-batch
+    /// gauge and the counters modelmux reads for hung-engine detection under the server's
+    /// own names (SGLang `sglang:num_running_reqs`, TGI `tgi_batch_current_size` and
+    /// `tgi_batch_inference_success` per step, llama.cpp `llamacpp:requests_processing` and
+    /// `llamacpp:n_decode_total`), the rest under the server's prefix.
+    pub fn rename_metrics(self, text: &str) -> String {
+        let names: &[(&str, &str)] = match self {
+            Dialect::Vllm => return text.to_string(),
+            Dialect::Sglang => &[
+                ("vllm:num_requests_running", "sglang:num_running_reqs"),
+                ("vllm:num_requests_waiting", "sglang:num_queue_reqs"),
+                ("vllm:request_success_total", "sglang:num_requests_total"),
+            ],
+            Dialect::Tgi => &[
+                ("vllm:num_requests_running", "tgi_batch_current_size"),
+                ("vllm:num_requests_waiting", "tgi_queue_size"),
+                (
+                    "vllm:generation_tokens_total",
+                    "tgi_batch_inference_success",
+                ),
+                ("vllm:request_success_total", "tgi_request_success"),
+            ],
+            Dialect::Llamacpp | Dialect::LlamacppPython => &[
+                ("vllm:num_requests_running", "llamacpp:requests_processing"),
+                ("vllm:num_requests_waiting", "llamacpp:requests_deferred"),
+                ("vllm:generation_tokens_total", "llamacpp:n_decode_total"),
+            ],
+        };
+        let mut out = text.to_string();
+        for (from, to) in names {
+            // Whole names only: `vllm:num_requests_running` is not a prefix of another.
+            out = out
+                .replace(&format!("{from} "), &format!("{to} "))
+                .replace(&format!("{from}{{"), &format!("{to}{{"));
+        }
+        out.replace("vllm:", self.metrics_prefix())
     }
 
     /// Whether a request's `"model"` must be a served name or adapter (vLLM 404s on
@@ -257,8 +302,13 @@ fn strict(
 /// Parses the command line as `d`'s server would. `Err` is its usage error (exit 2).
 pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
     if d == Dialect::Vllm {
-        let model = vllm_values(args, &["--model"])
-            .pop()
+        // `vllm serve MODEL ...` takes the model right after `serve`; the API server module
+        // takes `--model`.
+        let positional = (args.first().map(String::as_str) == Some("serve"))
+            .then(|| args.get(1).filter(|a| !a.starts_with('-')).cloned())
+            .flatten();
+        let model = positional
+            .or_else(|| vllm_values(args, &["--model"]).pop())
             .unwrap_or_else(|| "mock".into());
         let mut names = vllm_values(args, &["--served-model-name"]);
         if names.is_empty() {
@@ -266,7 +316,10 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
         }
         let loras = vllm_values(args, &["--lora-modules"])
             .into_iter()
-            .filter_map(|v| v.split_once('=').map(|(n, _)| n.to_string()))
+            .filter_map(|v| {
+                v.split_once('=')
+                    .map(|(n, p)| (n.to_string(), p.to_string()))
+            })
             .collect();
         return Ok(Cli {
             dialect: d,
@@ -280,6 +333,8 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
                 .pop()
                 .unwrap_or_else(|| "8000".into()),
             metrics: true,
+            cpu_mask: None,
+            threads: None,
         });
     }
     let spec = match d {
@@ -317,7 +372,11 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
         .iter()
         .filter(|(k, _)| *k == "lora")
         .flat_map(|(_, v)| v.iter().flat_map(|s| s.split(',')))
-        .map(|v| v.split(['=', '@']).next().unwrap_or(v).to_string())
+        .map(|v| {
+            let name = v.split(['=', '@']).next().unwrap_or(v).to_string();
+            let path = v.split_once('=').map_or("", |(_, p)| p).to_string();
+            (name, path)
+        })
         .collect();
     // llama-cpp-python's __main__ binds $HOST/$PORT over its flags.
     let from_env = |var: &str| {
@@ -341,29 +400,64 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
             Dialect::LlamacppPython => false,
             _ => pairs.iter().any(|(k, _)| *k == "metrics"),
         },
+        cpu_mask: last("cpu_mask"),
+        threads: last("threads"),
     })
 }
 
-/// The server's `GET /v1/models` list.
-pub fn models(cli: &Cli) -> Value {
-    let owned_by = format!("mock-{}", cli.dialect.name());
-    let entry = |id: &str| json!({"id": id, "object": "model", "owned_by": owned_by});
+/// The server's `GET /v1/models` list, with the fields each server adds to its entries
+/// (vLLM: `root`, `parent`, `max_model_len`, `permission`; SGLang: `root`, `max_model_len`;
+/// llama.cpp: its `aliases` and `meta`), so that the front's list can be checked to keep them.
+pub fn models(cli: &Cli, created: u64, max_model_len: u64) -> Value {
+    let owned_by = match cli.dialect {
+        Dialect::Vllm => "vllm".to_string(),
+        Dialect::Tgi => cli.model.clone(),
+        Dialect::Sglang => "sglang".to_string(),
+        Dialect::Llamacpp => "llamacpp".to_string(),
+        Dialect::LlamacppPython => "me".to_string(),
+    };
+    let entry =
+        |id: &str| json!({"id": id, "object": "model", "created": created, "owned_by": owned_by});
     let data: Vec<Value> = match cli.dialect {
-        Dialect::Vllm => cli
-            .names
-            .iter()
-            .chain(&cli.loras)
-            .map(|n| entry(n))
-            .collect(),
+        Dialect::Vllm => {
+            let vllm = |id: &str, root: &str, parent: Option<&str>| {
+                let mut e = entry(id);
+                e["root"] = json!(root);
+                e["parent"] = json!(parent);
+                e["max_model_len"] = json!(max_model_len);
+                e["permission"] = json!([{"id": format!("modelperm-{id}"),
+                    "object": "model_permission", "allow_sampling": true, "allow_view": true}]);
+                e
+            };
+            cli.names
+                .iter()
+                .map(|n| vllm(n, &cli.model, None))
+                .chain(
+                    cli.loras
+                        .iter()
+                        .map(|(n, p)| vllm(n, p, Some(&cli.names[0]))),
+                )
+                .collect()
+        }
         // TGI lists its model id, never a served name.
         Dialect::Tgi => vec![entry(&cli.model)],
         Dialect::Llamacpp => {
             let mut e = entry(&cli.names[0]);
             e["aliases"] = json!(cli.names);
+            e["meta"] = json!({"n_ctx_train": max_model_len, "vocab_type": 2});
             vec![e]
         }
-        Dialect::Sglang | Dialect::LlamacppPython => std::iter::once(&cli.names[0])
-            .chain(&cli.loras)
+        Dialect::Sglang => std::iter::once(&cli.names[0])
+            .chain(cli.loras.iter().map(|(n, _)| n))
+            .map(|n| {
+                let mut e = entry(n);
+                e["root"] = json!(cli.model);
+                e["max_model_len"] = json!(max_model_len);
+                e
+            })
+            .collect(),
+        Dialect::LlamacppPython => std::iter::once(&cli.names[0])
+            .chain(cli.loras.iter().map(|(n, _)| n))
             .map(|n| entry(n))
             .collect(),
     };
@@ -375,7 +469,7 @@ pub fn models(cli: &Cli) -> Value {
 pub fn adapter_for<'a>(cli: &Cli, model: Option<&'a str>) -> Option<&'a str> {
     match (cli.dialect, model) {
         (Dialect::Tgi, Some(m)) if m != "tgi" => Some(m),
-        (_, Some(m)) if cli.loras.iter().any(|l| l == m) => Some(m),
+        (_, Some(m)) if cli.loras.iter().any(|(l, _)| l == m) => Some(m),
         _ => None,
     }
 }

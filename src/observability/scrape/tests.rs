@@ -224,3 +224,21 @@ async fn a_slow_engine_is_left_out_and_counted_within_the_budget() {
     assert!(out.contains("up{model=\"fast\"} 1\n"), "{out}");
     assert!(!out.contains("up{model=\"slow\"}"), "{out}");
 }
+
+#[test]
+fn sums_add_every_label_set_of_exactly_that_name() {
+    let two_engines = format!(
+        "{}vllm:num_requests_running{{model_name=\"m\",engine=\"1\"}} 2.0\n",
+        vllm(r#"m} {\"odd\""#, 3)
+    );
+    let got = sums(
+        &two_engines,
+        &[
+            "vllm:num_requests_running",
+            "vllm:generation_tokens_total",
+            "vllm:generation_tokens",
+            "vllm:absent",
+        ],
+    );
+    assert_eq!(got, [Some(5.0), Some(42.0), None, None]);
+}
