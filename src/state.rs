@@ -206,6 +206,8 @@ pub struct Route {
     pub authority: Arc<str>,
     /// The engine's default `/predict` path.
     pub predict_route: Arc<str>,
+    /// The engine's Prometheus path (its profile's), `None` when it has none.
+    pub metrics_path: Option<Arc<str>>,
 }
 
 /// Every served name and adapter name, mapped to its engine.
@@ -239,6 +241,7 @@ impl RoutingTable {
                 model: m.name.as_str().into(),
                 authority: format!("127.0.0.1:{}", m.port).into(),
                 predict_route: m.predict_route.as_str().into(),
+                metrics_path: m.metrics_path.as_deref().map(Into::into),
             };
             table.models.push(route.clone());
             for name in &m.served_names {

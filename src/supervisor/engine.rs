@@ -17,6 +17,7 @@ use super::reaper::{Exit, Reaper, SpawnRequest, Spawned};
 use super::restart::RestartPolicy;
 use super::stall::{ProgressMetrics, StallWatch};
 use crate::config::{OnFailure, Settings};
+use crate::engines;
 use crate::observability::scrape;
 use crate::plan::ModelLaunch;
 use crate::state::{Phase, StateTx, update};
@@ -95,8 +96,9 @@ pub struct EngineTask {
     pub failures: mpsc::UnboundedSender<Failure>,
     /// Health probes.
     pub prober: Prober,
-    /// The engine's metric names for the progress check (`MODELMUX_STALL_TIMEOUT`).
-    pub progress: ProgressMetrics,
+    /// The engine's metric names for the progress check (`MODELMUX_STALL_TIMEOUT`), from
+    /// its profile; `None` for an engine without metrics, which is not checked.
+    pub progress: Option<ProgressMetrics>,
 }
 
 type Pumps = Vec<std::io::Result<JoinHandle<()>>>;
@@ -179,8 +181,13 @@ impl EngineTask {
                 }
                 None => {
                     let why = if usage_error {
+                        // VLLM_PARAMS reaches vLLM models only.
+                        let check = match self.launch.engine {
+                            engines::Engine::Vllm => "the model's params and VLLM_PARAMS",
+                            _ => "the model's params",
+                        };
                         format!(
-                            "{reason}: a usage error before it was ever ready, so it is not restarted (check the model's params and VLLM_PARAMS)"
+                            "{reason}: a usage error before it was ever ready, so it is not restarted (check {check})"
                         )
                     } else {
                         format!(
@@ -298,7 +305,7 @@ impl EngineTask {
                     return RunEnd::Ended { reason: format!("{reason} while starting"), exit, ready_for: None, engine: Some(engine), pumps };
                 }
                 _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
-                healthy = self.prober.healthy(self.launch.port, STARTUP_PROBE.max(Duration::from_secs(1))) => {
+                healthy = self.prober.healthy(self.launch.port, &self.launch.health_path, STARTUP_PROBE.max(Duration::from_secs(1))) => {
                     if healthy {
                         break Instant::now();
                     }
@@ -329,13 +336,20 @@ impl EngineTask {
             .prober
             .models(
                 self.launch.port,
-                engine_api_key(&self.launch).as_deref(),
+                engines::api_key(self.launch.engine, &self.launch.argv, &self.launch.env)
+                    .as_deref(),
                 Duration::from_secs(5),
             )
             .await;
         if entries.is_none() {
             tracing::warn!(model = %name, pid, "the engine's /v1/models did not answer; /v1/models shows modelmux's own entries for it");
         }
+        // Entries for the served names the engine does not list itself (SGLang and
+        // llama.cpp list the first, TGI its model id), copied from its base-model entry.
+        let entries = entries.map(|list| {
+            let l = &self.launch;
+            engines::model_entries(&l.served_names, &l.model_path, &l.adapters, list)
+        });
         update(&self.state, self.index, |m| {
             m.state = Phase::Ready;
             if let Some(entries) = entries {
@@ -346,7 +360,11 @@ impl EngineTask {
         // Ready: watch for an exit (at once), for a hang (several failed probes in a row) and
         // for a stall (requests running, no progress for MODELMUX_STALL_TIMEOUT).
         let mut failed_probes = 0u32;
-        let mut stall = self.settings.stall_timeout.map(StallWatch::new);
+        let mut stall = self
+            .settings
+            .stall_timeout
+            .filter(|_| self.progress.is_some())
+            .map(StallWatch::new);
         let mut unreadable_said = false;
         loop {
             tokio::select! {
@@ -359,7 +377,7 @@ impl EngineTask {
             }
             // A busy engine may answer slowly: only several misses in a row count.
             let healthy = tokio::select! {
-                h = self.prober.healthy(self.launch.port, self.settings.health_timeout) => h,
+                h = self.prober.healthy(self.launch.port, &self.launch.health_path, self.settings.health_timeout) => h,
                 _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
             };
             if healthy {
@@ -410,16 +428,20 @@ impl EngineTask {
     /// restart when it has stalled. An engine whose metrics cannot be read is said once per
     /// run (at info: it may simply not export them) and not judged.
     async fn check_progress(&self, watch: &mut StallWatch, said: &mut bool) -> Option<String> {
+        let (Some(progress), Some(path)) = (self.progress, self.launch.metrics_path.as_deref())
+        else {
+            return None;
+        };
         let authority = format!("127.0.0.1:{}", self.launch.port);
         let timeout = self.settings.health_timeout;
-        let reading = match scrape::fetch_within(&authority, timeout).await {
-            Ok(text) => self.progress.read(&text).ok_or_else(|| {
+        let reading = match scrape::fetch_within(&authority, path, timeout).await {
+            Ok(text) => progress.read(&text).ok_or_else(|| {
                 format!(
-                    "its /metrics has no {} or no progress counter",
-                    self.progress.running
+                    "its {path} has no {} or no progress counter",
+                    progress.running
                 )
             }),
-            Err(why) => Err(format!("its /metrics did not answer ({why})")),
+            Err(why) => Err(format!("its {path} did not answer ({why})")),
         };
         match reading {
             Ok(reading) => {
@@ -456,25 +478,6 @@ impl EngineTask {
         update(&self.state, self.index, |m| m.pid = None);
         RunEnd::Shutdown
     }
-}
-
-/// The engine's own API key (`--api-key` in its params, else `VLLM_API_KEY`), which its
-/// `/v1/models` requires.
-fn engine_api_key(launch: &ModelLaunch) -> Option<String> {
-    let argv = &launch.argv;
-    let from_flag = argv.iter().enumerate().find_map(|(i, a)| {
-        a.strip_prefix("--api-key=")
-            .map(str::to_string)
-            .or_else(|| {
-                (a == "--api-key")
-                    .then(|| argv.get(i + 1).cloned())
-                    .flatten()
-            })
-    });
-    from_flag
-        .or_else(|| launch.env.get("VLLM_API_KEY").cloned())
-        .or_else(|| std::env::var("VLLM_API_KEY").ok())
-        .filter(|k| !k.is_empty())
 }
 
 /// Resolves once shutdown has begun.

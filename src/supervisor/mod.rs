@@ -69,8 +69,7 @@ impl Supervisor {
                 shutdown: shutdown_rx.clone(),
                 failures: fail_tx.clone(),
                 prober: prober.clone(),
-                // Every engine is vLLM for now; an engine profile will bring its own names.
-                progress: stall::ProgressMetrics::VLLM,
+                progress: launch.engine.profile().metrics.map(|m| m.progress),
             };
             tasks.spawn(task.run());
         }
