@@ -141,7 +141,7 @@ pub fn load_plan(raw: &RawConfig) -> Result<(config::Config, plan::LaunchPlan), 
 fn print_plan(raw: &RawConfig, json: bool) -> ExitCode {
     // `plan` refuses what `serve` would refuse, the engine program included.
     let checked = load_plan(raw).and_then(|(config, plan)| {
-        serve::check_engine_program(&config.settings.engine_cmd[0])?;
+        serve::check_engine_programs(&config)?;
         Ok((config, plan))
     });
     match checked {

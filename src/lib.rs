@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! environment / --config ─► config ─┬─► gpu (inventory, allocation, shares) ─┬─► plan (LaunchPlan)
-//!                                   └─► weights (memory estimate from files) ┘        │
+//!     engines (profiles) ──────────►├─► weights (memory estimate from files) ┤        │
+//!                                   └─► cpus (cores of CPU engines) ─────────┘        │
 //!                                                                                    │
 //!            supervisor (spawn, reap, probe, restart, stop, staged start) ◄──────────┤
 //!                  │ publishes                                                       ▼
@@ -12,6 +13,9 @@
 //! ```
 //!
 //! - [`config`]: raw inputs to validated settings and model specs; typed errors.
+//! - [`engines`]: one profile per inference server (vLLM, SGLang, TGI, llama.cpp): how its
+//!   command line, health path, metrics and memory flags are spelled. Nothing else knows
+//!   engine flags.
 //! - [`gpu`]: which GPUs exist (NVML or `MODELMUX_GPUS`), who gets which, and what share of
 //!   a shared GPU; the free-memory check at start.
 //! - [`cpus`]: the cores of CPU engines (`MODELMUX_GPUS=none`).
@@ -32,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod cpus;
 pub mod demand;
+pub mod engines;
 pub mod front;
 pub mod gpu;
 pub mod observability;

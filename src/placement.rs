@@ -1,6 +1,9 @@
 //! GPU memory in the plan (SPEC §3.1): estimates each model from its files ([`weights`]),
 //! places the models on GPUs with shares ([`gpu::place`]), orders the start of engines that
-//! share a GPU, and renders the per-GPU table that `plan` and `gpus` print.
+//! share a GPU, and renders the per-GPU table that `plan` and `gpus` print. Each engine's
+//! memory-fraction flag comes from its profile: vLLM `--gpu-memory-utilization`, SGLang
+//! `--mem-fraction-static`, TGI `--cuda-memory-fraction`; llama.cpp has none and reserves its
+//! estimate on a shared GPU.
 
 use std::path::Path;
 
@@ -38,7 +41,9 @@ pub struct ModelPlacement {
     pub gpus: Vec<String>,
     /// The `--gpu-memory-utilization` the engine runs with, if any.
     pub gpu_share: Option<f64>,
-    /// True when modelmux adds `--gpu-memory-utilization` (false for the user's own).
+    /// True when modelmux adds the share to the engine's command line in the engine's
+    /// spelling (false for the user's own, and for an engine without such a flag, whose
+    /// share is only reserved).
     pub adds_share_flag: bool,
     /// The estimate, `None` for a model that is not on disk or with GPUs disabled.
     pub memory_estimate: Option<MemoryEstimate>,
@@ -51,6 +56,10 @@ pub struct ModelPlacement {
 }
 
 fn estimate(m: &ModelSpec) -> Result<Option<MemoryEstimate>, ModelFilesError> {
+    if m.gpu_demand == 0 {
+        // A CPU engine (llama.cpp with no layers on the GPU) takes no GPU memory.
+        return Ok(None);
+    }
     let adapters: Vec<&Path> = m
         .adapters
         .iter()
@@ -117,6 +126,7 @@ pub fn demands(
             gpus: if inv.disabled { 0 } else { m.gpu_demand },
             need: e.as_ref().map(|e| e.need),
             fixed_share: m.memory.gpu_memory_utilization,
+            fraction_flag: m.engine.profile().memory_fraction_flag(),
             summary: match e {
                 Some(e) => format!("{} {}", m.served_names[0], e.describe()),
                 None => format!("{} (no estimate: not on disk)", m.served_names[0]),
@@ -181,7 +191,9 @@ pub fn place(
                     .map(|&g| inv.gpus[g].visible_id.clone())
                     .collect(),
                 gpu_share: p.share,
-                adds_share_flag: p.share.is_some() && demands[i].fixed_share.is_none(),
+                adds_share_flag: p.share.is_some()
+                    && demands[i].fixed_share.is_none()
+                    && demands[i].fraction_flag.is_some(),
                 memory_estimate: estimates[i].clone(),
                 start_after,
                 takes_turns: turns[i],
@@ -195,11 +207,16 @@ pub fn place(
         .map(|(g, members)| {
             let size = g.memory_total as f64;
             let bytes = |i: usize| {
-                let util = placed[i].share.unwrap_or(VLLM_DEFAULT_UTILIZATION);
                 let outside = demands[i]
                     .need
                     .map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside);
-                util * size + outside as f64
+                let inside = match (placed[i].share, demands[i].need) {
+                    (Some(util), _) => util * size,
+                    // No fraction flag: it takes what it needs.
+                    (None, Some(n)) if demands[i].fraction_flag.is_none() => n.inside as f64,
+                    (None, _) => VLLM_DEFAULT_UTILIZATION * size,
+                };
+                inside + outside as f64
             };
             // Models that take turns are there one at a time: the largest counts.
             let resident: f64 = members
@@ -322,6 +339,7 @@ pub fn residue(d: &MemDemand) -> MemDemand {
             outside: d.need.map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside),
         }),
         fixed_share: None,
+        fraction_flag: d.fraction_flag,
         summary: d.summary.clone(),
     }
 }

@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{
-    Arg, Config, ConfigError, ConfigSource, LoadMode, ModelSpec, Settings, UnloadMode,
-};
+use crate::config::{Config, ConfigError, ConfigSource, LoadMode, ModelSpec, Settings, UnloadMode};
+use crate::engines::{self, Concept, Engine, ModelsList};
 use crate::gpu::{GpuError, GpuSource, GpuUse, Inventory};
 use crate::placement::{self, ModelPlacement, PlacementError};
 use crate::weights::MemoryEstimate;
@@ -40,7 +39,7 @@ pub struct ModelLaunch {
     pub served_names: Vec<String>,
     /// LoRA adapter names, routed to this engine.
     pub adapters: Vec<String>,
-    /// The path (or Hugging Face id) given to `--model`.
+    /// The path (or Hugging Face id) the engine loads.
     pub model_path: String,
     /// `model_task`, if configured.
     pub model_task: Option<String>,
@@ -48,17 +47,41 @@ pub struct ModelLaunch {
     pub gpus: Vec<String>,
     /// The engine's loopback port.
     pub port: u16,
+    /// Further loopback ports the engine's profile gives each instance (TGI's Prometheus
+    /// and torch master ports), from the same block as the engines' own, after them.
+    pub extra_ports: Vec<u16>,
     /// The full engine command line.
     pub argv: Vec<String>,
     /// The environment the engine gets on top of modelmux's own.
     pub env: BTreeMap<String, String>,
     /// Where `/predict` goes without a `route` header.
     pub predict_route: String,
-    /// The `--gpu-memory-utilization` the engine runs with: its share of a GPU it shares, the
-    /// user's own value, or `null` with whole GPUs at vLLM's default.
+    /// The engine profile (`vllm`, `sglang`, `tgi`, `llamacpp`, `llamacpp-python`).
+    pub engine: Engine,
+    /// The path the readiness and liveness probes `GET` on the engine (`/health`; for
+    /// llama-cpp-python, which has none, `/v1/models`).
+    pub health_path: String,
+    /// The engine's Prometheus path, if it has one.
+    pub metrics_path: Option<String>,
+    /// The prefix of the engine's own metric series (`vllm:`, `sglang:`, `tgi_`,
+    /// `llamacpp:`), if it has metrics.
+    pub metrics_prefix: Option<String>,
+    /// What the engine's `GET /v1/models` lists (whether it carries the served names).
+    pub models_list: ModelsList,
+    /// The `"model"` value the engine wants in requests for the base model when it is not
+    /// the served name (TGI: `"tgi"`; any other name is an adapter id there).
+    pub request_model: Option<String>,
+    /// The engine refuses an `X-Request-Id` that is not a UUID (llama-cpp-python answers
+    /// 400): the front must send it a UUID.
+    pub uuid_request_ids: bool,
+    /// The memory fraction the engine runs with (its profile's flag: vLLM
+    /// `--gpu-memory-utilization`, SGLang `--mem-fraction-static`, TGI
+    /// `--cuda-memory-fraction`): its share of a GPU it shares, the user's own value, or
+    /// `null` with whole GPUs at the engine's default. For an engine without such a flag
+    /// (llama.cpp), the part of a shared GPU reserved for it (its estimate), not passed to it.
     pub gpu_share: Option<f64>,
     /// The memory the model needs, estimated from its files; `null` when they are not on
-    /// disk (a Hugging Face id) or GPUs are disabled.
+    /// disk (a Hugging Face id), the engine runs on the CPU, or GPUs are disabled.
     pub memory_estimate: Option<MemoryEstimate>,
     /// Names of the models that must be ready before this engine starts (they share its GPU).
     pub start_after: Vec<String>,
@@ -71,9 +94,12 @@ pub struct ModelLaunch {
     /// An on-demand model that does not fit beside every other model: it is loaded while
     /// there is room, unloading the least recently used idle on-demand model first.
     pub takes_turns: bool,
-    /// True when the engine can load LoRA adapters at run time (`--enable-lora`; modelmux
-    /// sets `VLLM_ALLOW_RUNTIME_LORA_UPDATING` for it).
+    /// True when the engine can load LoRA adapters at run time (a vLLM engine with
+    /// `--enable-lora`; modelmux sets `VLLM_ALLOW_RUNTIME_LORA_UPDATING` for it).
     pub runtime_lora: bool,
+    /// The cores its engine was bound to (`MODELMUX_GPUS=none`), as the planner gave them.
+    #[serde(skip)]
+    pub cpu_bind: Option<String>,
 }
 
 /// The variable that lets vLLM load and unload LoRA adapters at run time.
@@ -121,20 +147,21 @@ pub fn engine_ports(n: usize, base: u16, avoid: &[u16]) -> Result<Vec<u16>, Plan
     Ok(ports)
 }
 
-/// The variable that binds a vLLM CPU engine's OpenMP threads to cores.
-pub const CPU_BIND_VAR: &str = "VLLM_CPU_OMP_THREADS_BIND";
-
-/// With `MODELMUX_GPUS=none`: each model's `VLLM_CPU_OMP_THREADS_BIND` (disjoint cores),
-/// `None` for a model whose own `env` sets it (it keeps its own and takes no share).
+/// With `MODELMUX_GPUS=none`: each model's cores (disjoint; a kernel CPU list per rank,
+/// ranks separated by `|`), for the engines whose profile can be told them (vLLM's
+/// `VLLM_CPU_OMP_THREADS_BIND`, llama.cpp's `--cpu-mask` and `--threads`); `None` for the
+/// others and for a model that sets its own (it keeps them and takes no share).
 pub fn cpu_binds(config: &Config) -> Vec<Option<String>> {
-    let sharing: Vec<usize> = (0..config.models.len())
-        .filter(|&i| !config.models[i].env.contains_key(CPU_BIND_VAR))
-        .collect();
-    let ranks: Vec<usize> = sharing
+    let ranks: Vec<Option<usize>> = config
+        .models
         .iter()
-        .map(|&i| config.models[i].gpu_demand.max(1) as usize)
+        .map(|m| engines::cpu_ranks(m.engine, &m.args, &m.env, m.gpu_demand))
         .collect();
-    let (binds, shared) = crate::cpus::Topology::read().split(&ranks);
+    let sharing: Vec<usize> = (0..config.models.len())
+        .filter(|&i| ranks[i].is_some())
+        .collect();
+    let wanted: Vec<usize> = sharing.iter().filter_map(|&i| ranks[i]).collect();
+    let (binds, shared) = crate::cpus::Topology::read().split(&wanted);
     if shared {
         tracing::warn!(
             "{} CPU engines on fewer cores than they need: some share cores",
@@ -148,25 +175,43 @@ pub fn cpu_binds(config: &Config) -> Vec<Option<String>> {
     out
 }
 
+/// Loopback ports one model's engine needs besides its own: those its profile gives each
+/// instance (TGI's Prometheus and torch master ports) that its `params` do not set.
+pub fn extra_ports_needed(m: &crate::config::ModelSpec) -> usize {
+    engines::extra_ports(m.engine, &m.args)
+}
+
 /// Joins a configuration and an inventory into a plan, with the engine ports of
-/// [`engine_ports`].
+/// [`engine_ports`]: the engines' own ports first (model `i` gets the `i`-th), then the
+/// extra ports of the models that need them, in configuration order.
 pub fn build(config: &Config, inv: &Inventory) -> Result<LaunchPlan, PlanError> {
     let s = &config.settings;
+    let extra: usize = config.models.iter().map(extra_ports_needed).sum();
     let ports = engine_ports(
-        config.models.len(),
+        config.models.len() + extra,
         s.engine_base_port,
         &[s.port, s.health_port],
     )?;
     build_with_ports(config, inv, &ports)
 }
 
-/// Like [`build`] with the engine ports given (tests use fixed ones).
+/// Like [`build`] with the engine ports given (tests use fixed ones): one per model, then
+/// each model's [`extra_ports_needed`], in order.
 pub fn build_with_ports(
     config: &Config,
     inv: &Inventory,
     ports: &[u16],
 ) -> Result<LaunchPlan, PlanError> {
     let s: &Settings = &config.settings;
+    let n = config.models.len();
+    let wanted = n + config.models.iter().map(extra_ports_needed).sum::<usize>();
+    if ports.len() < wanted {
+        return Err(PlanError::Ports(format!(
+            "{} engine ports given for {n} models that need {wanted}",
+            ports.len()
+        )));
+    }
+    let (own_ports, mut extra_pool) = (&ports[..n], &ports[n..]);
     let (placements, gpu_table) = placement::place(config, inv).map_err(|e| match e {
         PlacementError::Files(f) => PlanError::Files(f),
         PlacementError::Gpu(g) => PlanError::Gpu(g),
@@ -174,16 +219,20 @@ pub fn build_with_ports(
     let cpu_binds = if inv.disabled {
         cpu_binds(config)
     } else {
-        vec![None; config.models.len()]
+        vec![None; n]
     };
-    let models = config
+    let mut models = Vec::with_capacity(n);
+    for (((m, placed), &port), cpu_bind) in config
         .models
         .iter()
         .zip(placements)
-        .zip(ports)
+        .zip(own_ports)
         .zip(cpu_binds)
-        .map(|(((m, placed), &port), cpu_bind)| launch(m, placed, port, cpu_bind, s))
-        .collect();
+    {
+        let (extra, rest) = extra_pool.split_at(extra_ports_needed(m));
+        extra_pool = rest;
+        models.push(launch(m, placed, port, extra, cpu_bind, s));
+    }
     Ok(LaunchPlan {
         source: config.source.clone(),
         gpu_source: inv.source.clone(),
@@ -195,48 +244,48 @@ pub fn build_with_ports(
     })
 }
 
-/// One model's launch entry: its command line and environment for this placement and port.
+/// One model's launch entry: its command line and environment for this placement and these
+/// ports.
 pub fn launch(
     m: &ModelSpec,
     placed: ModelPlacement,
     port: u16,
+    extra: &[u16],
     cpu_bind: Option<String>,
     s: &Settings,
 ) -> ModelLaunch {
     let gpus = placed.gpus.clone();
-    let mut argv = s.engine_cmd.clone();
-    // `vllm serve MODEL`: the model right after `serve` (vLLM warns about `--model`
-    // there and plans to drop it); other commands take `--model`.
-    if argv.last().is_some_and(|w| w == "serve") {
-        argv.push(m.resolved_path.clone());
-    } else {
-        argv.extend(Arg::new("--model", &[&m.resolved_path]).tokens());
-    }
-    let own = [
-        Arg::new("--host", &["127.0.0.1"]),
-        Arg::new("--port", &[&port.to_string()]),
-    ];
-    argv.extend(own.iter().flat_map(Arg::tokens));
-    argv.extend(m.args.tokens());
+    let profile = m.engine.profile();
+    let mut args = m.args.clone();
     if let (true, Some(share)) = (placed.adds_share_flag, placed.gpu_share) {
-        argv.push("--gpu-memory-utilization".into());
-        argv.push(placement::share_text(share));
+        let text = placement::share_text(share);
+        engines::set_concept(m.engine, &mut args, Concept::GpuMemoryFraction, &text);
     }
     let mut env = BTreeMap::new();
     env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
     env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
-    if let Some(bind) = cpu_bind {
-        env.insert(CPU_BIND_VAR.to_string(), bind);
+    if let Some(cores) = &cpu_bind {
+        engines::bind_cpus(m.engine, cores, &mut args, &mut env);
     }
-    // Only modelmux calls these endpoints, on loopback; the front refuses them.
-    let runtime_lora = m.args.has("--enable-lora");
+    // vLLM's run-time LoRA and sleep endpoints: only modelmux calls them, on loopback; the
+    // front refuses them.
+    let runtime_lora = m.engine == Engine::Vllm && args.has("--enable-lora");
     if runtime_lora {
         env.insert(RUNTIME_LORA_VAR.to_string(), "True".to_string());
     }
-    if m.args.has("--enable-sleep-mode") {
+    if m.engine == Engine::Vllm && args.has("--enable-sleep-mode") {
         env.insert(DEV_MODE_VAR.to_string(), "1".to_string());
     }
     env.extend(m.env.clone());
+    env.extend(engines::launch_env(m.engine, port));
+    let argv = engines::argv(
+        m.engine,
+        &m.engine_cmd,
+        &m.resolved_path,
+        port,
+        extra,
+        &args,
+    );
     let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
         "/v1/embeddings".to_string()
     } else {
@@ -250,9 +299,17 @@ pub fn launch(
         model_task: m.model_task.clone(),
         gpus,
         port,
+        extra_ports: extra.to_vec(),
         argv,
         env,
         predict_route,
+        engine: m.engine,
+        health_path: profile.health_path.to_string(),
+        metrics_path: profile.metrics.map(|x| x.path.to_string()),
+        metrics_prefix: profile.metrics.map(|x| x.prefix.to_string()),
+        models_list: profile.models_list,
+        request_model: profile.request_model.map(str::to_string),
+        uuid_request_ids: profile.uuid_request_ids,
         gpu_share: placed.gpu_share,
         memory_estimate: placed.memory_estimate,
         start_after: placed.start_after,
@@ -261,6 +318,7 @@ pub fn launch(
         idle_unload: m.loading.idle_unload.as_secs_f64(),
         takes_turns: placed.takes_turns,
         runtime_lora,
+        cpu_bind,
     }
 }
 
@@ -294,6 +352,12 @@ impl std::fmt::Display for LaunchPlan {
         }
         for m in &self.models {
             writeln!(f, "\nmodel {}", m.name)?;
+            writeln!(
+                f,
+                "  engine:       {} ({})",
+                m.engine,
+                m.engine.profile().server
+            )?;
             writeln!(f, "  served names: {}", m.served_names.join(", "))?;
             if !m.adapters.is_empty() {
                 writeln!(f, "  adapters:     {}", m.adapters.join(", "))?;
@@ -306,9 +370,13 @@ impl std::fmt::Display for LaunchPlan {
             };
             writeln!(f, "  GPUs:         {gpus}")?;
             if let Some(share) = m.gpu_share {
+                let how = match m.engine.profile().memory_fraction_flag() {
+                    Some(flag) => flag.to_string(),
+                    None => format!("reserved; {} has no memory-fraction flag", m.engine),
+                };
                 writeln!(
                     f,
-                    "  GPU share:    {} (--gpu-memory-utilization)",
+                    "  GPU share:    {} ({how})",
                     placement::share_text(share)
                 )?;
             }
@@ -340,7 +408,12 @@ impl std::fmt::Display for LaunchPlan {
                 )?;
             }
             writeln!(f, "  port:         127.0.0.1:{}", m.port)?;
+            if !m.extra_ports.is_empty() {
+                let extra: Vec<String> = m.extra_ports.iter().map(u16::to_string).collect();
+                writeln!(f, "  extra ports:  {}", extra.join(", "))?;
+            }
             writeln!(f, "  predict:      {}", m.predict_route)?;
+            writeln!(f, "  health:       {}", m.health_path)?;
             writeln!(f, "  command:      {}", shell_line(&m.argv))?;
             for (k, v) in &m.env {
                 writeln!(f, "  env:          {k}={v}")?;
@@ -364,9 +437,17 @@ pub(crate) mod tests {
             model_task: None,
             gpus: Vec::new(),
             port: 9000,
+            extra_ports: Vec::new(),
             argv: vec!["vllm".into()],
             env: BTreeMap::new(),
             predict_route: "/v1/completions".into(),
+            engine: Engine::Vllm,
+            health_path: "/health".into(),
+            metrics_path: Some("/metrics".into()),
+            metrics_prefix: Some("vllm:".into()),
+            models_list: Engine::Vllm.profile().models_list,
+            request_model: None,
+            uuid_request_ids: false,
             gpu_share: None,
             memory_estimate: None,
             start_after: Vec::new(),
@@ -375,6 +456,7 @@ pub(crate) mod tests {
             idle_unload: 600.0,
             takes_turns: false,
             runtime_lora: false,
+            cpu_bind: None,
         }
     }
 

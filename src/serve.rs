@@ -29,7 +29,7 @@ pub fn main(raw: &RawConfig) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = check_engine_program(&config.settings.engine_cmd[0]) {
+    if let Err(e) = check_engine_programs(&config) {
         tracing::error!("invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -63,10 +63,12 @@ pub fn main(raw: &RawConfig) -> ExitCode {
 }
 
 /// Reads the configuration again for a reload: the `--config` file as it is now, else the
-/// environment as modelmux started; the GPUs as discovered again.
+/// environment as modelmux started; the GPUs as discovered again. Every model's engine
+/// program (its profile's, or its `engine_cmd`) must exist, as at start.
 fn reloader(raw: RawConfig) -> Loader {
     Arc::new(move || {
         let config = crate::config::load(&raw).map_err(|e| e.to_string())?;
+        check_engine_programs(&config).map_err(|e| e.to_string())?;
         let inv = crate::gpu::inventory(config.settings.gpus.as_ref(), &crate::gpu::NvmlDiscovery);
         Ok((config, inv))
     })
@@ -107,9 +109,23 @@ fn raise_open_files_limit() {
     }
 }
 
-/// The engine program must exist before anything starts: otherwise every model would
-/// crash-loop through its restart budget and the real cause would hide in the logs.
-pub fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError> {
+/// Every model's engine program must exist before anything starts: otherwise every model
+/// would crash-loop through its restart budget and the real cause would hide in the logs.
+pub fn check_engine_programs(
+    config: &crate::config::Config,
+) -> Result<(), crate::config::ConfigError> {
+    for m in &config.models {
+        check_engine_program(&m.engine_cmd[0], &m.engine_cmd_origin, m.engine)?;
+    }
+    Ok(())
+}
+
+/// One engine program; `origin` names where its command came from.
+fn check_engine_program(
+    program: &str,
+    origin: &str,
+    engine: crate::engines::Engine,
+) -> Result<(), crate::config::ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         p.metadata()
@@ -126,9 +142,13 @@ pub fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigEr
         Ok(())
     } else {
         Err(crate::config::ConfigError::var(
-            "MODELMUX_ENGINE_CMD",
+            origin,
             program,
-            "the engine program is not an executable file nor found in PATH; install vLLM or point MODELMUX_ENGINE_CMD at the engine",
+            format!(
+                "the engine program is not an executable file nor found in PATH; install {} \
+                 or point MODELMUX_ENGINE_CMD (or the model's engine_cmd) at the engine",
+                engine.profile().server
+            ),
         ))
     }
 }
@@ -153,16 +173,22 @@ async fn bind(var: &str, port: u16) -> Result<TcpListener, ExitCode> {
     })
 }
 
-/// The plan fixed the engine ports; one that another process holds would make its engine
+/// The plan fixed the engine ports, the extra ones some profiles need included (TGI's
+/// Prometheus and torch master ports); one that another process holds would make its engine
 /// crash-loop on "address in use", so it is an error before anything starts.
 fn check_engine_ports(plan: &LaunchPlan) -> Result<(), String> {
     for m in &plan.models {
-        if let Err(e) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, m.port)) {
-            return Err(format!(
-                "engine port 127.0.0.1:{} of model {} is in use ({e}); engines get PORT+1, PORT+2, ... \
-                 (skipping HEALTH_CHECK_PORT): free that port, or move them with MODELMUX_ENGINE_BASE_PORT",
-                m.port, m.name
-            ));
+        let ports = std::iter::once((m.port, "engine port"))
+            .chain(m.extra_ports.iter().map(|&p| (p, "extra engine port")));
+        for (port, what) in ports {
+            if let Err(e) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                return Err(format!(
+                    "{what} 127.0.0.1:{port} of model {} is in use ({e}); engines get PORT+1, \
+                     PORT+2, ... (skipping HEALTH_CHECK_PORT), then the extra ports some engines \
+                     need: free that port, or move them with MODELMUX_ENGINE_BASE_PORT",
+                    m.name
+                ));
+            }
         }
     }
     Ok(())

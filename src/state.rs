@@ -174,6 +174,9 @@ pub struct ModelStatus {
     /// The engine's default `/predict` path.
     #[serde(skip)]
     pub predict_route: String,
+    /// The engine's Prometheus path (its profile's), `None` when it has none.
+    #[serde(skip)]
+    pub metrics_path: Option<String>,
     /// True once a reload removed or replaced it: it is no longer served, listed or
     /// counted, and its index is never used again.
     #[serde(skip)]
@@ -209,6 +212,7 @@ impl ModelStatus {
             adapters: m.adapters.clone(),
             runtime_adapters: Vec::new(),
             predict_route: m.predict_route.clone(),
+            metrics_path: m.metrics_path.clone(),
             retired: false,
             usage: Usage::new(),
             loads: Arc::default(),
@@ -349,6 +353,8 @@ pub struct Route {
     pub authority: Arc<str>,
     /// The engine's default `/predict` path.
     pub predict_route: Arc<str>,
+    /// The engine's Prometheus path (its profile's), `None` when it has none.
+    pub metrics_path: Option<Arc<str>>,
 }
 
 /// Every served name and adapter name, mapped to its engine.
@@ -395,6 +401,7 @@ impl RoutingTable {
                 model: m.name.as_str().into(),
                 authority: format!("127.0.0.1:{}", m.port).into(),
                 predict_route: m.predict_route.as_str().into(),
+                metrics_path: m.metrics_path.as_deref().map(Into::into),
             };
             table.models.push(route.clone());
             if table.by_index.len() <= index {

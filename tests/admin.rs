@@ -334,6 +334,41 @@ fn run_time_adapters_load_route_list_and_unload() {
 }
 
 #[test]
+fn run_time_adapters_are_refused_for_engines_other_than_vllm() {
+    run_async(TEST, async {
+        let c = client();
+        // SGLang takes --enable-lora, but run-time loading is vLLM's API: a clear 400 that
+        // says how to serve the adapter instead.
+        let mock = format!("{} --mock-dialect sglang", common::MOCK);
+        let (m, files) = start_with_file(
+            &[entry(
+                "sg",
+                json!({"engine": "sglang", "engine_cmd": mock,
+                       "params": "--served-model-name sg --enable-lora"}),
+            )],
+            &[],
+        );
+        let sql = adapter_dir(files.path(), "sql-lora");
+        let r = admin(
+            &c,
+            &m,
+            "POST",
+            "/admin/models/sg/adapters",
+            &json!({"name": "sql", "path": sql}).to_string(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(
+            r.body.contains("engine sglang") && r.body.contains("fine_tune_weights"),
+            "{}",
+            r.body
+        );
+        assert_eq!(complete(&c, &m, "sql").await.status, 404);
+        assert_eq!(complete(&c, &m, "sg").await.status, 200);
+    });
+}
+
+#[test]
 fn a_failed_adapter_load_leaves_everything_as_it_was() {
     run_async(TEST, async {
         let c = client();

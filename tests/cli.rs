@@ -2,8 +2,6 @@
 
 mod common;
 
-use common::MODELMUX;
-
 use common::run_clean as run;
 
 const CONFIG: &str = r#"{"models": [

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, tools, wait_until};
+use common::{port_block, tools, wait_until};
 
 /// Runs argv[1:] on a new pseudo-terminal, types Ctrl-C once the output shows `PROMPT`,
 /// and prints {"exit": code, "output": text} when it ends (or after 120 s).
@@ -66,7 +66,8 @@ fn one_ctrl_c_in_the_demo_on_a_terminal_stops_modelmux_cleanly() {
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = Path::new(common::MODELMUX).parent().unwrap();
-    let port = free_port();
+    // Engine ports follow PORT (PORT+1, PORT+2): a block of free ports, not one.
+    let port = port_block();
     let marker = format!("MODELMUX_TEST_DEMO={}-{port}", std::process::id());
     let (key, value) = marker.split_once('=').unwrap();
     let out = Command::new(python)

@@ -403,3 +403,33 @@ fn an_operator_can_load_stop_and_restart_an_on_demand_model() {
         state_becomes(&m, "lazy", "ready", T).await;
     });
 }
+
+#[test]
+fn an_on_demand_model_of_another_engine_loads_and_stops_through_its_profile() {
+    run_async(TEST, async {
+        let c = client();
+        // SGLang has no sleep mode: it is unloaded by stopping it, probed on its own
+        // health path, and its requests go through the front like a vLLM model's.
+        let mock = format!("{} --mock-dialect sglang", common::MOCK);
+        let m = Setup::new(&[on_demand(
+            "sg",
+            json!({"engine": "sglang", "engine_cmd": mock, "idle_unload": 1}),
+        )])
+        .start();
+        m.wait_ready(T);
+        assert_eq!(model(&m, "sg")["state"], "unloaded");
+        let r = complete(&c, &m, "sg").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.headers["x-mock-dialect"], "sglang");
+        let p0 = pid(&m, "sg").unwrap();
+        state_becomes(&m, "sg", "unloaded", T).await;
+        wait_for(T, "the engine gone", || !common::alive(p0 as u32)).await;
+        let r = complete(&c, &m, "sg").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_ne!(pid(&m, "sg"), Some(p0), "a new engine");
+        assert_eq!(
+            metric(&m, r#"modelmux_model_loads_total{model="sg"}"#),
+            Some(2.0)
+        );
+    });
+}

@@ -6,10 +6,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{MOCK, MODELMUX, Setup, wait_until};
+use common::{MOCK, Setup, wait_until};
 use modelmux::weights::fixtures::{Arch, LLAMA_3_8B, MISTRAL_7B_V03, QWEN2_0_5B, QWEN2_72B};
 use serde_json::{Value, json};
 

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use crate::config::{Config, LoadMode, ModelSpec, UnloadMode};
 use crate::gpu::{self, Claim, Inventory, MemDemand, Placement};
 use crate::placement::{self, ModelPlacement};
-use crate::plan::{self, CPU_BIND_VAR, ModelLaunch};
+use crate::plan::{self, ModelLaunch};
 use crate::supervisor::ReloadPlan;
 
 /// What a model's launch is compared on: everything but where it runs.
@@ -57,8 +57,14 @@ fn in_place(m: &ModelSpec, old: &ModelLaunch, config: &Config) -> ModelLaunch {
         start_after: Vec::new(),
         takes_turns: old.takes_turns,
     };
-    let bind = old.env.get(CPU_BIND_VAR).cloned();
-    plan::launch(m, placed, old.port, bind, &config.settings)
+    plan::launch(
+        m,
+        placed,
+        old.port,
+        &old.extra_ports,
+        old.cpu_bind.clone(),
+        &config.settings,
+    )
 }
 
 /// The reload of `config` over the running `current` launches (of `generation`); the error
@@ -191,11 +197,18 @@ pub fn diff(
             }
         }
     }
-    // Ports: a model keeps its name's port; a new one takes the first free one.
-    let taken: HashSet<u16> = current.iter().map(|l| l.port).collect();
+    // Ports: a model keeps its name's ports; a new one takes the first free ones.
+    let taken: HashSet<u16> = current
+        .iter()
+        .flat_map(|l| std::iter::once(l.port).chain(l.extra_ports.iter().copied()))
+        .collect();
     let s = &config.settings;
+    let wanted: usize = changed
+        .iter()
+        .map(|&i| 1 + plan::extra_ports_needed(&config.models[i]))
+        .sum();
     let mut spare = plan::engine_ports(
-        current.len() + changed.len() + 1,
+        taken.len() + wanted + 1,
         s.engine_base_port,
         &[s.port, s.health_port],
     )
@@ -223,14 +236,27 @@ pub fn diff(
             takes_turns,
         };
         let name = m.served_names[0].as_str();
-        let (port, restart) = match by_name.get(name) {
-            Some(old) => (old.port, true),
-            None => (
-                spare.next().ok_or("no free engine port for a new model")?,
-                false,
-            ),
+        let mut next = || spare.next().ok_or("no free engine port for a new model");
+        let extra_needed = plan::extra_ports_needed(m);
+        let (port, extra, restart) = match by_name.get(name) {
+            Some(old) if old.extra_ports.len() == extra_needed => {
+                (old.port, old.extra_ports.clone(), true)
+            }
+            Some(old) => {
+                let extra = (0..extra_needed)
+                    .map(|_| next())
+                    .collect::<Result<_, _>>()?;
+                (old.port, extra, true)
+            }
+            None => {
+                let port = next()?;
+                let extra = (0..extra_needed)
+                    .map(|_| next())
+                    .collect::<Result<_, _>>()?;
+                (port, extra, false)
+            }
         };
-        let launch = plan::launch(m, placed, port, binds[i].clone(), s);
+        let launch = plan::launch(m, placed, port, &extra, binds[i].clone(), s);
         if restart {
             plan.restart.push(launch);
         } else {

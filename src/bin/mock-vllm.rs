@@ -4,7 +4,10 @@
 //!
 //! Flags (as vLLM): `--model` (or `serve MODEL` as `vllm serve` takes it),
 //! `--served-model-name NAME...`, `--host`, `--port`, `--lora-modules NAME=PATH...`; any
-//! other flag is ignored.
+//! other flag is ignored. With `--mock-dialect NAME` (or `MOCK_DIALECT`) it speaks another
+//! server's command line instead (`sglang`, `tgi`, `llamacpp`, `llamacpp-python`; see
+//! `mock-vllm/dialect.rs`): unknown flags exit 2, and the health path, `/v1/models`,
+//! `/metrics` and request-id rules follow that server.
 //!
 //! Knobs (environment):
 //! - `MOCK_STARTUP_DELAY_MS`: `/health` answers 503 until this much time has passed.
@@ -45,7 +48,8 @@
 //! after that many chunks, a plain request never answers; the request stays running in
 //! `/metrics` and no more tokens are counted, while `/health` keeps answering 200).
 //!
-//! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
+//! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`, `x-mock-dialect`,
+//! `x-mock-adapter-id` (the adapter the server would apply),
 //! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
 //! `x-mock-body-bytes`.
 
@@ -70,8 +74,11 @@ mod control;
 #[path = "mock-vllm/metrics.rs"]
 mod metrics;
 
+#[path = "mock-vllm/dialect.rs"]
+mod dialect;
+
 struct Mock {
-    model: String,
+    cli: dialect::Cli,
     names: Vec<String>,
     control: control::Control,
     created: u64,
@@ -126,10 +133,17 @@ fn flag_values(args: &[String], flag: &str) -> Vec<String> {
 const CHILD: &str = "--mock-child";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(CHILD) {
         child_main(args.get(2).map(String::as_str).unwrap_or("sleeper"));
     }
+    // A usage error exits 2 before anything starts, as the servers' argument parsers do.
+    let cli = dialect::take_dialect(&mut args)
+        .and_then(|d| dialect::parse(d, &args[1..]))
+        .unwrap_or_else(|msg| {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        });
     for (var, to_stdout) in [("MOCK_STDOUT_LINES", true), ("MOCK_STDERR_LINES", false)] {
         for line in std::env::var(var).unwrap_or_default().lines() {
             if to_stdout {
@@ -156,7 +170,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    std::process::exit(rt.block_on(run(args)));
+    std::process::exit(rt.block_on(run(args, cli)));
 }
 
 /// A child of the mock: sleeps until killed. `daemon` starts a setsid'd sleeper, prints its
@@ -225,31 +239,10 @@ fn spawn_child(kind: &str, setsid: bool, stdout: Stdio) -> Option<u32> {
     Some(pid)
 }
 
-async fn run(args: Vec<String>) -> i32 {
-    // `mock-vllm serve MODEL ...` as `vllm serve` takes it, else `--model MODEL`.
-    let positional = (args.get(1).map(String::as_str) == Some("serve"))
-        .then(|| args.get(2).filter(|a| !a.starts_with('-')).cloned())
-        .flatten();
-    let model = positional
-        .or_else(|| flag_values(&args, "--model").pop())
-        .unwrap_or_else(|| "mock".into());
-    let mut names = flag_values(&args, "--served-model-name");
-    if names.is_empty() {
-        names.push(model.clone());
-    }
-    let loras: Vec<(String, String)> = flag_values(&args, "--lora-modules")
-        .into_iter()
-        .filter_map(|v| {
-            v.split_once('=')
-                .map(|(n, p)| (n.to_string(), p.to_string()))
-        })
-        .collect();
-    let host = flag_values(&args, "--host")
-        .pop()
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = flag_values(&args, "--port")
-        .pop()
-        .unwrap_or_else(|| "8000".into());
+async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
+    let names = cli.names.clone();
+    let loras = cli.loras.clone();
+    let (host, port) = (cli.host.clone(), cli.port.clone());
     let events = std::env::var("MOCK_EVENTS_FILE").ok();
     event(&events, "start");
 
@@ -273,10 +266,13 @@ async fn run(args: Vec<String>) -> i32 {
             "ready_unix": now_unix + startup_delay.as_secs_f64(),
             "pid": std::process::id(),
             "argv": args,
-            "model": model,
+            "dialect": cli.dialect.name(),
+            "model": cli.model,
             "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
             "cuda_device_order": std::env::var("CUDA_DEVICE_ORDER").ok(),
             "omp_threads_bind": std::env::var("VLLM_CPU_OMP_THREADS_BIND").ok(),
+            "cpu_mask": cli.cpu_mask,
+            "threads": cli.threads,
             "child_pid": child_pid,
             "setsid_pid": setsid_pid,
             "daemon_pid": daemon_pid,
@@ -311,8 +307,8 @@ async fn run(args: Vec<String>) -> i32 {
     let counters =
         metrics::EngineMetrics::new(&names[0], max_num_seqs.and_then(|v| v.parse().ok()));
     let mock = Arc::new(Mock {
+        cli: cli.clone(),
         metrics: Arc::new(counters),
-        model: model.clone(),
         names,
         control,
         created: now_unix as u64,
@@ -353,46 +349,57 @@ async fn run(args: Vec<String>) -> i32 {
         }
     });
 
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/v1/models", get(models))
-        .route("/metrics", get(engine_metrics))
-        .route(
-            "/sleep",
-            axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
-                m.control.sleep(&uri)
-            }),
-        )
-        .route(
-            "/wake_up",
-            axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
-                m.control.wake_up(&uri)
-            }),
-        )
-        .route(
-            "/is_sleeping",
-            get(|State(m): State<Arc<Mock>>| async move { m.control.is_sleeping() }),
-        )
-        .route(
-            "/mock/memory",
-            get(|State(m): State<Arc<Mock>>| async move { m.control.memory() }),
-        )
-        .route(
-            "/v1/load_lora_adapter",
-            axum::routing::post(
-                |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
-                    m.control.load_lora(&m.names, &headers, &body)
-                },
-            ),
-        )
-        .route(
-            "/v1/unload_lora_adapter",
-            axum::routing::post(
-                |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
-                    m.control.unload_lora(&headers, &body)
-                },
-            ),
-        )
+    let mut app = Router::new().route("/v1/models", get(models));
+    app = match cli.dialect.health_path() {
+        Some(path) => app.route(path, get(health)),
+        None => app.route("/health", get(|| async { StatusCode::NOT_FOUND })),
+    };
+    app = if cli.metrics {
+        app.route("/metrics", get(engine_metrics))
+    } else {
+        app.route("/metrics", get(|| async { StatusCode::NOT_FOUND }))
+    };
+    // vLLM's control endpoints (each answers 404 unless its switch is on, as vLLM's).
+    if cli.dialect == dialect::Dialect::Vllm {
+        app = app
+            .route(
+                "/sleep",
+                axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
+                    m.control.sleep(&uri)
+                }),
+            )
+            .route(
+                "/wake_up",
+                axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
+                    m.control.wake_up(&uri)
+                }),
+            )
+            .route(
+                "/is_sleeping",
+                get(|State(m): State<Arc<Mock>>| async move { m.control.is_sleeping() }),
+            )
+            .route(
+                "/mock/memory",
+                get(|State(m): State<Arc<Mock>>| async move { m.control.memory() }),
+            )
+            .route(
+                "/v1/load_lora_adapter",
+                axum::routing::post(
+                    |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                        m.control.load_lora(&m.names, &headers, &body)
+                    },
+                ),
+            )
+            .route(
+                "/v1/unload_lora_adapter",
+                axum::routing::post(
+                    |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                        m.control.unload_lora(&headers, &body)
+                    },
+                ),
+            );
+    }
+    let app = app
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -442,7 +449,8 @@ async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
 }
 
 async fn engine_metrics(State(m): State<Arc<Mock>>) -> Response {
-    let text = m.metrics.render().await;
+    // vLLM's series; the other dialects' servers export theirs under their own names.
+    let text = m.cli.dialect.rename_metrics(&m.metrics.render().await);
     (
         [(
             header::CONTENT_TYPE,
@@ -471,20 +479,16 @@ async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -
 /// The list as vLLM answers it: base names with `root` = the model path, adapters with
 /// `root` = the adapter path and `parent` = the base name.
 async fn models(State(m): State<Arc<Mock>>) -> Response {
-    let entry = |id: &str, root: &str, parent: Option<&str>| {
-        json!({"id": id, "object": "model", "created": m.created, "owned_by": "vllm",
-               "root": root, "parent": parent, "max_model_len": m.max_model_len,
-               "permission": [{"id": format!("modelperm-{id}"), "object": "model_permission",
-                               "allow_sampling": true, "allow_view": true}]})
-    };
-    let loras = m.control.loras.read().unwrap().clone();
-    let data: Vec<Value> = m
-        .names
-        .iter()
-        .map(|n| entry(n, &m.model, None))
-        .chain(loras.iter().map(|(n, p)| entry(n, p, Some(&m.names[0]))))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    axum::Json(dialect::models(&m.cli_now(), m.created, m.max_model_len)).into_response()
+}
+
+impl Mock {
+    /// The command line with the adapters loaded now (run-time ones included).
+    fn cli_now(&self) -> dialect::Cli {
+        let mut cli = self.cli.clone();
+        cli.loras = self.control.loras.read().unwrap().clone();
+        cli
+    }
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -496,12 +500,14 @@ fn error(status: StatusCode, message: String) -> Response {
 async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let body_len = body.len();
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(&m.names[0])
-        .to_string();
-    if !m.names.contains(&model) && !m.control.has_lora(&model) {
+    let id = headers.get("x-request-id").map(HeaderValue::as_bytes);
+    if dialect::request_id_refused(&m.cli, id) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let asked = req.get("model").and_then(Value::as_str);
+    let adapter = dialect::adapter_for(&m.cli_now(), asked).map(str::to_string);
+    let model = asked.unwrap_or(&m.names[0]).to_string();
+    if m.cli.dialect.checks_model() && !m.names.contains(&model) && !m.control.has_lora(&model) {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model `{model}` does not exist."),
@@ -547,6 +553,13 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
         "x-mock-served-by",
         HeaderValue::from_str(&m.names[0]).unwrap_or(HeaderValue::from_static("?")),
     );
+    h.insert(
+        "x-mock-dialect",
+        HeaderValue::from_static(m.cli.dialect.name()),
+    );
+    if let Some(a) = adapter.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        h.insert("x-mock-adapter-id", a);
+    }
     h.insert(
         "x-mock-path",
         HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("?")),

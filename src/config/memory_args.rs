@@ -1,7 +1,11 @@
-//! The engine flags that decide how much GPU memory a vLLM engine needs, read and checked at
-//! configuration time so that a bad value is one line naming the model's params.
+//! The engine flags that decide how much GPU memory an engine needs, read and checked at
+//! configuration time so that a bad value is one line naming the model's params. The
+//! context length, the GPU-memory fraction and the parallel sizes are read in each engine's
+//! own spelling (its profile's [`Concept`]s); the finer vLLM flags (KV-cache dtype, block
+//! size, ...) only for vLLM models, the others' estimates taking the model's own dtype.
 
 use super::{ConfigError, EngineArgs};
+use crate::engines::{self, Concept, Engine, GpuCount};
 
 /// KV cache dtypes vLLM accepts for `--kv-cache-dtype` (`CacheDType` in vllm/config/cache.py).
 pub const KV_CACHE_DTYPES: &[&str] = &[
@@ -21,7 +25,9 @@ pub const DTYPES: &[&str] = &["auto", "half", "float16", "bfloat16", "float", "f
 /// The memory-relevant engine flags of one model.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryArgs {
-    /// `--max-model-len`; `None` for the model's own (`auto`/`-1` included).
+    /// The context length (vLLM `--max-model-len`, SGLang `--context-length`, TGI
+    /// `--max-total-tokens`, llama.cpp `--ctx-size`), else the engine's default; `None` for
+    /// the model's own (vLLM `auto`/`-1`, llama.cpp `0` included).
     pub max_model_len: Option<u64>,
     /// `--kv-cache-dtype`, one of [`KV_CACHE_DTYPES`]; `None` for `auto`.
     pub kv_cache_dtype: Option<String>,
@@ -29,7 +35,8 @@ pub struct MemoryArgs {
     pub dtype: Option<String>,
     /// `--quantization` / `-q`, as given.
     pub quantization: Option<String>,
-    /// The user's own `--gpu-memory-utilization`, in (0, 1].
+    /// The user's own GPU-memory fraction (vLLM `--gpu-memory-utilization`, SGLang
+    /// `--mem-fraction-static`, TGI `--cuda-memory-fraction`), in (0, 1].
     pub gpu_memory_utilization: Option<f64>,
     /// `--enforce-eager`: no CUDA graphs.
     pub enforce_eager: bool,
@@ -37,9 +44,10 @@ pub struct MemoryArgs {
     pub block_size: Option<u64>,
     /// `--max-num-batched-tokens`; `None` for vLLM's default.
     pub max_num_batched_tokens: Option<u64>,
-    /// `--tensor-parallel-size`.
+    /// The tensor-parallel size (vLLM `-tp`, SGLang `--tp-size`, TGI `--num-shard`).
     pub tensor_parallel: u32,
-    /// `--pipeline-parallel-size`.
+    /// The pipeline-parallel size; for llama.cpp, which splits layers over its GPUs, the
+    /// number of GPUs.
     pub pipeline_parallel: u32,
 }
 
@@ -65,41 +73,95 @@ pub fn human_int(text: &str) -> Option<u64> {
 }
 
 impl MemoryArgs {
-    /// Reads the flags; `origin` (e.g. `models[0].params`) names them in errors.
-    pub fn from_args(args: &EngineArgs, origin: &str) -> Result<Self, ConfigError> {
+    /// Reads the flags of a model of `engine` with `gpus` GPUs; `origin` (e.g.
+    /// `models[0].params`) names them in errors.
+    pub fn from_args(
+        engine: Engine,
+        args: &EngineArgs,
+        origin: &str,
+        gpus: u32,
+    ) -> Result<Self, ConfigError> {
+        let profile = engine.profile();
         let err = |problem: String| ConfigError::Params {
             origin: origin.to_string(),
             problem,
         };
-        // The last occurrence wins, as with argparse.
-        let value = |name: &str| -> Result<Option<(String, String)>, ConfigError> {
-            match args.args.iter().rev().find(|a| a.name == name) {
-                None => Ok(None),
-                Some(a) if a.values.len() == 1 => {
-                    Ok(Some((a.spelling.clone(), a.values[0].clone())))
-                }
-                Some(a) => Err(err(format!(
+        let one = |a: &super::Arg| -> Result<(String, String), ConfigError> {
+            match a.values.as_slice() {
+                [v] => Ok((a.spelling.clone(), v.clone())),
+                _ => Err(err(format!(
                     "{} takes one value, got {:?}",
                     a.spelling,
                     a.values.join(" ")
                 ))),
             }
         };
-        let positive = |name: &str| -> Result<Option<u64>, ConfigError> {
-            match value(name)? {
-                None => Ok(None),
-                Some((flag, v)) => match human_int(&v) {
+        // The last occurrence wins, as with argparse.
+        let value = |name: &str| -> Result<Option<(String, String)>, ConfigError> {
+            args.args
+                .iter()
+                .rev()
+                .find(|a| a.name == name)
+                .map(one)
+                .transpose()
+        };
+        let concept = |c: Concept| -> Result<Option<(String, String)>, ConfigError> {
+            engines::concept_arg(engine, args, c).map(one).transpose()
+        };
+        let positive = |found: Option<(String, String)>, suffixes: bool| match found {
+            None => Ok(None),
+            Some((flag, v)) => {
+                let n = if suffixes {
+                    human_int(&v)
+                } else {
+                    v.trim().parse::<u64>().ok()
+                };
+                match n {
                     Some(n) if n > 0 => Ok(Some(n)),
                     _ => Err(err(format!(
                         "{flag} must be a positive whole number, got {v:?}"
                     ))),
-                },
+                }
             }
         };
-        let max_model_len = match value("--max-model-len")? {
-            Some((_, v)) if v.trim() == "-1" || v.trim() == "auto" => None,
-            _ => positive("--max-model-len")?,
+        let rule = profile.context;
+        let max_model_len = match concept(Concept::MaxContext)? {
+            Some((_, v)) if rule.model_values.contains(&v.trim()) => None,
+            None => rule.default,
+            found => positive(found, rule.suffixes)?,
         };
+        let gpu_memory_utilization = match concept(Concept::GpuMemoryFraction)? {
+            None => None,
+            Some((flag, v)) => match v.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Some(f),
+                _ => {
+                    return Err(err(format!(
+                        "{flag} must be a fraction above 0 and at most 1, got {v:?}"
+                    )));
+                }
+            },
+        };
+        let size = |c: Concept| match profile.flag(c) {
+            Some(flag) => args.positive_int(&engines::dashed(flag), origin),
+            None => Ok(1),
+        };
+        let (tensor_parallel, pipeline_parallel) = match profile.gpu_count {
+            GpuCount::Layers { .. } => (1, gpus.max(1)),
+            _ => (
+                size(Concept::TensorParallel)?,
+                size(Concept::PipelineParallel)?,
+            ),
+        };
+        let mut m = MemoryArgs {
+            max_model_len,
+            gpu_memory_utilization,
+            tensor_parallel,
+            pipeline_parallel,
+            ..MemoryArgs::default()
+        };
+        if engine != Engine::Vllm {
+            return Ok(m);
+        }
         let choice = |name: &str, allowed: &[&str]| -> Result<Option<String>, ConfigError> {
             match value(name)? {
                 None => Ok(None),
@@ -111,29 +173,13 @@ impl MemoryArgs {
                 ))),
             }
         };
-        let gpu_memory_utilization = match value("--gpu-memory-utilization")? {
-            None => None,
-            Some((flag, v)) => match v.trim().parse::<f64>() {
-                Ok(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Some(f),
-                _ => {
-                    return Err(err(format!(
-                        "{flag} must be a fraction above 0 and at most 1, got {v:?}"
-                    )));
-                }
-            },
-        };
-        Ok(MemoryArgs {
-            max_model_len,
-            kv_cache_dtype: choice("--kv-cache-dtype", KV_CACHE_DTYPES)?,
-            dtype: choice("--dtype", DTYPES)?,
-            quantization: value("--quantization")?.map(|(_, v)| v),
-            gpu_memory_utilization,
-            enforce_eager: args.has("--enforce-eager"),
-            block_size: positive("--block-size")?,
-            max_num_batched_tokens: positive("--max-num-batched-tokens")?,
-            tensor_parallel: args.positive_int("--tensor-parallel-size", origin)?,
-            pipeline_parallel: args.positive_int("--pipeline-parallel-size", origin)?,
-        })
+        m.kv_cache_dtype = choice("--kv-cache-dtype", KV_CACHE_DTYPES)?;
+        m.dtype = choice("--dtype", DTYPES)?;
+        m.quantization = value("--quantization")?.map(|(_, v)| v);
+        m.enforce_eager = args.has("--enforce-eager");
+        m.block_size = positive(value("--block-size")?, true)?;
+        m.max_num_batched_tokens = positive(value("--max-num-batched-tokens")?, true)?;
+        Ok(m)
     }
 }
 
@@ -143,7 +189,7 @@ mod tests {
 
     fn read(params: &str) -> Result<MemoryArgs, String> {
         let args = EngineArgs::parse(params, "models[0].params").unwrap();
-        MemoryArgs::from_args(&args, "models[0].params").map_err(|e| e.to_string())
+        MemoryArgs::from_args(Engine::Vllm, &args, "models[0].params", 1).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -70,8 +70,9 @@ pub struct RawConfig {
     #[arg(long, env = "HEALTH_CHECK_PORT", global = true)]
     pub health_check_port: Option<String>,
 
-    /// The engine command, split like a shell line (default python3 -m
-    /// vllm.entrypoints.openai.api_server).
+    /// The engine command, split like a shell line, for models of the MODELMUX_ENGINE
+    /// profile without an engine_cmd of their own (default: the profile's own, for vLLM
+    /// python3 -m vllm.entrypoints.openai.api_server).
     #[arg(
         long,
         env = "MODELMUX_ENGINE_CMD",
@@ -134,6 +135,11 @@ pub struct RawConfig {
     /// First restart delay in seconds; doubles per restart up to 60 (default 1).
     #[arg(long, env = "MODELMUX_RESTART_DELAY", global = true)]
     pub restart_delay: Option<String>,
+
+    /// The engine profile of models that name none: vllm (default), sglang, tgi, llamacpp
+    /// or llamacpp-python.
+    #[arg(long, env = "MODELMUX_ENGINE", global = true)]
+    pub engine: Option<String>,
 
     /// First engine port; engines get consecutive ports from it, skipping PORT and
     /// HEALTH_CHECK_PORT (default PORT + 1).

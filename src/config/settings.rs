@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ConfigError, RawConfig};
+use crate::engines::Engine;
 use crate::gpu::GpuOverride;
 
-/// Default engine command: vLLM's own CLI, as vLLM's images run it (the model goes right
-/// after `serve`; the `python3 -m vllm.entrypoints.openai.api_server` module still works,
-/// with deprecation warnings, and takes `--model`).
+/// Default engine command of the default profile: vLLM's own CLI, as vLLM's images run it
+/// (the model goes right after `serve`; the `python3 -m vllm.entrypoints.openai.api_server`
+/// module still works and takes `--model`). Each profile has its own
+/// ([`crate::engines::Profile::default_cmd`]).
 pub const DEFAULT_ENGINE_CMD: &str = "vllm serve";
 /// Default base directory of relative model paths (where OCI mounts model artifacts).
 pub const DEFAULT_MODEL_ROOT: &str = "/opt/ds/model/deployed_model";
@@ -40,8 +42,11 @@ pub struct Settings {
     pub port: u16,
     /// Port of the health listener; equal to `port` when one listener serves both.
     pub health_port: u16,
-    /// The engine command, already split.
-    pub engine_cmd: Vec<String>,
+    /// `MODELMUX_ENGINE`: the profile of models that name none.
+    pub engine: Engine,
+    /// `MODELMUX_ENGINE_CMD`, already split: the command of `engine`'s models without an
+    /// `engine_cmd` of their own. `None`: each profile's default.
+    pub engine_cmd: Option<Vec<String>>,
     /// The GPU override, if `MODELMUX_GPUS` is set.
     pub gpus: Option<GpuOverride>,
     /// Bearer key the front requires, if any.
@@ -157,6 +162,19 @@ pub fn endpoint_path(var: &str, value: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// Splits an engine command line (`MODELMUX_ENGINE_CMD`, a model's `engine_cmd`); `what`
+/// names it in the error.
+pub fn command_line(what: &str, text: &str) -> Result<Vec<String>, ConfigError> {
+    match shlex::split(text) {
+        Some(words) if !words.is_empty() => Ok(words),
+        _ => Err(ConfigError::var(
+            what,
+            text,
+            "not a command line (empty or an unterminated quote)",
+        )),
+    }
+}
+
 /// Parses the log format alone, so that logging can start before anything else is read.
 pub fn log_format(raw: &RawConfig) -> Result<LogFormat, ConfigError> {
     match raw.log_format.as_deref().map(str::trim) {
@@ -182,6 +200,16 @@ impl Settings {
             Some(v) => parse_port("HEALTH_CHECK_PORT", v)?,
             None => port,
         };
+        let engine = match raw.engine.as_deref() {
+            None => Engine::default(),
+            Some(name) => Engine::parse(name).ok_or_else(|| {
+                ConfigError::var(
+                    "MODELMUX_ENGINE",
+                    name,
+                    format!("unknown engine; use one of {}", Engine::known()),
+                )
+            })?,
+        };
         let engine_base_port = match &raw.engine_base_port {
             Some(v) => parse_port("MODELMUX_ENGINE_BASE_PORT", v)?,
             None => port.checked_add(1).ok_or_else(|| {
@@ -192,17 +220,11 @@ impl Settings {
                 )
             })?,
         };
-        let engine_text = raw.engine_cmd.as_deref().unwrap_or(DEFAULT_ENGINE_CMD);
-        let engine_cmd = match shlex::split(engine_text) {
-            Some(words) if !words.is_empty() => words,
-            _ => {
-                return Err(ConfigError::var(
-                    "MODELMUX_ENGINE_CMD",
-                    engine_text,
-                    "not a command line (empty or an unterminated quote)",
-                ));
-            }
-        };
+        let engine_cmd = raw
+            .engine_cmd
+            .as_deref()
+            .map(|text| command_line("MODELMUX_ENGINE_CMD", text))
+            .transpose()?;
         let gpus = raw.gpus.as_deref().map(GpuOverride::parse).transpose()?;
         let api_key = match raw.api_key.as_deref() {
             Some(k) if k.trim().is_empty() => {
@@ -262,6 +284,7 @@ impl Settings {
         Ok(Settings {
             port,
             health_port,
+            engine,
             engine_cmd,
             gpus,
             api_key,
@@ -345,7 +368,12 @@ mod tests {
     fn defaults_follow_the_spec() {
         let s = Settings::from_raw(&RawConfig::default()).unwrap();
         assert_eq!((s.port, s.health_port), (8080, 8080));
-        assert_eq!(s.engine_cmd.join(" "), DEFAULT_ENGINE_CMD);
+        assert_eq!(s.engine, Engine::Vllm);
+        assert_eq!(s.engine_cmd, None);
+        assert_eq!(
+            Engine::Vllm.profile().default_cmd.join(" "),
+            DEFAULT_ENGINE_CMD
+        );
         assert_eq!(s.startup_timeout, Duration::from_secs(1800));
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert_eq!(s.max_restarts, 5);
@@ -402,6 +430,11 @@ mod tests {
                 .starts_with("MODELMUX_STARTUP_TIMEOUT=\"soon\": not a number of seconds")
         );
         assert!(err(|r| r.engine_cmd = Some("'vllm".into())).starts_with("MODELMUX_ENGINE_CMD="));
+        assert_eq!(
+            err(|r| r.engine = Some("ollama".into())),
+            "MODELMUX_ENGINE=\"ollama\": unknown engine; use one of vllm, sglang, tgi, \
+             llamacpp, llamacpp-python"
+        );
         assert!(
             err(|r| r.max_body_bytes = Some("0".into())).starts_with("MODELMUX_MAX_BODY_BYTES=")
         );

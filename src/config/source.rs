@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::{ConfigError, RawConfig, checks};
+use crate::engines::Engine;
 
 /// Which input supplied the models.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -63,6 +64,10 @@ pub struct RawModel {
     pub env: BTreeMap<String, String>,
     /// Served name when `params` has no `--served-model-name`.
     pub default_name: String,
+    /// `engine`, if given.
+    pub engine: Option<Engine>,
+    /// `engine_cmd`: this model's engine command, as written.
+    pub engine_cmd: Option<String>,
     /// Worth a warning but not an error: unknown keys or values, with the nearest known.
     pub warnings: Vec<String>,
     /// `load`, `unload` and `idle_unload`.
@@ -107,6 +112,8 @@ pub fn read_models(raw: &RawConfig) -> Result<(ConfigSource, Vec<RawModel>), Con
             adapters: Vec::new(),
             env: BTreeMap::new(),
             default_name: "odsc-llm".into(),
+            engine: None,
+            engine_cmd: None,
             warnings: Vec::new(),
             loading: Default::default(),
         };
@@ -214,6 +221,24 @@ fn string_field(
     }
 }
 
+fn engine_field(
+    source: &str,
+    obj: &Map<String, Value>,
+    origin: &str,
+) -> Result<Option<Engine>, ConfigError> {
+    let Some(name) = string_field(source, obj, origin, "engine")? else {
+        return Ok(None);
+    };
+    match Engine::parse(&name) {
+        Some(e) => Ok(Some(e)),
+        None => Err(ConfigError::field(
+            source,
+            format!("{origin}.engine"),
+            format!("unknown engine {name:?}; use one of {}", Engine::known()),
+        )),
+    }
+}
+
 fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, ConfigError> {
     let origin = format!("models[{i}]");
     let Some(obj) = value.as_object() else {
@@ -291,6 +316,8 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         params: string_field(source, obj, &origin, "params")?.unwrap_or_default(),
         model_id: string_field(source, obj, &origin, "model_id")?,
         model_task: string_field(source, obj, &origin, "model_task")?,
+        engine: engine_field(source, obj, &origin)?,
+        engine_cmd: string_field(source, obj, &origin, "engine_cmd")?,
         warnings,
         loading,
         origin,

@@ -5,7 +5,7 @@
 
 use super::allocate::best_set;
 use super::pack::{SHARE_STEP, capacity, does_not_fit};
-use super::{GpuError, Inventory, MemDemand, Placement, VLLM_DEFAULT_UTILIZATION, gib};
+use super::{GpuError, Inventory, MemDemand, Placement, gib};
 use crate::weights::{CUDA_CONTEXT, CUDA_GRAPHS};
 
 /// What an engine holds on one of its GPUs.
@@ -64,9 +64,7 @@ pub fn place_beside(
     inv: &Inventory,
     limit: f64,
 ) -> Result<Placement, GpuError> {
-    let alone_share = d
-        .fixed_share
-        .or((limit < VLLM_DEFAULT_UTILIZATION).then_some(limit));
+    let alone_share = d.whole_share(limit);
     if inv.disabled {
         return Ok(Placement {
             gpus: Vec::new(),
@@ -84,7 +82,7 @@ pub fn place_beside(
     }
     let free: Vec<bool> = held.iter().map(Vec::is_empty).collect();
     let sizes_known = inv.gpus.iter().all(|g| g.memory_total > 0);
-    let named = |problem: String| does_not_fit(&[d.clone()], inv, limit, problem);
+    let named = |problem: String| does_not_fit(std::slice::from_ref(d), inv, limit, problem);
     if !d.packable() || !sizes_known {
         let open = free.iter().filter(|f| **f).count();
         if open < d.gpus as usize {
@@ -143,7 +141,9 @@ pub fn place_beside(
         });
     }
     let size = inv.gpus[g].memory_total as f64;
-    let share = d.fixed_share.unwrap_or_else(|| {
+    // Its own value, or for an engine without a fraction flag its estimate; else the room
+    // left.
+    let share = d.own_share(inv.gpus[g].memory_total).unwrap_or_else(|| {
         let outside = d.need.map_or(0, |n| n.outside) as f64;
         let bytes = (room(g) as f64 - outside).max(0.0);
         ((bytes / size) / SHARE_STEP).floor() * SHARE_STEP
@@ -193,6 +193,7 @@ mod tests {
                 outside: GIB,
             }),
             fixed_share: None,
+            fraction_flag: Some("--gpu-memory-utilization"),
             summary: name.into(),
         }
     }

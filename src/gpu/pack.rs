@@ -7,6 +7,10 @@
 //! the GPU with the most room left (worst fit spreads the load, so fewer engines wait on one
 //! another), with first fit as a second try. On a shared GPU each model's share is
 //! proportional to its need, and all engines on it stay under `MODELMUX_GPU_MEMORY_LIMIT`.
+//!
+//! An engine without a memory-fraction flag (llama.cpp) takes what its weights and context
+//! need and no more: beside others it reserves its estimate (rounded up), nothing more, and
+//! the engines that take a fraction share the rest. Its reservation is not passed to it.
 
 use super::allocate::best_set;
 use super::error::gib;
@@ -39,8 +43,14 @@ pub struct MemDemand {
     pub gpus: u32,
     /// Its need per GPU; `None` without an estimate (a Hugging Face id): whole GPUs.
     pub need: Option<Need>,
-    /// The user's own `--gpu-memory-utilization`, kept as is and counted against its GPU.
+    /// The user's own `--gpu-memory-utilization` (or the engine's spelling of it), kept as
+    /// is and counted against its GPU.
     pub fixed_share: Option<f64>,
+    /// The engine's memory-fraction flag (vLLM `--gpu-memory-utilization`, SGLang
+    /// `--mem-fraction-static`, TGI `--cuda-memory-fraction`). `None`: it allocates what it
+    /// needs (llama.cpp), so beside others it is given its estimate, not a part of what is
+    /// left.
+    pub fraction_flag: Option<&'static str>,
     /// The estimate in words for messages, e.g. `llama 17.5 GiB (weights 15.0 GiB, ...)`.
     pub summary: String,
 }
@@ -52,7 +62,8 @@ pub struct Placement {
     pub gpus: Vec<usize>,
     /// The `--gpu-memory-utilization` the engine runs with, when it gets one: a computed share
     /// on a shared GPU, the user's own value, or the limit when the limit is below vLLM's
-    /// default. `None`: vLLM's default on whole GPUs.
+    /// default. `None`: vLLM's default on whole GPUs. For an engine without a fraction flag,
+    /// the part of a shared GPU reserved for it (its estimate).
     pub share: Option<f64>,
     /// Whether the GPU is shared with other models.
     pub shared: bool,
@@ -61,6 +72,29 @@ pub struct Placement {
 impl MemDemand {
     pub(super) fn packable(&self) -> bool {
         self.gpus == 1 && self.need.is_some()
+    }
+
+    /// The share it reserves on a GPU of `size` where it keeps its own (its user's value, or
+    /// for an engine without a fraction flag its estimate rounded up to the share step).
+    pub(super) fn own_share(&self, size: u64) -> Option<f64> {
+        match (self.fixed_share, self.need) {
+            (Some(u), _) => Some(u),
+            (None, Some(need)) if self.fraction_flag.is_none() && size > 0 => {
+                let steps = (need.inside as f64 / size as f64 / SHARE_STEP).ceil();
+                Some(steps * SHARE_STEP)
+            }
+            _ => None,
+        }
+    }
+
+    /// The utilization it runs at alone on its GPUs: its own value, vLLM's default under the
+    /// limit, or for an engine without a fraction flag whatever the limit allows.
+    fn alone_utilization(&self, limit: f64) -> f64 {
+        match self.fixed_share {
+            Some(u) => u,
+            None if self.fraction_flag.is_none() => limit,
+            None => VLLM_DEFAULT_UTILIZATION.min(limit),
+        }
     }
 
     /// Bytes it takes on a GPU of `size` beside others (the rounding allowance included).
@@ -81,10 +115,17 @@ impl MemDemand {
     /// Whether it fits alone on GPUs of `size` with the utilization it would run at.
     pub(super) fn fits_alone(&self, size: u64, limit: f64) -> bool {
         let Some(need) = self.need else { return true };
-        let util = self
-            .fixed_share
-            .unwrap_or(VLLM_DEFAULT_UTILIZATION.min(limit));
-        need.inside as f64 <= util * size as f64
+        need.inside as f64 <= self.alone_utilization(limit) * size as f64
+    }
+
+    /// The share it gets alone on whole GPUs: its own value, or the limit where the limit
+    /// is below vLLM's default; nothing for an engine without a fraction flag.
+    pub(super) fn whole_share(&self, limit: f64) -> Option<f64> {
+        match self.fixed_share {
+            Some(u) => Some(u),
+            None if self.fraction_flag.is_none() => None,
+            None => (limit < VLLM_DEFAULT_UTILIZATION).then_some(limit),
+        }
     }
 }
 
@@ -96,9 +137,7 @@ pub fn place(
 ) -> Result<Vec<Placement>, GpuError> {
     let whole = |gpus: Vec<usize>, d: &MemDemand| Placement {
         gpus,
-        share: d
-            .fixed_share
-            .or((limit < VLLM_DEFAULT_UTILIZATION).then_some(limit)),
+        share: d.whole_share(limit),
         shared: false,
     };
     if inv.disabled {
@@ -275,28 +314,26 @@ fn assign_shares(
     }
     if members.len() == 1 {
         let i = members[0];
-        let d = &demands[i];
-        placed[i].share = d
-            .fixed_share
-            .or((limit < VLLM_DEFAULT_UTILIZATION).then_some(limit));
+        placed[i].share = demands[i].whole_share(limit);
         return;
     }
     let need = |i: usize| demands[i].need.expect("packable");
+    let own = |i: usize| demands[i].own_share(inv.gpus[g].memory_total);
     let outside: f64 = members.iter().map(|&i| need(i).outside as f64).sum();
     let fixed: f64 = members
         .iter()
-        .filter_map(|&i| demands[i].fixed_share)
+        .filter_map(|&i| own(i))
         .map(|u| u * size)
         .sum();
     let inside: f64 = members
         .iter()
-        .filter(|&&i| demands[i].fixed_share.is_none())
+        .filter(|&&i| own(i).is_none())
         .map(|&i| need(i).inside as f64)
         .sum();
     let allowance = (limit * size - outside - fixed).max(0.0);
     for &i in &members {
         placed[i].shared = true;
-        placed[i].share = match demands[i].fixed_share {
+        placed[i].share = match own(i) {
             Some(u) => Some(u),
             None => {
                 let bytes = allowance * need(i).inside as f64 / inside.max(1.0);
@@ -333,11 +370,11 @@ fn check_alone(
 /// Why `d` does not fit GPU `g` even alone.
 pub(super) fn alone_problem(d: &MemDemand, inv: &Inventory, g: usize, limit: f64) -> String {
     let need = d.need.map_or(0, |n| n.inside);
-    let util = d.fixed_share.unwrap_or(VLLM_DEFAULT_UTILIZATION.min(limit));
-    let source = if d.fixed_share.is_some() {
-        "its own --gpu-memory-utilization"
-    } else {
-        "vLLM's utilization"
+    let util = d.alone_utilization(limit);
+    let source = match (d.fixed_share, d.fraction_flag) {
+        (Some(_), Some(flag)) => format!("its own {flag}"),
+        (_, None) => "MODELMUX_GPU_MEMORY_LIMIT".to_string(),
+        (None, Some(_)) => "vLLM's utilization".to_string(),
     };
     let size = inv.gpus[g].memory_total;
     format!(

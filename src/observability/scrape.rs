@@ -41,9 +41,11 @@ pub struct Target {
     pub model: String,
     /// `127.0.0.1:PORT` of its engine.
     pub authority: String,
+    /// Its metrics path (`/metrics`; engine profiles say).
+    pub path: String,
 }
 
-/// The engines a scrape asks: those whose model is ready.
+/// The engines a scrape asks: those whose model is ready and whose server has metrics.
 pub fn targets(table: &RoutingTable, snapshot: &Snapshot) -> Vec<Target> {
     table
         .models
@@ -54,10 +56,13 @@ pub fn targets(table: &RoutingTable, snapshot: &Snapshot) -> Vec<Target> {
                 .get(route.index)
                 .is_some_and(|m| m.state == Phase::Ready)
         })
-        .map(|route| Target {
-            index: route.index,
-            model: route.model.to_string(),
-            authority: route.authority.to_string(),
+        .filter_map(|route| {
+            Some(Target {
+                index: route.index,
+                model: route.model.to_string(),
+                authority: route.authority.to_string(),
+                path: route.metrics_path.as_deref()?.to_string(),
+            })
         })
         .collect()
 }
@@ -132,8 +137,8 @@ pub async fn scrape_all(
     let deadline = tokio::time::Instant::now() + budget;
     let mut tasks = JoinSet::new();
     for (i, t) in targets.iter().enumerate() {
-        let authority = t.authority.clone();
-        tasks.spawn(async move { (i, fetch(&authority).await) });
+        let (authority, path) = (t.authority.clone(), t.path.clone());
+        tasks.spawn(async move { (i, fetch(&authority, &path).await) });
     }
     let mut results: Vec<Option<Result<String, String>>> = vec![None; targets.len()];
     while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
@@ -153,8 +158,9 @@ pub async fn scrape_all(
         .collect()
 }
 
-/// One `GET /metrics` on a fresh loopback connection (never through an HTTP proxy).
-async fn fetch(authority: &str) -> Result<String, String> {
+/// One `GET` of the metrics path on a fresh loopback connection (never through an HTTP
+/// proxy).
+async fn fetch(authority: &str, path: &str) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
@@ -162,7 +168,7 @@ async fn fetch(authority: &str) -> Result<String, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
-    let request = http::Request::get("/metrics")
+    let request = http::Request::get(path)
         .header(http::header::HOST, authority)
         .header(
             http::header::ACCEPT,
@@ -178,7 +184,7 @@ async fn fetch(authority: &str) -> Result<String, String> {
             .await
             .map_err(|e| e.to_string())?;
         if resp.status() != http::StatusCode::OK {
-            return Err(format!("GET /metrics answered {}", resp.status()));
+            return Err(format!("GET {path} answered {}", resp.status()));
         }
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
@@ -191,10 +197,14 @@ async fn fetch(authority: &str) -> Result<String, String> {
     result
 }
 
-/// One engine's `/metrics` text within `timeout`, outside any scrape (the supervisor's
+/// One engine's metrics text (at its profile's `path`) within `timeout`, outside any scrape (the supervisor's
 /// progress check reads its counters this way).
-pub async fn fetch_within(authority: &str, timeout: Duration) -> Result<String, String> {
-    tokio::time::timeout(timeout, fetch(authority))
+pub async fn fetch_within(
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    tokio::time::timeout(timeout, fetch(authority, path))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }

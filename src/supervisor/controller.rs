@@ -18,7 +18,6 @@ use super::ledger::{self, Candidate, Entry, Eviction, Gpus, Holding};
 use super::orders::{AdapterError, Order, Rest};
 use super::probe::Prober;
 use super::reaper::Reaper;
-use super::stall;
 use crate::config::{LoadMode, Settings, UnloadMode};
 use crate::plan::{LaunchPlan, ModelLaunch};
 use crate::state::{MAX_MODELS, ModelStatus, Phase, RuntimeAdapter, Snapshot, StateTx};
@@ -126,8 +125,7 @@ impl Controller {
             failures: self.failures.clone(),
             prober: self.prober.clone(),
             calls: self.calls.clone(),
-            // Every engine is vLLM for now; an engine profile will bring its own names.
-            progress: stall::ProgressMetrics::VLLM,
+            progress: launch.engine.profile().metrics.map(|m| m.progress),
             orders,
             autostart,
         };
@@ -550,6 +548,12 @@ impl Controller {
         };
         let checked = (|| {
             let launch = &self.slots[index].launch;
+            if launch.engine != crate::engines::Engine::Vllm {
+                return Err(CommandError::Invalid(format!(
+                    "model {model} runs engine {}; adapters are loaded at run time through vLLM's runtime LoRA API only: list them in fine_tune_weights and reload",
+                    launch.engine.profile().name
+                )));
+            }
             if !launch.runtime_lora {
                 return Err(CommandError::Invalid(format!(
                     "model {model} was started without --enable-lora, so its engine cannot load adapters; add --enable-lora (and --max-lora-rank if the adapters need it) to its params and reload"

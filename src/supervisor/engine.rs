@@ -20,6 +20,7 @@ use super::reaper::{Exit, Reaper};
 use super::restart::RestartPolicy;
 use super::stall::{ProgressMetrics, StallWatch};
 use crate::config::{OnFailure, Settings};
+use crate::engines;
 use crate::observability::scrape;
 use crate::plan::ModelLaunch;
 use crate::state::StateTx;
@@ -100,8 +101,9 @@ pub struct EngineTask {
     pub prober: Prober,
     /// Control calls (sleep, wake, adapters).
     pub calls: EngineCalls,
-    /// The engine's metric names for the progress check (`MODELMUX_STALL_TIMEOUT`).
-    pub progress: ProgressMetrics,
+    /// The engine's metric names for the progress check (`MODELMUX_STALL_TIMEOUT`), from
+    /// its profile; `None` for an engine without metrics, which is not checked.
+    pub progress: Option<ProgressMetrics>,
     /// Orders from the controller.
     pub orders: mpsc::UnboundedReceiver<Order>,
     /// Start at once (an always-loaded model of the first plan); otherwise wait for
@@ -230,8 +232,13 @@ impl EngineTask {
     /// Reports a model that failed for good.
     fn give_up(&self, name: &str, reason: &str, usage_error: bool, restarts: u32, tail: &Tail) {
         let why = if usage_error {
+            // VLLM_PARAMS reaches vLLM models only.
+            let check = match self.launch.engine {
+                engines::Engine::Vllm => "the model's params and VLLM_PARAMS",
+                _ => "the model's params",
+            };
             format!(
-                "{reason}: a usage error before it was ever ready, so it is not restarted (check the model's params and VLLM_PARAMS)"
+                "{reason}: a usage error before it was ever ready, so it is not restarted (check {check})"
             )
         } else {
             format!(
@@ -367,16 +374,20 @@ impl EngineTask {
         watch: &mut StallWatch,
         said: &mut bool,
     ) -> Option<String> {
+        let (Some(progress), Some(path)) = (self.progress, self.launch.metrics_path.as_deref())
+        else {
+            return None;
+        };
         let authority = format!("127.0.0.1:{}", self.launch.port);
         let timeout = self.settings.health_timeout;
-        let reading = match scrape::fetch_within(&authority, timeout).await {
-            Ok(text) => self.progress.read(&text).ok_or_else(|| {
+        let reading = match scrape::fetch_within(&authority, path, timeout).await {
+            Ok(text) => progress.read(&text).ok_or_else(|| {
                 format!(
-                    "its /metrics has no {} or no progress counter",
-                    self.progress.running
+                    "its {path} has no {} or no progress counter",
+                    progress.running
                 )
             }),
-            Err(why) => Err(format!("its /metrics did not answer ({why})")),
+            Err(why) => Err(format!("its {path} did not answer ({why})")),
         };
         match reading {
             Ok(reading) => {
@@ -395,23 +406,10 @@ impl EngineTask {
     }
 }
 
-/// The engine's own API key (`--api-key` in its params, else `VLLM_API_KEY`), which its
-/// `/v1/models` requires.
+/// The engine's own API key (its profile's flag in its command line, else its variable),
+/// which its `/v1/models` and control endpoints require.
 pub(super) fn engine_api_key(launch: &ModelLaunch) -> Option<String> {
-    let argv = &launch.argv;
-    let from_flag = argv.iter().enumerate().find_map(|(i, a)| {
-        a.strip_prefix("--api-key=")
-            .map(str::to_string)
-            .or_else(|| {
-                (a == "--api-key")
-                    .then(|| argv.get(i + 1).cloned())
-                    .flatten()
-            })
-    });
-    from_flag
-        .or_else(|| launch.env.get("VLLM_API_KEY").cloned())
-        .or_else(|| std::env::var("VLLM_API_KEY").ok())
-        .filter(|k| !k.is_empty())
+    engines::api_key(launch.engine, &launch.argv, &launch.env)
 }
 
 /// Resolves once shutdown has begun.

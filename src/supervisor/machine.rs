@@ -271,6 +271,7 @@ pub(crate) mod tests {
             adapters: Vec::new(),
             runtime_adapters: Vec::new(),
             predict_route: "/v1/completions".into(),
+            metrics_path: Some("/metrics".into()),
             retired: false,
             usage: crate::usage::Usage::new(),
             loads: Default::default(),

@@ -1,4 +1,5 @@
-//! Health probes: `GET /health` on an engine's loopback port.
+//! Health probes: `GET` of the engine's health path (its profile's: `/health`, or
+//! `/v1/models` for a server without one) on its loopback port.
 
 use std::time::Duration;
 
@@ -28,9 +29,9 @@ impl Default for Prober {
 }
 
 impl Prober {
-    /// True when `GET http://127.0.0.1:{port}/health` answers 200 within `timeout`.
-    pub async fn healthy(&self, port: u16, timeout: Duration) -> bool {
-        let uri = format!("http://127.0.0.1:{port}/health");
+    /// True when `GET http://127.0.0.1:{port}{path}` answers 200 within `timeout`.
+    pub async fn healthy(&self, port: u16, path: &str, timeout: Duration) -> bool {
+        let uri = format!("http://127.0.0.1:{port}{path}");
         let Ok(uri) = uri.parse::<hyper::Uri>() else {
             return false;
         };

@@ -153,7 +153,7 @@ impl EngineTask {
                     }
                     continue;
                 }
-                healthy = self.prober.healthy(self.launch.port, STARTUP_PROBE.max(Duration::from_secs(1))) => {
+                healthy = self.prober.healthy(self.launch.port, &self.launch.health_path, STARTUP_PROBE.max(Duration::from_secs(1))) => {
                     if healthy {
                         break;
                     }
@@ -202,7 +202,11 @@ impl EngineTask {
         // for a stall (requests running, no progress for MODELMUX_STALL_TIMEOUT), and carry
         // out orders.
         let mut failed_probes = 0u32;
-        let mut stall = self.settings.stall_timeout.map(StallWatch::new);
+        let stall_timeout = self
+            .settings
+            .stall_timeout
+            .filter(|_| self.progress.is_some());
+        let mut stall = stall_timeout.map(StallWatch::new);
         let mut unreadable_said = false;
         let mut asleep = false;
         let mut next_probe = Instant::now() + self.settings.health_interval;
@@ -244,7 +248,7 @@ impl EngineTask {
                             }
                             asleep = false;
                             failed_probes = 0;
-                            stall = self.settings.stall_timeout.map(StallWatch::new);
+                            stall = stall_timeout.map(StallWatch::new);
                         }
                         Triage::Ready(Order::AddAdapter(adapter, reply)) => {
                             let _ = reply.send(self.add_adapter(adapter).await);
@@ -261,7 +265,7 @@ impl EngineTask {
             next_probe = Instant::now() + self.settings.health_interval;
             // A busy engine may answer slowly: only several misses in a row count.
             let healthy = tokio::select! {
-                h = self.prober.healthy(self.launch.port, self.settings.health_timeout) => h,
+                h = self.prober.healthy(self.launch.port, &self.launch.health_path, self.settings.health_timeout) => h,
                 _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
             };
             if healthy {
@@ -329,15 +333,34 @@ impl EngineTask {
         self.state.borrow().models[self.index].loads.clone()
     }
 
-    /// The engine's `/v1/models` entries.
+    /// The engine's `/v1/models` entries, with entries for the served names the engine
+    /// does not list itself (SGLang and llama.cpp list the first, TGI its model id) copied
+    /// from its base-model entry.
     async fn engine_models(&self) -> Option<Vec<serde_json::Value>> {
-        self.prober
+        let list = self
+            .prober
             .models(
                 self.launch.port,
                 engine_api_key(&self.launch).as_deref(),
                 Duration::from_secs(5),
             )
-            .await
+            .await?;
+        let l = &self.launch;
+        let adapters: Vec<String> = {
+            let s = self.state.borrow();
+            let m = &s.models[self.index];
+            l.adapters
+                .iter()
+                .cloned()
+                .chain(m.runtime_adapters.iter().map(|a| a.name.clone()))
+                .collect()
+        };
+        Some(crate::engines::model_entries(
+            &l.served_names,
+            &l.model_path,
+            &adapters,
+            list,
+        ))
     }
 
     /// Puts the ready engine to sleep (the controller drained it: requests that come
@@ -374,7 +397,11 @@ impl EngineTask {
         let deadline = began + timeout;
         while !self
             .prober
-            .healthy(self.launch.port, Duration::from_secs(1))
+            .healthy(
+                self.launch.port,
+                &self.launch.health_path,
+                Duration::from_secs(1),
+            )
             .await
         {
             if Instant::now() >= deadline {

@@ -13,7 +13,9 @@
 //! start nor reset the clock.
 //!
 //! The check runs beside the health probe of a ready engine, on its own connection to the
-//! engine's loopback port: nothing on the request path.
+//! engine's loopback port: nothing on the request path. The metric names are the engine
+//! profile's ([`crate::engines::ProgressMetrics`]); an engine without metrics
+//! (llama-cpp-python) is not judged.
 
 use std::time::Duration;
 
@@ -21,35 +23,17 @@ use tokio::time::Instant;
 
 use crate::observability::scrape;
 
-/// The metric names that tell whether an engine is working: one place for them, so that an
-/// engine profile with another metrics prefix brings its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProgressMetrics {
-    /// Gauge: requests in the engine's running batch (summed over its label sets).
-    pub running: &'static str,
-    /// Counters of work done; the engine makes progress while any of them moves. Tokens
-    /// generated first (the one named in messages); prompt tokens and finished requests
-    /// too, so that a long prefill or an embedding model (no generated tokens) is not
-    /// taken for a hang.
-    pub progress: &'static [&'static str],
-}
+pub use crate::engines::ProgressMetrics;
 
+/// Reading an engine's metrics with its profile's names ([`ProgressMetrics`], one set per
+/// engine profile; `None` for a server without metrics, which is never judged).
 impl ProgressMetrics {
-    /// vLLM's V1 engine (`vllm/v1/metrics/loggers.py`).
-    pub const VLLM: ProgressMetrics = ProgressMetrics {
-        running: "vllm:num_requests_running",
-        progress: &[
-            "vllm:generation_tokens_total",
-            "vllm:prompt_tokens_total",
-            "vllm:request_success_total",
-        ],
-    };
-
     /// Reads one exposition: `None` unless it has the running gauge and at least one of
     /// the progress counters (an engine without them cannot be judged).
     pub fn read(&self, text: &str) -> Option<Reading> {
-        let mut names = Vec::with_capacity(1 + self.progress.len());
+        let mut names = Vec::with_capacity(2 + self.progress.len());
         names.push(self.running);
+        names.extend(self.generated);
         names.extend_from_slice(self.progress);
         let sums = scrape::sums(text, &names);
         let running = sums[0]?;
@@ -60,7 +44,7 @@ impl ProgressMetrics {
         Some(Reading {
             running,
             work: counters.iter().flatten().sum(),
-            generated: counters[0],
+            generated: self.generated.and(counters[0]),
         })
     }
 }
@@ -152,6 +136,11 @@ impl StallWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engines::Engine;
+
+    fn names(engine: Engine) -> ProgressMetrics {
+        engine.profile().metrics.expect("has metrics").progress
+    }
 
     fn r(running: f64, work: f64) -> Reading {
         Reading {
@@ -238,8 +227,9 @@ vllm:prompt_tokens_total{model_name=\"m\",engine=\"0\"} 5.0
 vllm:request_success_total{model_name=\"m\",engine=\"0\",finished_reason=\"stop\"} 2.0
 vllm:request_success_total{model_name=\"m\",engine=\"0\",finished_reason=\"abort\"} 1.0
 ";
+        let vllm = names(Engine::Vllm);
         assert_eq!(
-            ProgressMetrics::VLLM.read(text),
+            vllm.read(text),
             Some(Reading {
                 running: 3.0,
                 work: 18.0,
@@ -247,13 +237,48 @@ vllm:request_success_total{model_name=\"m\",engine=\"0\",finished_reason=\"abort
             })
         );
         // Another engine's metrics, or none: no reading, so no verdict.
-        assert_eq!(
-            ProgressMetrics::VLLM.read("sglang:num_running_reqs 1\n"),
-            None
-        );
-        assert_eq!(
-            ProgressMetrics::VLLM.read("vllm:num_requests_running 1\n"),
-            None
-        );
+        assert_eq!(vllm.read("sglang:num_running_reqs 1\n"), None);
+        assert_eq!(vllm.read("vllm:num_requests_running 1\n"), None);
+    }
+
+    #[test]
+    fn each_profile_reads_its_own_servers_series() {
+        // As each server writes them (SGLang's prometheus_client with a model_name label,
+        // TGI's metrics-exporter-prometheus without `_total`, llama.cpp's own writer).
+        let sglang = "\
+sglang:num_running_reqs{model_name=\"m\"} 2.0
+sglang:num_used_tokens{model_name=\"m\"} 310.0
+sglang:gen_throughput{model_name=\"m\"} 41.5
+sglang:generation_tokens_total{model_name=\"m\"} 100.0
+";
+        let tgi = "\
+tgi_batch_current_size 3
+tgi_batch_inference_success{method=\"prefill\"} 2
+tgi_batch_inference_success{method=\"decode\"} 57
+tgi_request_success 1
+";
+        let llamacpp = "\
+# TYPE llamacpp:requests_processing gauge
+llamacpp:requests_processing 1
+llamacpp:n_decode_total 12
+llamacpp:prompt_tokens_total 9
+llamacpp:tokens_predicted_total 0
+";
+        for (engine, text, running, work) in [
+            (Engine::Sglang, sglang, 2.0, 451.5),
+            (Engine::Tgi, tgi, 3.0, 60.0),
+            (Engine::Llamacpp, llamacpp, 1.0, 21.0),
+        ] {
+            let r = names(engine)
+                .read(text)
+                .unwrap_or_else(|| panic!("{engine}"));
+            assert_eq!((r.running, r.work), (running, work), "{engine}");
+            // Their token counters move only when a request ends: not named as stuck.
+            assert_eq!(r.generated, None, "{engine}");
+            // vLLM's names are not theirs: no reading, no verdict.
+            assert_eq!(names(Engine::Vllm).read(text), None, "{engine}");
+        }
+        // llama-cpp-python has no metrics: its engines are never judged.
+        assert!(Engine::LlamacppPython.profile().metrics.is_none());
     }
 }

@@ -11,7 +11,7 @@ const GIB_F: f64 = GIB as f64;
 
 fn args(params: &str) -> MemoryArgs {
     let a = crate::config::EngineArgs::parse(params, "p").unwrap();
-    MemoryArgs::from_args(&a, "p").unwrap()
+    MemoryArgs::from_args(crate::engines::Engine::Vllm, &a, "p", 1).unwrap()
 }
 
 fn est(dir: &Path, params: &str) -> MemoryEstimate {

@@ -309,7 +309,7 @@ impl Control {
     }
 
     /// The JSON body of a LoRA call, or vLLM's 400.
-    fn lora_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
+    fn lora_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Box<Response>> {
         let json_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -322,21 +322,21 @@ impl Control {
             })
             == Some("application/json".into());
         if !json_type {
-            return Err(vllm_error(
+            return Err(Box::new(vllm_error(
                 StatusCode::BAD_REQUEST,
                 "BadRequestError",
                 "Unsupported Media Type: Only 'application/json' is allowed",
-            ));
+            )));
         }
         serde_json::from_slice::<Value>(body)
             .ok()
             .filter(Value::is_object)
             .ok_or_else(|| {
-                vllm_error(
+                Box::new(vllm_error(
                     StatusCode::BAD_REQUEST,
                     "BadRequestError",
                     "body: Input should be a valid dictionary",
-                )
+                ))
             })
     }
 
@@ -347,7 +347,7 @@ impl Control {
         }
         let req = match Self::lora_body(headers, body) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let (Some(name), Some(path)) = (
             req.get("lora_name").and_then(Value::as_str),
@@ -416,7 +416,7 @@ impl Control {
         }
         let req = match Self::lora_body(headers, body) {
             Ok(v) => v,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let Some(name) = req.get("lora_name").and_then(Value::as_str) else {
             return vllm_error(

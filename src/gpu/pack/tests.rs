@@ -36,6 +36,7 @@ fn model(name: &str, gpus: u32, inside_gib: f64) -> MemDemand {
             outside: GIB,
         }),
         fixed_share: None,
+        fraction_flag: Some("--gpu-memory-utilization"),
         summary: format!("{name} {inside_gib} GiB"),
     }
 }
@@ -100,6 +101,42 @@ fn parallel_and_unestimated_models_keep_whole_gpus() {
     assert_eq!(got[3].gpus, vec![3]);
     assert!(got[0].shared && got[3].shared && !got[1].shared && !got[2].shared);
     assert_eq!(got[1].share, None);
+}
+
+#[test]
+fn an_engine_without_a_fraction_flag_reserves_its_estimate_and_no_more() {
+    // llama.cpp (no flag) beside vLLM on one 80 GiB GPU: it keeps its 5 GiB need (rounded
+    // up to the share step); vLLM gets the rest of the allowance, not a proportional part.
+    let mut gguf = model("gguf", 1, 5.0);
+    gguf.fraction_flag = None;
+    let got = place(
+        &[model("big", 1, 20.0), gguf.clone()],
+        &machine(&[80]),
+        0.92,
+    )
+    .unwrap();
+    assert!(got[0].shared && got[1].shared);
+    assert_eq!(got[1].share, Some(0.063), "ceil(5/80, 0.001)");
+    let vllm = got[0].share.unwrap();
+    // 0.92 × 80 − 2 × 1 GiB outside − 0.063 × 80: about 0.832, rounded down.
+    assert!((0.830..=0.833).contains(&vllm), "{vllm}");
+    // Proportional shares would have given vLLM only 4/5 of the allowance.
+    assert!(vllm > 0.8 * (0.92 - 2.0 / 80.0) + 0.05, "{vllm}");
+
+    // Alone on its GPU it gets no share (there is no flag to pass it in), and it only has
+    // to fit under the limit, not under vLLM's 0.9.
+    let got = place(std::slice::from_ref(&gguf), &machine(&[80]), 0.5).unwrap();
+    assert_eq!(got[0].share, None);
+    let mut huge = model("huge", 1, 75.0);
+    huge.fraction_flag = None;
+    assert!(place(std::slice::from_ref(&huge), &machine(&[80]), 0.95).is_ok());
+    let e = place(&[huge], &machine(&[80]), 0.92)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("huge needs 75.0 GiB per GPU but MODELMUX_GPU_MEMORY_LIMIT 0.92 of GPU 0 allows 73.6 GiB"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -202,15 +239,18 @@ fn demand_strategy() -> impl Strategy<Value = MemDemand> {
         prop::option::weighted(0.85, 1u64..30),
         prop::option::weighted(0.15, 5u32..60),
         0u32..2,
+        // One engine in five has no fraction flag (llama.cpp); it has no share of its own.
+        prop::bool::weighted(0.2),
     )
-        .prop_map(|(gpus, inside, fixed, eager)| MemDemand {
+        .prop_map(|(gpus, inside, fixed, eager, no_flag)| MemDemand {
             name: "m".into(),
             gpus,
             need: inside.map(|g| Need {
                 inside: g * GIB,
                 outside: GIB / 2 + u64::from(eager) * GIB / 2,
             }),
-            fixed_share: fixed.map(|f| f64::from(f) / 100.0),
+            fixed_share: fixed.filter(|_| !no_flag).map(|f| f64::from(f) / 100.0),
+            fraction_flag: (!no_flag).then_some("--gpu-memory-utilization"),
             summary: String::new(),
         })
 }
@@ -251,7 +291,13 @@ proptest! {
                 if let [i] = members[..] {
                     prop_assert!(!placed[i].shared);
                     if let Some(need) = demands[i].need {
-                        let util = placed[i].share.unwrap_or(VLLM_DEFAULT_UTILIZATION);
+                        let alone = if demands[i].fraction_flag.is_none() {
+                            prop_assert_eq!(placed[i].share, None, "no flag, no share alone");
+                            limit
+                        } else {
+                            VLLM_DEFAULT_UTILIZATION
+                        };
+                        let util = placed[i].share.unwrap_or(alone);
                         prop_assert!(need.inside as f64 <= util * size + 1.0);
                     }
                 }

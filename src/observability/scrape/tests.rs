@@ -210,6 +210,7 @@ async fn a_slow_engine_is_left_out_and_counted_within_the_budget() {
             index,
             model: model.into(),
             authority,
+            path: "/metrics".into(),
         })
         .collect();
     let errors = ScrapeErrors::new(["fast", "slow", "gone"]);
