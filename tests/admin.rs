@@ -457,12 +457,12 @@ fn adapters_are_loaded_again_after_their_engine_restarts() {
         .await;
         let r = complete(&c, &m, "sql").await;
         assert_eq!(r.status, 200, "{}", r.body);
-        assert!(
+        // modelmux's log reaches the test through a pipe: wait for the line, do not race it.
+        wait_for(T, "the adapter loaded again, in the log", || {
             m.log()
-                .contains("LoRA adapter loaded again after the engine started"),
-            "{}",
-            m.log()
-        );
+                .contains("LoRA adapter loaded again after the engine started")
+        })
+        .await;
         // An adapter whose files are gone by then is dropped, the model serves on.
         std::fs::remove_file(std::path::Path::new(&sql).join("adapter_config.json")).unwrap();
         let r = admin(&c, &m, "POST", "/admin/models/base/restart", "").await;
