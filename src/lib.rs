@@ -25,6 +25,7 @@ pub mod front;
 pub mod gpu;
 pub mod observability;
 pub mod plan;
+pub mod resolve;
 pub mod serve;
 pub mod state;
 pub mod supervisor;

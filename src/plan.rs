@@ -48,6 +48,10 @@ pub struct ModelLaunch {
     pub env: BTreeMap<String, String>,
     /// Where `/predict` goes without a `route` header.
     pub predict_route: String,
+    /// Requests in flight to this engine at once; `None`: no limit.
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot when `max_concurrency` is reached.
+    pub max_queue: u32,
 }
 
 /// The whole plan.
@@ -157,6 +161,8 @@ pub fn build_with_ports(
                 argv,
                 env,
                 predict_route,
+                max_concurrency: m.max_concurrency,
+                max_queue: m.max_queue,
             }
         })
         .collect();
@@ -208,6 +214,9 @@ impl std::fmt::Display for LaunchPlan {
             writeln!(f, "  GPUs:         {gpus}")?;
             writeln!(f, "  port:         127.0.0.1:{}", m.port)?;
             writeln!(f, "  predict:      {}", m.predict_route)?;
+            if let Some(c) = m.max_concurrency {
+                writeln!(f, "  concurrency:  {c} at once, {} may wait", m.max_queue)?;
+            }
             writeln!(f, "  command:      {}", shell_line(&m.argv))?;
             for (k, v) in &m.env {
                 writeln!(f, "  env:          {k}={v}")?;

@@ -4,6 +4,7 @@
 
 mod error;
 pub mod params;
+pub mod paths;
 mod raw;
 mod settings;
 mod source;
@@ -13,6 +14,7 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use params::{Arg, EngineArgs};
+pub use paths::{is_plain_path, route_path};
 pub use raw::RawConfig;
 pub use settings::{
     DEFAULT_ENGINE_CMD, DEFAULT_MODEL_ROOT, LogFormat, OnFailure, Settings, log_format,
@@ -55,6 +57,10 @@ pub struct ModelSpec {
     pub env: BTreeMap<String, String>,
     /// GPUs needed: tensor × pipeline × data parallel size.
     pub gpu_demand: u32,
+    /// Requests in flight to this engine at once; `None`: no limit, no queue.
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot (with `max_concurrency`; default 4 × it).
+    pub max_queue: u32,
 }
 
 /// The whole validated configuration.
@@ -265,6 +271,17 @@ fn resolve_model(
         gpu_demand = gpu_demand.saturating_mul(n);
     }
 
+    if m.max_queue.is_some() && m.max_concurrency.is_none() {
+        warnings.push(format!(
+            "{}: max_queue is ignored without max_concurrency (no limit, no queue)",
+            m.origin
+        ));
+    }
+    let max_queue = match m.max_concurrency {
+        Some(c) => m.max_queue.unwrap_or(c.saturating_mul(4)),
+        None => 0,
+    };
+
     Ok(ModelSpec {
         origin: m.origin.clone(),
         model_path: m.model_path.clone(),
@@ -276,6 +293,8 @@ fn resolve_model(
         model_task: m.model_task.clone(),
         env: m.env.clone(),
         gpu_demand,
+        max_concurrency: m.max_concurrency,
+        max_queue,
     })
 }
 
