@@ -2,35 +2,53 @@
 //! ever used by the thread (and so the event loop) that opened it, so no wake-up crosses
 //! threads on the proxy path.
 //!
-//! Engines close idle connections (uvicorn after 5 s); a pooled connection the engine has
-//! closed is seen as readable-at-EOF and dropped at checkout. One that closes in the
-//! instant between checkout and use is retried once by the caller.
+//! Engines close idle connections (uvicorn after 5 s). A pooled connection is used only
+//! while it has been idle for less than [`crate::front::general::ENGINE_IDLE`], and one the
+//! engine has closed is seen as readable-at-EOF and dropped at checkout, so the front
+//! rarely writes to a connection the engine is closing; when it does, the request is not
+//! retried unless it provably never reached the engine (at most once).
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::front::general::ENGINE_IDLE;
 
 /// Idle connections kept per engine per thread.
 const MAX_IDLE: usize = 1024;
 
+struct Idle {
+    conn: TcpStream,
+    since: Instant,
+}
+
 /// Idle engine connections of one front thread, indexed like the routing table's models.
 pub struct Engines {
-    idle: Vec<Mutex<Vec<TcpStream>>>,
+    idle: Vec<Mutex<VecDeque<Idle>>>,
 }
 
 impl Engines {
     /// Empty pools for `engines` engines.
     pub fn new(engines: usize) -> Self {
         Engines {
-            idle: (0..engines).map(|_| Mutex::new(Vec::new())).collect(),
+            idle: (0..engines).map(|_| Mutex::new(VecDeque::new())).collect(),
         }
     }
 
-    /// An idle connection to engine `engine` that still looks open.
+    /// The most recently used idle connection to engine `engine` that is young enough and
+    /// still looks open.
     pub fn checkout(&self, engine: usize) -> Option<TcpStream> {
         let mut idle = self.idle[engine].lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(conn) = idle.pop() {
+        let now = Instant::now();
+        while let Some(Idle { conn, since }) = idle.pop_back() {
+            if now.duration_since(since) >= ENGINE_IDLE {
+                // The rest are older still.
+                idle.clear();
+                return None;
+            }
             // Anything readable on an idle connection is EOF, an error or garbage.
             if matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             {
@@ -43,8 +61,15 @@ impl Engines {
     /// Returns a connection whose last response was read completely.
     pub fn checkin(&self, engine: usize, conn: TcpStream) {
         let mut idle = self.idle[engine].lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        while idle
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= ENGINE_IDLE)
+        {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE {
-            idle.push(conn);
+            idle.push_back(Idle { conn, since: now });
         }
     }
 }

@@ -1,28 +1,31 @@
 //! One request passed to an engine and its response passed back byte for byte: one write
 //! to the engine, and for each read from the engine one write to the client, with nothing
 //! held back. The client connection is watched meanwhile, so that a client that goes away
-//! closes the engine connection (vLLM then aborts the generation).
+//! closes the engine connection (vLLM then aborts the generation). During long silences
+//! in an event stream, a keepalive comment goes out between two events.
+//!
+//! A request is sent at most once: it is sent again, on a fresh connection, only when the
+//! pooled connection refused the very first byte of it.
+
+use std::pin::Pin;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::Front;
+use super::buffers::{READ_SIZE, Scratch};
 use super::engines::connect;
-use super::request::{Forward, push_decimal};
+use super::request::Forward;
 use super::response::{self, Head};
-use crate::front::App;
-use crate::front::body::{Inflight, Outcome, record};
-use crate::front::errors::error_body;
+use crate::front::access::{Inflight, Record};
+use crate::front::queue::Slot;
+use crate::front::refusal::Refusal;
+use crate::front::sse::KEEPALIVE;
 
 /// Client bytes read ahead (pipelined requests) while a response is under way, at most.
 const MAX_EARLY: usize = 64 * 1024;
-/// Room made in a buffer before each read.
-const READ_SIZE: usize = 16 * 1024;
-/// A buffer that grew past this for one large request or response is let go afterwards,
-/// so that idle keep-alive connections do not each hold the largest body they ever saw.
-pub const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// What the connection does after an exchange.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,67 +36,36 @@ pub enum Next {
     Close,
 }
 
-/// Buffers a client connection reuses from request to request.
-#[derive(Default)]
-pub struct Scratch {
-    /// The engine's request, as built by [`super::request::parse`].
-    pub out: Vec<u8>,
-    /// Bytes read from the engine.
-    engine: BytesMut,
-    /// The client's response head (and the first body bytes).
-    head: Vec<u8>,
-    /// Bytes the client sent while its response was under way.
-    pub early: BytesMut,
-}
-
-impl Scratch {
-    /// Lets go of buffers that grew past [`KEEP_CAPACITY`].
-    pub fn shrink(&mut self) {
-        if self.out.capacity() > KEEP_CAPACITY {
-            self.out = Vec::new();
-        }
-        if self.head.capacity() > KEEP_CAPACITY {
-            self.head = Vec::new();
-        }
-        if self.engine.capacity() > KEEP_CAPACITY {
-            self.engine = BytesMut::new();
-        }
-    }
-}
-
 /// Why an engine gave no usable response head.
 enum Failure {
     ClientGone,
-    Engine { why: String, answered: bool },
+    Engine {
+        why: String,
+        /// False only when the engine refused the first byte: it never saw the request.
+        delivered: bool,
+    },
 }
 
-/// Passes the request (`request` holds the client's bytes, `s.out` the engine's) to its
-/// engine and the response back to the client.
+/// Passes the request (`request` holds the client's bytes, `b.out` the engine's) to its
+/// engine and the response back to the client. `timer` is the connection's timer, free
+/// while the exchange runs (keepalive comments use it). `slot` is held until the end.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     client: &mut TcpStream,
     front: &Front,
     request: &[u8],
     fwd: &Forward,
-    s: &mut Scratch,
-    started: Instant,
+    b: &mut Scratch,
+    record: &mut Record,
+    slot: Option<Slot>,
+    mut timer: Pin<&mut Sleep>,
 ) -> Next {
+    let _slot = slot;
     let app = &*front.app;
     let route = &app.table.models[fwd.model];
     let id = fwd.id.bytes(request);
-    let mut log = Log {
-        app,
-        outcome: Outcome {
-            model: fwd.model,
-            status: 0,
-            started,
-            path: std::str::from_utf8(&request[fwd.path.clone()]).unwrap_or("-"),
-            request_id: std::str::from_utf8(id).unwrap_or("-"),
-            bytes: 0,
-            streamed: false,
-            complete: false,
-        },
-    };
-    let _inflight = Inflight::new(front.app.clone(), fwd.model);
+    let _inflight = Inflight::new(app, fwd.model);
+    record.proxied = true;
     let close = fwd.close || app.state.borrow().stopping;
 
     let mut pooled = front.engines.checkout(fwd.model);
@@ -105,43 +77,64 @@ pub async fn exchange(
                 Ok(conn) => conn,
                 Err(e) => {
                     let why = format!("cannot connect: {e}");
-                    return bad_gateway(client, &mut log, &route.model, why, id, close).await;
+                    return bad_gateway(client, record, &route.model, why, id, close).await;
                 }
             },
         };
-        match send(&mut engine, client, s, id, close).await {
+        match send(&mut engine, client, b, id, close).await {
             Ok(head) => break (engine, head),
             Err(Failure::ClientGone) => return Next::Close,
-            // Closed by the engine while idle: the request never reached it.
             Err(Failure::Engine {
-                answered: false, ..
+                delivered: false, ..
             }) if reused => {}
             Err(Failure::Engine { why, .. }) => {
-                return bad_gateway(client, &mut log, &route.model, why, id, close).await;
+                return bad_gateway(client, record, &route.model, why, id, close).await;
             }
         }
     };
 
-    log.outcome.status = head.status;
-    log.outcome.streamed = head.streamed;
+    record.status = head.status;
+    record.streamed = head.streamed;
     let mut framing = head.framing;
-    let body = &s.engine[head.len..];
+    let body = &b.engine[head.len..];
     let Ok((take, mut done)) = framing.feed(body) else {
         let why = "sent a malformed chunked body".to_string();
-        return bad_gateway(client, &mut log, &route.model, why, id, close).await;
+        return bad_gateway(client, record, &route.model, why, id, close).await;
     };
     let mut reusable = head.reusable && take == body.len();
-    s.head.extend_from_slice(&body[..take]);
-    if client.write_all(&s.head).await.is_err() {
+    b.head.extend_from_slice(&body[..take]);
+    if client.write_all(&b.head).await.is_err() {
         return Next::Close;
     }
-    log.sent(take);
+    record.sent(app, take);
+    let keepalive = app.limits.sse_keepalive.filter(|_| head.streamed);
+    let mut last_sent = Instant::now();
+    if let Some(every) = keepalive {
+        timer.as_mut().reset(last_sent + every);
+    }
     while !done {
-        s.engine.clear();
-        s.engine.reserve(READ_SIZE);
+        b.engine.clear();
+        b.engine.reserve(READ_SIZE);
         let read = tokio::select! {
-            r = engine.read_buf(&mut s.engine) => r,
-            () = client_gone(client, &mut s.early) => return Next::Close,
+            r = engine.read_buf(&mut b.engine) => r,
+            () = client_gone(client, &mut b.early) => return Next::Close,
+            () = timer.as_mut(), if keepalive.is_some() => {
+                let every = keepalive.unwrap_or_default();
+                let now = Instant::now();
+                let due = last_sent + every;
+                if now < due {
+                    timer.as_mut().reset(due);
+                    continue;
+                }
+                timer.as_mut().reset(now + every);
+                if framing.between_events() {
+                    if client.write_all(KEEPALIVE_CHUNK).await.is_err() {
+                        return Next::Close;
+                    }
+                    last_sent = now;
+                }
+                continue;
+            }
         };
         let n = match read {
             Ok(0) if framing.ends_at_close() => break,
@@ -149,17 +142,20 @@ pub async fn exchange(
             Ok(0) | Err(_) => return Next::Close,
             Ok(n) => n,
         };
-        let Ok((take, end)) = framing.feed(&s.engine[..n]) else {
+        let Ok((take, end)) = framing.feed(&b.engine[..n]) else {
             return Next::Close;
         };
         reusable &= take == n;
         done = end;
-        if client.write_all(&s.engine[..take]).await.is_err() {
+        if client.write_all(&b.engine[..take]).await.is_err() {
             return Next::Close;
         }
-        log.sent(take);
+        if keepalive.is_some() {
+            last_sent = Instant::now();
+        }
+        record.sent(app, take);
     }
-    log.outcome.complete = true;
+    record.complete = true;
     if reusable {
         front.engines.checkin(fwd.model, engine);
     }
@@ -170,62 +166,74 @@ pub async fn exchange(
     }
 }
 
+/// [`KEEPALIVE`] as one chunk of a chunked body.
+const KEEPALIVE_CHUNK: &[u8] = b"d\r\n: keepalive\n\n\r\n";
+const _: () = assert!(KEEPALIVE.len() == 0xd);
+
 /// Writes the request and reads up to the final response head.
 async fn send(
     engine: &mut TcpStream,
     client: &TcpStream,
-    s: &mut Scratch,
+    b: &mut Scratch,
     id: &[u8],
     close: bool,
 ) -> Result<Head, Failure> {
-    let failed = |what: &str, e: std::io::Error, answered| Failure::Engine {
+    let failed = |what: &str, e: std::io::Error, delivered| Failure::Engine {
         why: format!("{what}: {e}"),
-        answered,
+        delivered,
     };
-    engine
-        .write_all(&s.out)
+    // The first write tells whether the connection took any of the request at all.
+    let first = engine
+        .write(&b.out)
         .await
         .map_err(|e| failed("cannot send the request", e, false))?;
-    s.engine.clear();
-    let mut answered = false;
+    if first == 0 {
+        let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+        return Err(failed("cannot send the request", e, false));
+    }
+    engine
+        .write_all(&b.out[first..])
+        .await
+        .map_err(|e| failed("cannot send the request", e, true))?;
+    b.engine.clear();
     loop {
-        if !s.engine.is_empty() {
-            match response::parse(&s.engine, id, close, &mut s.head) {
+        if !b.engine.is_empty() {
+            match response::parse(&b.engine, id, close, &mut b.head) {
                 Ok(response::Parsed::Complete(head)) => return Ok(head),
                 Ok(response::Parsed::Interim(n)) => {
-                    s.engine.advance(n);
+                    b.engine.advance(n);
                     continue;
                 }
                 Ok(response::Parsed::Incomplete) => {}
                 Err(_) => {
                     return Err(Failure::Engine {
                         why: "sent a malformed response".into(),
-                        answered: true,
+                        delivered: true,
                     });
                 }
             }
         }
-        s.engine.reserve(READ_SIZE);
+        b.engine.reserve(READ_SIZE);
         let read = tokio::select! {
-            r = engine.read_buf(&mut s.engine) => r,
-            () = client_gone(client, &mut s.early) => return Err(Failure::ClientGone),
+            r = engine.read_buf(&mut b.engine) => r,
+            () = client_gone(client, &mut b.early) => return Err(Failure::ClientGone),
         };
         match read {
             Ok(0) => {
                 return Err(Failure::Engine {
                     why: "closed the connection without an answer".into(),
-                    answered,
+                    delivered: true,
                 });
             }
-            Ok(_) => answered = true,
-            Err(e) => return Err(failed("connection failed", e, answered)),
+            Ok(_) => {}
+            Err(e) => return Err(failed("connection failed", e, true)),
         }
     }
 }
 
 /// Resolves when the client closes its connection. Bytes it sends meanwhile (a pipelined
 /// request) are kept in `early`, up to a limit.
-async fn client_gone(client: &TcpStream, early: &mut BytesMut) {
+pub async fn client_gone(client: &TcpStream, early: &mut BytesMut) {
     loop {
         if early.len() >= MAX_EARLY || client.readable().await.is_err() {
             return std::future::pending().await;
@@ -243,66 +251,22 @@ async fn client_gone(client: &TcpStream, early: &mut BytesMut) {
 /// Answers 502 when the engine could not be reached or gave no usable answer.
 async fn bad_gateway(
     client: &mut TcpStream,
-    log: &mut Log<'_>,
+    record: &mut Record,
     model: &str,
     why: String,
     id: &[u8],
     close: bool,
 ) -> Next {
-    let body = error_body(
-        http::StatusCode::BAD_GATEWAY,
-        &format!("engine of model {model} did not answer: {why}"),
-    );
-    let mut out = Vec::with_capacity(body.len() + 200);
-    out.extend_from_slice(
-        b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: application/json\r\ncontent-length: ",
-    );
-    push_decimal(&mut out, body.len());
-    out.extend_from_slice(b"\r\nx-request-id: ");
-    out.extend_from_slice(id);
-    if close {
-        out.extend_from_slice(b"\r\nconnection: close");
-    }
-    out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body.as_bytes());
-    log.outcome.status = 502;
+    let refusal = Refusal::BadGateway {
+        model: model.to_string(),
+        why,
+    };
+    let mut out = Vec::with_capacity(512);
+    refusal.write(&mut out, id, close);
+    record.status = 502;
     if client.write_all(&out).await.is_err() {
         return Next::Close;
     }
-    log.sent(body.len());
-    log.outcome.complete = true;
+    record.complete = true;
     if close { Next::Close } else { Next::KeepAlive }
-}
-
-/// Metrics and the access log line of one exchange, written when it ends however it ends.
-struct Log<'a> {
-    app: &'a App,
-    outcome: Outcome<'a>,
-}
-
-impl Log<'_> {
-    /// Counts body bytes sent; the first ones of a stream give its time to first byte.
-    fn sent(&mut self, n: usize) {
-        let o = &mut self.outcome;
-        if o.bytes == 0 && n > 0 && o.streamed {
-            let m = self.app.metrics.model(Some(o.model));
-            m.ttfb.observe(o.started.elapsed());
-        }
-        o.bytes += n as u64;
-    }
-}
-
-impl Drop for Log<'_> {
-    fn drop(&mut self) {
-        if self.outcome.status == 0 {
-            tracing::info!(
-                target: "access",
-                path = self.outcome.path,
-                request_id = self.outcome.request_id,
-                "the client went away before the engine answered"
-            );
-        } else {
-            record(self.app, &self.outcome);
-        }
-    }
 }

@@ -1,98 +1,87 @@
-//! The front's connections. Each one starts on a pass-through path that handles the
-//! request that matters, an HTTP/1.1 `POST` for a ready model, with one read, one write to
-//! the engine, and the engine's bytes written back as they come, in the manner of nginx.
-//! The first request it does not take (a health check, a chunked upload, a 413, an
-//! unknown model, HTTP/1.0, ...) hands the connection, with the bytes already read, to
-//! hyper and the router, which serve it from then on with the full rules of
-//! [`crate::front::proxy`].
+//! The pass-through wire: hand-written HTTP/1.1 for the request that matters, in the
+//! manner of nginx. It reads a request with one read, asks
+//! [`crate::front::policy`] (refusals are written here, as bytes), writes the engine's
+//! request in one write, and passes the engine's bytes back as they come, chunked streams
+//! included. It hands a connection to hyper ([`crate::front::general`]) for wire reasons
+//! only: HTTP/1.0, `Transfer-Encoding` or `Expect` on the request, `HEAD`, an unusual
+//! request target, a head it cannot parse, and the paths the front serves itself.
 //!
-//! - [`request`]: parsing a request and deciding whether to take it.
+//! - [`request`]: a request's head and body into policy facts and the engine's request.
 //! - [`exchange`]: one request through to an engine and back.
 //! - [`response`], [`framing`]: the engine's head rewritten, the end of its body found.
 //! - [`balance`]: new connections go to the front thread with the fewest.
 //! - [`engines`]: idle engine connections, per front thread.
-//! - [`rewind`]: read bytes put back for hyper.
+//! - [`buffers`]: buffers lent to connections while they work, per front thread.
 
 pub mod balance;
+pub mod buffers;
 pub mod engines;
 pub mod exchange;
 pub mod framing;
 pub mod request;
 pub mod response;
-pub mod rewind;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use bytes::{Buf, Bytes, BytesMut};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncReadExt;
+use bytes::Buf;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::App;
-use exchange::{Next, Scratch, exchange};
-use request::Parsed;
+use super::access::{Record, Wire};
+use super::general;
+use super::policy;
+use super::refusal::Refusal;
+use buffers::Buffers;
+use exchange::Next;
+use request::Step;
 
-/// Room made in a client's buffer before each read.
-const READ_SIZE: usize = 8 * 1024;
+/// How long a refused client is read from (and its bytes thrown away) before its
+/// connection is closed, so that it reads the answer rather than a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// Largest body read and thrown away after a refusal to keep the connection open.
+const DISCARD_LIMIT: u64 = 1024 * 1024;
 
 /// What one front thread's connections share.
 pub struct Front {
     /// Routing table, state, metrics, settings.
     pub app: Arc<App>,
-    router: Router,
     engines: engines::Engines,
-    /// Paths the router serves itself (health, metrics, models).
-    reserved: Vec<String>,
-}
-
-impl Front {
-    /// True for paths the router answers itself: they never go to an engine.
-    pub fn is_reserved(&self, path: &str) -> bool {
-        path.starts_with("/v1/models/") || self.reserved.iter().any(|r| r == path)
-    }
 }
 
 /// Serves the front on `listener` until `shutdown` resolves, then waits for the requests
 /// under way (the caller bounds how long). `seat` is this thread's place among the front
-/// threads; `router` answers what the pass-through path hands over; `health_endpoint` is
-/// routed there too.
+/// threads.
 pub async fn serve(
     listener: TcpListener,
     mut seat: balance::Seat,
     app: Arc<App>,
-    router: Router,
-    health_endpoint: &str,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let reserved = [
-        "/health",
-        "/livez",
-        "/metrics",
-        "/v1/models",
-        health_endpoint,
-    ];
     let front = Arc::new(Front {
         engines: engines::Engines::new(app.table.models.len()),
         app,
-        router,
-        reserved: reserved.iter().map(|s| s.to_string()).collect(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a sender; `recv` returns `None` once all of them are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
+    let max = front.app.limits.max_connections;
     loop {
         let placed = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
+                    if seat.open_total() >= max {
+                        tokio::spawn(turn_away(stream, front.app.clone()));
+                        continue;
+                    }
                     seat.place(stream)
                 }
                 Err(e) => {
@@ -120,67 +109,310 @@ pub async fn serve(
     Ok(())
 }
 
-/// One client connection, request after request, until it closes, is handed over, or the
-/// front stops (between requests).
-async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Receiver<bool>) {
-    let mut buf = BytesMut::with_capacity(READ_SIZE);
-    let mut scratch = Scratch::default();
-    let mut started = None;
-    loop {
-        if !buf.is_empty() {
-            match request::parse(&buf, front, &mut scratch.out) {
-                Parsed::Forward(fwd) => {
-                    let t = started.take().unwrap_or_else(Instant::now);
-                    let request = &buf[..fwd.len];
-                    let next = exchange(&mut client, front, request, &fwd, &mut scratch, t).await;
-                    buf.advance(fwd.len);
-                    buf.extend_from_slice(&scratch.early);
-                    scratch.early.clear();
-                    scratch.shrink();
-                    if buf.is_empty() && buf.capacity() > exchange::KEEP_CAPACITY {
-                        buf = BytesMut::with_capacity(READ_SIZE);
-                    }
-                    if next == Next::Close || (buf.is_empty() && *stop.borrow()) {
-                        return;
-                    }
-                    continue;
-                }
-                Parsed::HandOver => return hand_over(client, buf.freeze(), front, stop).await,
-                Parsed::Incomplete => {}
-            }
-        }
-        buf.reserve(READ_SIZE);
-        let read = if buf.is_empty() {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                r = client.read_buf(&mut buf) => r,
-            }
-        } else {
-            client.read_buf(&mut buf).await
-        };
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                started.get_or_insert_with(Instant::now);
-            }
+/// Answers a connection over `MODELMUX_MAX_CONNECTIONS` with a 503 and closes it.
+async fn turn_away(mut stream: TcpStream, app: Arc<App>) {
+    let mut out = Vec::with_capacity(256);
+    Refusal::TooManyConnections.write(&mut out, &app.ids.make(), true);
+    if stream.write_all(&out).await.is_ok() {
+        linger(stream).await;
+    }
+}
+
+/// Closes a connection whose client may still be sending: the write side first, then
+/// what arrives is read and thrown away for a moment, so that the client reads the answer
+/// instead of a reset. Nothing read is kept.
+async fn linger(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; 8192];
+    while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, stream.readable()).await {
+        match stream.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }
 
-/// Lets hyper and the router serve the rest of the connection, starting with `read`.
-async fn hand_over(client: TcpStream, read: Bytes, front: &Front, mut stop: watch::Receiver<bool>) {
-    let stopping = *stop.borrow();
-    let io = TokioIo::new(rewind::Rewind::new(read, client));
-    let service = TowerToHyperService::new(front.router.clone());
-    let conn = hyper::server::conn::http1::Builder::new()
-        .keep_alive(!stopping)
-        .serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
-    if !stopping {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+/// One timer per connection for all its limits. It is only reset when a limit comes
+/// sooner than the one armed; when it fires early it is re-armed, so a keep-alive request
+/// after request does not touch the timer wheel.
+struct Deadline<'a> {
+    sleep: Pin<&'a mut Sleep>,
+}
+
+impl Deadline<'_> {
+    /// Resolves once `at` has passed.
+    async fn until(&mut self, at: Instant) {
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
+        }
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= at {
+                return;
+            }
+            self.sleep.as_mut().reset(at);
         }
     }
-    let _ = conn.await;
+}
+
+/// Why waiting for bytes ended without any.
+enum Wait {
+    Closed,
+    TimedOut,
+}
+
+/// One client connection, request after request, until it closes, is handed over, times
+/// out, or the front stops (between requests).
+async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Receiver<bool>) {
+    let app = &*front.app;
+    let limits = &app.limits;
+    let sleep = tokio::time::sleep(limits.header_timeout);
+    let mut deadline = Deadline {
+        sleep: std::pin::pin!(sleep),
+    };
+    // A new connection must send its first head within the header timeout; later, the
+    // idle timeout runs from the end of each response.
+    let mut idle_until = Instant::now() + limits.header_timeout;
+    // Lent while the connection works on a request; an idle connection holds none.
+    let mut lent: Option<Buffers> = None;
+    loop {
+        let b = match lent.take() {
+            Some(b) if !b.read.is_empty() => lent.insert(b),
+            spare => {
+                if let Some(b) = spare {
+                    buffers::give_back(b);
+                }
+                tokio::select! {
+                    r = client.readable() => if r.is_err() { return },
+                    () = deadline.until(idle_until) => return,
+                    () = crate::front::stopped(&mut stop) => return,
+                }
+                let b = lent.insert(buffers::lend());
+                match client.try_read_buf(&mut b.read) {
+                    Ok(0) => return,
+                    Ok(_) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                }
+            }
+        };
+        let started = Instant::now();
+        let mut record = Record::new(Wire::Pass, started);
+        let mut progress = started;
+        // Read until the policy has what it needs.
+        let step = loop {
+            match request::step(&b.read, app, &mut b.scratch.out, &mut record) {
+                Step::Incomplete { head_done } => {
+                    let at = if head_done {
+                        progress + limits.body_timeout
+                    } else {
+                        started + limits.header_timeout
+                    };
+                    match read_more(&mut client, b, &mut deadline, at).await {
+                        Ok(()) => progress = Instant::now(),
+                        Err(Wait::TimedOut) if head_done => {
+                            return body_timed_out(client, app, &mut record, &b.read).await;
+                        }
+                        // A head that never completes is dropped without an answer.
+                        Err(_) => return,
+                    }
+                }
+                other => break other,
+            }
+        };
+        let keep_alive = match step {
+            Step::Incomplete { .. } => unreachable!("read above"),
+            Step::HandOver => {
+                let read = lent.take().map(Buffers::into_read).unwrap_or_default();
+                return hand_over(client, read, front, started, stop).await;
+            }
+            Step::Refuse(r) => {
+                let keep = !r.refusal.closes() && !r.close;
+                let written = {
+                    let request = &b.read;
+                    let id = r.id.bytes(request);
+                    let ok = write_refusal(&mut client, &r.refusal, id, !keep).await;
+                    record.status = r.refusal.status();
+                    record.complete = ok;
+                    log(
+                        &record,
+                        app,
+                        &request[r.method.clone()],
+                        &request[r.path.clone()],
+                        id,
+                    );
+                    ok
+                };
+                if !written {
+                    return;
+                }
+                if !keep {
+                    return linger(client).await;
+                }
+                // Skip the request's body so that the next request can be read.
+                let in_buf = (b.read.len() - r.head_len) as u64;
+                if r.body_len <= in_buf {
+                    b.read.advance(r.head_len + r.body_len as usize);
+                } else if r.body_len > DISCARD_LIMIT {
+                    return linger(client).await;
+                } else {
+                    b.read.clear();
+                    let rest = r.body_len - in_buf;
+                    if !discard(&mut client, rest, limits.body_timeout, &mut deadline).await {
+                        return;
+                    }
+                }
+                true
+            }
+            Step::Forward(fwd) => {
+                let turn = tokio::select! {
+                    turn = policy::wait_turn(app, fwd.model) => turn,
+                    () = exchange::client_gone(&client, &mut b.scratch.early) => return,
+                };
+                let next = match turn {
+                    Ok(slot) => {
+                        let (request, timer) = (&b.read[..fwd.len], deadline.sleep.as_mut());
+                        exchange::exchange(
+                            &mut client,
+                            front,
+                            request,
+                            &fwd,
+                            &mut b.scratch,
+                            &mut record,
+                            slot,
+                            timer,
+                        )
+                        .await
+                    }
+                    Err(refusal) => {
+                        let id = fwd.id.bytes(&b.read);
+                        let ok = write_refusal(&mut client, &refusal, id, fwd.close).await;
+                        record.status = refusal.status();
+                        record.complete = ok;
+                        if ok { Next::KeepAlive } else { Next::Close }
+                    }
+                };
+                let request = &b.read[..fwd.len];
+                let id = fwd.id.bytes(request);
+                log(&record, app, b"POST", &request[fwd.path.clone()], id);
+                b.read.advance(fwd.len);
+                b.take_early();
+                next == Next::KeepAlive && !fwd.close
+            }
+        };
+        if !keep_alive || (b.read.is_empty() && *stop.borrow()) {
+            return;
+        }
+        idle_until = Instant::now() + limits.idle_timeout;
+    }
+}
+
+/// Writes one access-log line and the metrics of a request.
+fn log(record: &Record, app: &App, method: &[u8], path: &[u8], id: &[u8]) {
+    let text = |b| std::str::from_utf8(b).unwrap_or("-");
+    record.finish(app, text(method), text(path), text(id));
+}
+
+/// Reads more of a request into `b.read`, up to `at`.
+async fn read_more(
+    client: &mut TcpStream,
+    b: &mut Buffers,
+    deadline: &mut Deadline<'_>,
+    at: Instant,
+) -> Result<(), Wait> {
+    loop {
+        tokio::select! {
+            r = client.readable() => if r.is_err() { return Err(Wait::Closed) },
+            () = deadline.until(at) => return Err(Wait::TimedOut),
+        }
+        b.read.reserve(buffers::READ_SIZE);
+        match client.try_read_buf(&mut b.read) {
+            Ok(0) => return Err(Wait::Closed),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Err(Wait::Closed),
+        }
+    }
+}
+
+/// Reads and throws away `n` bytes of a body the front refused; false when the client
+/// stalled or went away.
+async fn discard(
+    client: &mut TcpStream,
+    mut n: u64,
+    pause: Duration,
+    deadline: &mut Deadline<'_>,
+) -> bool {
+    let mut sink = [0u8; 8192];
+    while n > 0 {
+        let at = Instant::now() + pause;
+        tokio::select! {
+            r = client.readable() => if r.is_err() { return false },
+            () = deadline.until(at) => return false,
+        }
+        let want = sink.len().min(n as usize);
+        match client.try_read(&mut sink[..want]) {
+            Ok(0) => return false,
+            Ok(k) => n -= k as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Writes a refusal; false when the client is gone.
+async fn write_refusal(client: &mut TcpStream, r: &Refusal, id: &[u8], close: bool) -> bool {
+    let mut out = Vec::with_capacity(512);
+    r.write(&mut out, id, close);
+    client.write_all(&out).await.is_ok()
+}
+
+/// Answers 408 to a client that stopped sending its body, and closes.
+async fn body_timed_out(mut client: TcpStream, app: &App, record: &mut Record, read: &[u8]) {
+    let made = app.ids.make();
+    let (method, path, id) = match request::meta(read) {
+        Some(m) => (
+            &read[m.method],
+            &read[m.path],
+            m.id.map_or(&made[..], |r| &read[r]),
+        ),
+        None => (&b"-"[..], &b"-"[..], &made[..]),
+    };
+    let r = Refusal::BodyTimeout;
+    record.status = r.status();
+    record.complete = write_refusal(&mut client, &r, id, true).await;
+    log(record, app, method, path, id);
+    linger(client).await;
+}
+
+/// Lets hyper serve the rest of the connection, starting with the bytes already read.
+async fn hand_over(
+    client: TcpStream,
+    read: bytes::BytesMut,
+    front: &Front,
+    started: Instant,
+    stop: watch::Receiver<bool>,
+) {
+    let clock = general::io::Clock::new(Some(started));
+    let io = general::io::Rewind::new(read.freeze(), client, clock.clone());
+    general::conn::serve(io, clock, front.app.clone(), false, stop).await;
+}
+
+/// Appends `n` in decimal, without a formatter or an allocation.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
