@@ -2,6 +2,8 @@
 //! timeouts and clean-up on drop.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
