@@ -31,6 +31,9 @@ pub mod sse;
 pub mod wire;
 pub mod workers;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! One client connection served by hyper, with the front's time limits: a head must
-//! arrive within `MODELMUX_HEADER_TIMEOUT` of its first byte, an idle keep-alive
+//! arrive within `MODELMUX_HEADER_TIMEOUT` of its first byte (checked at least every
+//! header timeout, so a slow head is cut after at most twice that), an idle keep-alive
 //! connection is closed after `MODELMUX_IDLE_TIMEOUT`, and shutdown closes it between
 //! requests.
 
@@ -15,6 +16,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::io::{Clock, Due, Rewind};
 use crate::front::App;
@@ -87,8 +89,10 @@ pub async fn serve(
         tokio::select! {
             _ = conn.as_mut() => return,
             () = crate::front::stopped(&mut stop) => break,
+            // An idle connection may start a head at any moment without waking this
+            // loop, so it looks again at least every header timeout.
             () = &mut timer => match clock.due(limits.0, limits.1, far) {
-                Due::At(at) => timer.as_mut().reset(at),
+                Due::At(at) => timer.as_mut().reset(at.min(Instant::now() + limits.0)),
                 Due::Idle => break,
                 Due::Head => return,
             },

@@ -15,6 +15,9 @@ use std::sync::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+#[cfg(test)]
+use std::time::Duration;
+
 use crate::front::general::ENGINE_IDLE;
 
 /// Idle connections kept per engine per thread.
@@ -79,4 +82,26 @@ pub async fn connect(authority: &str) -> io::Result<TcpStream> {
     let conn = TcpStream::connect(authority).await?;
     conn.set_nodelay(true)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_dropped_before_uvicorn_would_close_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let pool = Engines::new(1);
+        let (conn, _server) = tokio::join!(connect(&addr), listener.accept());
+        pool.checkin(0, conn.unwrap());
+        let conn = pool.checkout(0).expect("a fresh idle connection is reused");
+        pool.checkin(0, conn);
+        tokio::time::advance(ENGINE_IDLE).await;
+        assert!(
+            pool.checkout(0).is_none(),
+            "idle for {ENGINE_IDLE:?}: dropped"
+        );
+        assert!(ENGINE_IDLE < Duration::from_secs(5), "uvicorn keeps 5 s");
+    }
 }
