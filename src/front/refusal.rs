@@ -9,6 +9,10 @@ use axum::response::Response;
 use super::errors::error_body;
 use crate::front::wire::push_decimal;
 
+/// Largest body read and thrown away after a refusal so that the connection can go on;
+/// past it the connection closes.
+pub const DISCARD_LIMIT: u64 = 1024 * 1024;
+
 /// Longest model name echoed back in a message; longer names are cut.
 pub const MAX_ECHO: usize = 256;
 

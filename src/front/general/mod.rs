@@ -30,17 +30,13 @@ use super::access::{Inflight, Record, Wire};
 use super::headers::{self, ConnectionTokens, Direction};
 use super::local::{self, Local};
 use super::policy::{self, Decision, Head, Seen};
-use super::refusal::Refusal;
+use super::refusal::{DISCARD_LIMIT, Refusal};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Pooled engine connections stay idle for less than uvicorn's 5 s keep-alive, so that a
 /// connection the engine is about to close is rarely picked.
 pub const ENGINE_IDLE: Duration = Duration::from_secs(4);
-
-/// How much of an oversized body is read and thrown away so that the client gets its 413
-/// instead of a reset.
-const DRAIN_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// hyper-util's pooled HTTP/1.1 client to the engines. It never goes through an HTTP
 /// proxy, and only retries a request that was never written to a connection.
@@ -286,7 +282,7 @@ async fn read_body(mut body: Incoming, length: Option<u64>, app: &App) -> Result
 
 /// Reads and throws away the rest of a body; true when all of it was read.
 async fn drain(mut body: Incoming, length: Option<u64>, pause: Duration) -> bool {
-    if length.is_some_and(|n| n > DRAIN_LIMIT) {
+    if length.is_some_and(|n| n > DISCARD_LIMIT) {
         return false;
     }
     let mut seen = 0u64;
@@ -295,7 +291,7 @@ async fn drain(mut body: Incoming, length: Option<u64>, pause: Duration) -> bool
             Ok(None) => return true,
             Ok(Some(Ok(frame))) => {
                 seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-                if seen > DRAIN_LIMIT {
+                if seen > DISCARD_LIMIT {
                     return false;
                 }
             }

@@ -108,8 +108,9 @@ pub async fn exchange(
     }
     record.sent(app, take);
     let keepalive = app.limits.sse_keepalive.filter(|_| head.streamed);
-    let mut last_sent = Instant::now();
+    let mut last_sent = record.started;
     if let Some(every) = keepalive {
+        last_sent = Instant::now();
         timer.as_mut().reset(last_sent + every);
     }
     while !done {

@@ -36,7 +36,7 @@ use super::App;
 use super::access::{Record, Wire};
 use super::general;
 use super::policy;
-use super::refusal::Refusal;
+use super::refusal::{DISCARD_LIMIT, Refusal};
 use buffers::Buffers;
 use exchange::Next;
 use request::Step;
@@ -44,8 +44,6 @@ use request::Step;
 /// How long a refused client is read from (and its bytes thrown away) before its
 /// connection is closed, so that it reads the answer rather than a reset.
 const LINGER: Duration = Duration::from_secs(2);
-/// Largest body read and thrown away after a refusal to keep the connection open.
-const DISCARD_LIMIT: u64 = 1024 * 1024;
 
 /// What one front thread's connections share.
 pub struct Front {
