@@ -217,7 +217,7 @@ def start_haproxy(ports, workdir):
     with open(conf, "w") as f:
         f.write(f"""global
   nbthread 2
-  maxconn 40000
+  maxconn 8000
   pidfile {workdir}/haproxy.pid
 defaults
   mode http
@@ -230,7 +230,8 @@ frontend fe
 {rules}
 {backends}
 """)
-    p = spawn([haproxy, "-f", conf, "-db"])
+    log = open(os.path.join(workdir, "haproxy.log"), "w")
+    p = spawn([haproxy, "-f", conf, "-db"], log=log)
     wait_for(lambda: http_json(f"http://127.0.0.1:{port}/m0/health")[0] == 200, 20, "haproxy")
     return p, port
 

@@ -32,7 +32,7 @@ pub mod wire;
 pub mod workers;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -214,7 +214,8 @@ pub fn on_body<'a>(
 }
 
 /// A concurrency slot of the model, when it has a limit: at once if one is free, else
-/// after waiting in its queue up to `MODELMUX_QUEUE_TIMEOUT`.
+/// after waiting in its queue up to `MODELMUX_QUEUE_TIMEOUT`. A request that waited is
+/// checked again: its model may have stopped being ready, or modelmux may be stopping.
 pub async fn wait_turn(app: &App, model: usize) -> Result<Option<Slot>, Refusal> {
     let Some(queue) = &app.queues[model] else {
         return Ok(None);
@@ -224,9 +225,24 @@ pub async fn wait_turn(app: &App, model: usize) -> Result<Option<Slot>, Refusal>
     }
     let deadline = Instant::now() + app.limits.queue_timeout;
     let name = || app.table.models[model].model.to_string();
-    match queue.acquire(deadline).await {
-        Ok(slot) => Ok(Some(slot)),
-        Err(QueueRefusal::Full) => Err(Refusal::QueueFull { model: name() }),
-        Err(QueueRefusal::TimedOut) => Err(Refusal::QueueTimeout { model: name() }),
+    let mut state = app.state.clone();
+    let waited = tokio::select! {
+        waited = queue.acquire(deadline) => waited,
+        _ = state.wait_for(|s| s.stopping) => return Err(Refusal::ShuttingDown),
+    };
+    let slot = match waited {
+        Ok(slot) => slot,
+        Err(QueueRefusal::Full) => return Err(Refusal::QueueFull { model: name() }),
+        Err(QueueRefusal::TimedOut) => return Err(Refusal::QueueTimeout { model: name() }),
+    };
+    let snapshot = app.state.borrow();
+    let status = &snapshot.models[model];
+    match (snapshot.stopping, status.state) {
+        (true, _) => Err(Refusal::ShuttingDown),
+        (false, Phase::Ready) => Ok(Some(slot)),
+        (false, state) => Err(Refusal::NotReady {
+            model: name(),
+            state: state.as_str(),
+        }),
     }
 }

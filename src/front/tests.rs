@@ -92,10 +92,10 @@ impl Engine {
 struct Front {
     port: u16,
     _stop: watch::Sender<bool>,
-    _state: watch::Sender<Snapshot>,
 }
 
-fn front(engine_port: u16) -> Front {
+/// The application of a front whose one model `m` is ready, served on `engine_port`.
+pub(crate) fn app(engine_port: u16) -> Arc<App> {
     let model = ModelLaunch {
         name: "m".into(),
         served_names: vec!["m".into()],
@@ -120,17 +120,19 @@ fn front(engine_port: u16) -> Front {
     let settings = Settings::from_raw(&RawConfig::default()).unwrap();
     let (state, rx) = watch::channel(Snapshot::initial(&plan));
     state.send_modify(|s| s.models[0].state = Phase::Ready);
-    let app = Arc::new(App::new(&plan, &settings, rx));
+    // The sender lives as long as the test process: the state stays as set.
+    std::mem::forget(state);
+    Arc::new(App::new(&plan, &settings, rx))
+}
+
+fn front(engine_port: u16) -> Front {
+    let app = app(engine_port);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     let (stop, stop_rx) = watch::channel(false);
     workers::spawn(listener, 1, app, stop_rx).unwrap();
-    Front {
-        port,
-        _stop: stop,
-        _state: state,
-    }
+    Front { port, _stop: stop }
 }
 
 /// Sends `requests` on one connection and returns each answer's status line.

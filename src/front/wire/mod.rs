@@ -52,6 +52,16 @@ pub struct Front {
     engines: engines::Engines,
 }
 
+impl Front {
+    /// A front thread's share: the application and an empty engine pool.
+    pub fn new(app: Arc<App>) -> Self {
+        Front {
+            engines: engines::Engines::new(app.table.models.len()),
+            app,
+        }
+    }
+}
+
 /// Serves the front on `listener` until `shutdown` resolves, then waits for the requests
 /// under way (the caller bounds how long). `seat` is this thread's place among the front
 /// threads.
@@ -61,10 +71,7 @@ pub async fn serve(
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let front = Arc::new(Front {
-        engines: engines::Engines::new(app.table.models.len()),
-        app,
-    });
+    let front = Arc::new(Front::new(app));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Every connection holds a sender; `recv` returns `None` once all of them are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -122,7 +129,8 @@ async fn turn_away(mut stream: TcpStream, app: Arc<App>) {
 async fn linger(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     let deadline = Instant::now() + LINGER;
-    let mut sink = [0u8; 8192];
+    // On the heap: an array here would make every connection's future that much larger.
+    let mut sink = vec![0u8; 8192];
     while let Ok(Ok(_)) = tokio::time::timeout_at(deadline, stream.readable()).await {
         match stream.try_read(&mut sink) {
             Ok(0) => return,
@@ -225,7 +233,8 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
             Step::Incomplete { .. } => unreachable!("read above"),
             Step::HandOver => {
                 let read = lent.take().map(Buffers::into_read).unwrap_or_default();
-                return hand_over(client, read, front, started, stop).await;
+                // Boxed: hyper's connection is large, and only handed-over connections need it.
+                return Box::pin(hand_over(client, read, front, started, stop)).await;
             }
             Step::Refuse(r) => {
                 let keep = !r.refusal.closes() && !r.close;
@@ -344,7 +353,7 @@ async fn discard(
     pause: Duration,
     deadline: &mut Deadline<'_>,
 ) -> bool {
-    let mut sink = [0u8; 8192];
+    let mut sink = vec![0u8; 8192];
     while n > 0 {
         let at = Instant::now() + pause;
         tokio::select! {
@@ -413,4 +422,21 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
         }
     }
     out.extend_from_slice(&digits[at..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10,000 idle keep-alive connections must fit in little memory: each one's task is
+    /// its future, so that future must stay small (buffers are lent, not owned).
+    #[tokio::test]
+    async fn an_idle_connection_costs_little() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (_stop, rx) = watch::channel(false);
+        let front = Front::new(crate::front::tests::app(1));
+        let size = std::mem::size_of_val(&connection(s, &front, rx));
+        assert!(size <= 3 * 1024, "a connection's future takes {size} bytes");
+    }
 }
