@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -63,6 +64,13 @@ impl Engines {
 
     /// Returns a connection whose last response was read completely.
     pub fn checkin(&self, engine: usize, conn: TcpStream) {
+        // The response was read to its end without a read that would block, so tokio still
+        // counts the socket as readable. Forget that (no system call; a close the engine
+        // sends is kept): the check at checkout then costs a system call only when
+        // something did arrive.
+        let _ = conn.try_io(Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
         let mut idle = self.idle[engine].lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while idle
@@ -103,5 +111,24 @@ mod tests {
             "idle for {ENGINE_IDLE:?}: dropped"
         );
         assert!(ENGINE_IDLE < Duration::from_secs(5), "uvicorn keeps 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_engine_closed_while_pooled_is_not_handed_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let pool = Engines::new(1);
+        let (conn, server) = tokio::join!(connect(&addr), listener.accept());
+        pool.checkin(0, conn.unwrap());
+        drop(server);
+        // The close reaches this event loop soon; until then the connection looks idle.
+        for _ in 0..2000 {
+            match pool.checkout(0) {
+                None => return,
+                Some(conn) => pool.checkin(0, conn),
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("a closed connection is still handed out");
     }
 }
