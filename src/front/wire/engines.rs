@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Mutex;
 
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -53,7 +52,9 @@ impl Engines {
                 idle.clear();
                 return None;
             }
-            // Anything readable on an idle connection is EOF, an error or garbage.
+            // Anything readable on an idle connection is EOF, an error or garbage. (The
+            // response's last read forgot the readable state when it emptied the socket, see
+            // `super::reads`, so this costs a system call only when something arrived.)
             if matches!(conn.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             {
                 return Some(conn);
@@ -64,13 +65,6 @@ impl Engines {
 
     /// Returns a connection whose last response was read completely.
     pub fn checkin(&self, engine: usize, conn: TcpStream) {
-        // The response was read to its end without a read that would block, so tokio still
-        // counts the socket as readable. Forget that (no system call; a close the engine
-        // sends is kept): the check at checkout then costs a system call only when
-        // something did arrive.
-        let _ = conn.try_io(Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
         let mut idle = self.idle[engine].lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         while idle

@@ -10,13 +10,14 @@
 use std::pin::Pin;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::Front;
 use super::buffers::{READ_SIZE, Scratch};
 use super::engines::connect;
+use super::reads;
 use super::request::Forward;
 use super::response::{self, Head};
 use crate::front::access::{Inflight, Record};
@@ -69,7 +70,7 @@ pub async fn exchange(
     let close = fwd.close || app.state.borrow().stopping;
 
     let mut pooled = front.engines.checkout(fwd.model);
-    let (mut engine, head) = loop {
+    let (engine, head) = loop {
         let reused = pooled.is_some();
         let mut engine = match pooled.take() {
             Some(conn) => conn,
@@ -117,7 +118,7 @@ pub async fn exchange(
         b.engine.clear();
         b.engine.reserve(READ_SIZE);
         let read = tokio::select! {
-            r = engine.read_buf(&mut b.engine) => r,
+            r = reads::read(&engine, &mut b.engine) => r,
             () = client_gone(client, &mut b.early) => return Next::Close,
             () = timer.as_mut(), if keepalive.is_some() => {
                 let every = keepalive.unwrap_or_default();
@@ -216,7 +217,7 @@ async fn send(
         }
         b.engine.reserve(READ_SIZE);
         let read = tokio::select! {
-            r = engine.read_buf(&mut b.engine) => r,
+            r = reads::read(engine, &mut b.engine) => r,
             () = client_gone(client, &mut b.early) => return Err(Failure::ClientGone),
         };
         match read {
@@ -240,7 +241,7 @@ pub async fn client_gone(client: &TcpStream, early: &mut BytesMut) {
             return std::future::pending().await;
         }
         early.reserve(4096);
-        match client.try_read_buf(early) {
+        match reads::try_read(client, early) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -12,12 +12,14 @@
 //! - [`balance`]: new connections go to the front thread with the fewest.
 //! - [`engines`]: idle engine connections, per front thread.
 //! - [`buffers`]: buffers lent to connections while they work, per front thread.
+//! - [`reads`]: socket reads that spare the `EAGAIN` system call.
 
 pub mod balance;
 pub mod buffers;
 pub mod engines;
 pub mod exchange;
 pub mod framing;
+pub mod reads;
 pub mod request;
 pub mod response;
 
@@ -197,7 +199,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                     () = crate::front::stopped(&mut stop) => return,
                 }
                 let b = lent.insert(buffers::lend());
-                match client.try_read_buf(&mut b.read) {
+                match reads::try_read(&client, &mut b.read) {
                     Ok(0) => return,
                     Ok(_) => b,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -336,7 +338,7 @@ async fn read_more(
             () = deadline.until(at) => return Err(Wait::TimedOut),
         }
         b.read.reserve(buffers::READ_SIZE);
-        match client.try_read_buf(&mut b.read) {
+        match reads::try_read(client, &mut b.read) {
             Ok(0) => return Err(Wait::Closed),
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
