@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Headers about one connection only (lower case).
-const HOP_BY_HOP: [&str; 7] = [
+pub const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -22,14 +22,14 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// Headers that say how a body is framed on this hop (lower case).
-const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "trailer"];
+pub const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "trailer"];
 
 /// Headers the front sets on the engine's request itself (lower case). `Expect` belongs to
 /// the client's hop: the front answers `100-continue` itself.
-const SET_TOWARDS_ENGINE: [&str; 3] = ["host", "x-request-id", "expect"];
+pub const SET_TOWARDS_ENGINE: [&str; 3] = ["host", "x-request-id", "expect"];
 
 /// Headers the front sets on the client's response itself (lower case).
-const SET_TOWARDS_CLIENT: [&str; 2] = ["x-request-id", "x-accel-buffering"];
+pub const SET_TOWARDS_CLIENT: [&str; 2] = ["x-request-id", "x-accel-buffering"];
 
 /// The direction a message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +83,30 @@ impl<'a> ConnectionTokens<'a> {
 /// True when header `name` is passed on in `direction`. Framing headers are never passed
 /// by this rule; each wire decides how the body is framed on its own hop.
 pub fn passes(direction: Direction, name: &str, connection: &ConnectionTokens) -> bool {
+    // The lists above, looked up by length first: this runs for every header of every
+    // request and response (a test checks it against the lists).
+    let eq = |known: &str| name.eq_ignore_ascii_case(known);
+    let to_engine = direction == Direction::ToEngine;
+    let stopped = match name.len() {
+        2 => eq("te"),
+        4 => to_engine && eq("host"),
+        6 => to_engine && eq("expect"),
+        7 => eq("upgrade") || eq("trailer"),
+        10 => eq("connection") || eq("keep-alive"),
+        12 => eq("x-request-id"),
+        14 => eq("content-length"),
+        16 => eq("proxy-connection"),
+        17 => eq("transfer-encoding") || (!to_engine && eq("x-accel-buffering")),
+        18 => eq("proxy-authenticate"),
+        19 => eq("proxy-authorization"),
+        _ => false,
+    };
+    !stopped && !connection.names(name)
+}
+
+/// [`passes`] spelled out from the lists, to check the fast version against.
+#[cfg(test)]
+fn passes_by_the_lists(direction: Direction, name: &str, connection: &ConnectionTokens) -> bool {
     let set_here = match direction {
         Direction::ToEngine => &SET_TOWARDS_ENGINE[..],
         Direction::ToClient => &SET_TOWARDS_CLIENT[..],
@@ -174,6 +198,36 @@ mod tests {
         assert!(!passes(Direction::ToEngine, "expect", &conn));
         assert!(passes(Direction::ToClient, "expect", &conn));
         assert!(!passes(Direction::ToClient, "x-accel-buffering", &conn));
+    }
+
+    #[test]
+    fn the_fast_lookup_agrees_with_the_lists() {
+        let none = ConnectionTokens::default();
+        let names = HOP_BY_HOP
+            .iter()
+            .chain(&FRAMING)
+            .chain(&SET_TOWARDS_ENGINE)
+            .chain(&SET_TOWARDS_CLIENT)
+            .copied()
+            .chain([
+                "content-type",
+                "accept",
+                "x-custom",
+                "Host",
+                "TE",
+                "te2",
+                "hosts",
+                "",
+            ]);
+        for name in names {
+            for dir in [Direction::ToEngine, Direction::ToClient] {
+                assert_eq!(
+                    passes(dir, name, &none),
+                    passes_by_the_lists(dir, name, &none),
+                    "{name} {dir:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The paths the front answers itself, and the engine control paths it never passes on.
 //! Both wires ask [`classify`] and [`is_engine_control`]: there is one list of each.
 
-use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
 use axum::extract::{Path, State};
@@ -129,19 +128,24 @@ const ENGINE_CONTROL_PREFIXES: &[&str] = &["/slots/", "/admin/"];
 /// an engine would still route there: percent-escapes, repeated or trailing slashes, dot
 /// segments.
 pub fn is_engine_control(path: &str) -> bool {
-    static EXACT: LazyLock<HashSet<&'static str>> =
-        LazyLock::new(|| ENGINE_CONTROL_PATHS.iter().copied().collect());
+    static SORTED: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+        let mut paths = ENGINE_CONTROL_PATHS.to_vec();
+        paths.sort_unstable();
+        paths
+    });
     let control = |p: &str| {
-        EXACT.contains(p)
+        SORTED.binary_search(&p).is_ok()
             || ENGINE_CONTROL_PREFIXES
                 .iter()
                 .any(|pre| p.starts_with(pre) || p == &pre[..pre.len() - 1])
     };
     // The usual path is already canonical: no copy needed.
-    let plain = !path.contains(['%', '\\'])
-        && !path.contains("//")
-        && !path.contains("/.")
-        && (path.len() == 1 || !path.ends_with('/'));
+    let b = path.as_bytes();
+    let plain = !b.iter().any(|c| matches!(c, b'%' | b'\\'))
+        && !b
+            .windows(2)
+            .any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'))
+        && (b.len() == 1 || !path.ends_with('/'));
     if plain {
         control(path)
     } else {

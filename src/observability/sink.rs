@@ -71,6 +71,11 @@ pub fn flush() {
     }
 }
 
+/// Appends a whole line (or lines) to the batch.
+pub fn append(bytes: &[u8]) {
+    let _ = BatchedStderr.write(bytes);
+}
+
 /// The writer handed to tracing-subscriber: one per event.
 #[derive(Clone, Copy, Default)]
 pub struct BatchedStderr;
