@@ -14,11 +14,14 @@ pub struct EventBoundary {
 impl EventBoundary {
     /// Takes the next bytes of the stream.
     pub fn feed(&mut self, data: &[u8]) {
-        for &b in data.iter().rev().take(4).rev() {
-            self.tail.rotate_left(1);
-            self.tail[3] = b;
+        let n = data.len();
+        if n >= 4 {
+            self.tail.copy_from_slice(&data[n - 4..]);
+        } else {
+            self.tail.copy_within(n.., 0);
+            self.tail[4 - n..].copy_from_slice(data);
         }
-        self.len = (self.len + data.len()).min(4);
+        self.len = (self.len + n).min(4);
     }
 
     /// True when the stream is at its start or just after an event's blank line
