@@ -18,7 +18,7 @@ with 1,000 streams and with 10,000 idle keep-alive connections.
 Writes bench-results/results.json and bench-results/results.md. Loopback only; every run
 is bounded in time. Environment: BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_ROUNDS (3: the
 targets take turns this many times and each one's median round is reported), BENCH_PEERS (nginx and HAProxy; 1 adds LiteLLM, 0 none),
-BENCH_CONCURRENCY ("1,16,64,256"), BENCH_TARGETS_ROUNDS (5), BENCH_BASELINE,
+BENCH_CONCURRENCY ("1,16,64,256"), BENCH_TARGETS_ROUNDS (5), BENCH_FOREIGN_LIMIT (0.1), BENCH_BASELINE,
 BENCH_TARGETS, BENCH_MODES ("completions,chat"), BENCH_STREAMS ("plain,stream"), BENCH_QUICK=1
 (the matrix alone), BENCH_ONLY_TARGETS=1 (the targets phase alone).
 """
@@ -48,6 +48,9 @@ PEERS = os.environ.get("BENCH_PEERS", "") != "0"
 LITELLM = os.environ.get("BENCH_PEERS") == "1"
 BASELINE = os.environ.get("BENCH_BASELINE")
 TARGETS_ROUNDS = int(os.environ.get("BENCH_TARGETS_ROUNDS", "5"))
+# A targets round during which other processes used more than this share of the CPUs is
+# measured again.
+FOREIGN_LIMIT = float(os.environ.get("BENCH_FOREIGN_LIMIT", "0.1"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,16,64,256").split(",")]
 TARGETS = os.environ.get("BENCH_TARGETS", "direct,modelmux,base,nginx,haproxy,litellm").split(",")
 MODES = os.environ.get("BENCH_MODES", "completions,chat").split(",")
@@ -321,6 +324,29 @@ def idle_connections(port, n):
     return socks
 
 
+def busy_seconds():
+    """CPU time the whole machine spent in processes (user, nice, system) or lost to the
+    hypervisor (steal). Interrupt time is left out: much of it is the benchmark's own
+    loopback traffic."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_seconds(pids):
+    """CPU time of the benchmark's own processes: the targets (with their engines and
+    workers) and the load generators that already finished."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = ru.ru_utime + ru.ru_stime
+    for pid in pids:
+        try:
+            total += tree_cpu_seconds(pid)
+        except OSError:
+            pass
+    return total
+
+
 def targets_phase(work, results):
     """The front's targets, round by round: c=64 against the best peer, 1,000 streams against
     nginx, A/B against the baseline; then memory with 10,000 idle connections."""
@@ -343,14 +369,28 @@ def targets_phase(work, results):
     names = list(targets)
     plain = [{"model": m, "prompt": "Hello", "max_tokens": 16} for m in ("m0", "m1")]
     streams = [{"model": m, "prompt": "x", "stream": True, "mock_delay_ms": 50} for m in ("m0", "m1")]
-    rounds, peak_streams = [], 0.0
-    for rnd in range(TARGETS_ROUNDS):
+    rounds, peak_streams, attempt = [], 0.0, 0
+    while len(rounds) < TARGETS_ROUNDS and attempt < 3 * TARGETS_ROUNDS:
+        rnd, attempt = len(rounds), attempt + 1
         order = names[rnd % len(names):] + names[:rnd % len(names)]
         row = {n: {} for n in names}
+        # Other work on the machine (this one is shared) skews a round; such a round is
+        # measured again (at most three times as many attempts as rounds).
+        def foreign_since(t0, busy0, own0):
+            spent = busy_seconds() - busy0 - (own_seconds(pids.values()) - own0)
+            return max(0.0, spent / ((time.time() - t0) * os.cpu_count()))
+
+        last_try = attempt >= 3 * TARGETS_ROUNDS
+        mark = (time.time(), busy_seconds(), own_seconds(pids.values()))
         for n in order:
             r = one_run(n, targets, ports, port, "/v1/completions", plain, 64, False, pids)
             row[n]["c64"] = r
             print(json.dumps({"round": rnd, "target": n, "run": "c64", **r}), flush=True)
+        row["foreign_cpu"] = foreign_since(*mark)
+        print(json.dumps({"round": rnd, "attempt": attempt, "foreign_c64": row["foreign_cpu"]}), flush=True)
+        if row["foreign_cpu"] > FOREIGN_LIMIT and not last_try:
+            continue
+        mark = (time.time(), busy_seconds(), own_seconds(pids.values()))
         for n in order:
             if n == "modelmux":
                 reset_peak(mm.pid)
@@ -359,6 +399,10 @@ def targets_phase(work, results):
                 peak_streams = max(peak_streams, proc_status(mm.pid, "VmHWM"))
             row[n]["streams"] = r
             print(json.dumps({"round": rnd, "target": n, "run": "streams", **r}), flush=True)
+        row["foreign_cpu_streams"] = foreign_since(*mark)
+        print(json.dumps({"round": rnd, "attempt": attempt, "foreign_streams": row["foreign_cpu_streams"]}), flush=True)
+        if row["foreign_cpu_streams"] > FOREIGN_LIMIT and not last_try:
+            continue
         rounds.append(row)
     results["targets_rounds"] = rounds
     results["targets_rss_1000_streams_mib"] = peak_streams
@@ -382,12 +426,12 @@ def targets_table(results):
     rounds = results.get("targets_rounds") or []
     if not rounds:
         return ""
-    names = list(rounds[0])
+    names = [n for n in rounds[0] if not n.startswith("foreign")]
     peers = [n for n in ("nginx", "haproxy") if n in names]
     lines = ["\n### Targets, round by round (c=64 completions; 1,000 streams, 50 ms between events)\n",
              "| round | " + " | ".join(f"{n} req/s · p99 ms" for n in names) + " | "
-             + " | ".join(f"{n} 1k-stream TTFB p99 ms" for n in names) + " | targets met |",
-             "|---:|" + "---|" * (2 * len(names)) + "---|"]
+             + " | ".join(f"{n} 1k-stream TTFB p99 ms" for n in names) + " | other load | targets met |",
+             "|---:|" + "---|" * (2 * len(names)) + "---:|---|"]
     met = {"throughput ≥ 1.2× best peer": 0, "p99 ≤ best peer": 0, "TTFB p99 ≤ nginx": 0,
            "≥ 0.98× baseline": 0}
     for i, row in enumerate(rounds):
@@ -408,9 +452,12 @@ def targets_table(results):
             met[k] += 1
         cells = [f"{row[n]['c64']['rps']:.0f} · {row[n]['c64']['p99_ms']:.2f}" for n in names]
         cells += [f"{row[n]['streams']['ttfb_p99_ms']:.2f} ({row[n]['streams']['errors']} err)" for n in names]
-        lines.append(f"| {i + 1} | " + " | ".join(cells) + " | " + ", ".join(ok) + " |")
+        other = f"{100 * row.get('foreign_cpu', 0):.0f} % / {100 * row.get('foreign_cpu_streams', 0):.0f} %"
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + f" | {other} | " + ", ".join(ok) + " |")
     lines.append("\nRounds meeting each target: " + "; ".join(f"{k}: {v} of {len(rounds)}" for k, v in met.items())
                  + ".")
+    lines.append(f"\nOther load: the share of both CPUs used by processes outside the benchmark during the "
+                 f"round's c=64 runs / its stream runs (rounds above {100 * FOREIGN_LIMIT:.0f} % were measured again).")
     lines.append(f"\nmodelmux RSS: idle {results['targets_rss_idle_mib']:.1f} MiB, peak with 1,000 streams "
                  f"{results['targets_rss_1000_streams_mib']:.1f} MiB, with 10,000 idle keep-alive connections "
                  + ", ".join(f"{n} {v:.1f} MiB" for n, v in results["targets_rss_10000_idle_mib"].items()) + ".")
