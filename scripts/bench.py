@@ -429,7 +429,7 @@ def targets_table(results):
     names = [n for n in rounds[0] if not n.startswith("foreign")]
     peers = [n for n in ("nginx", "haproxy") if n in names]
     lines = ["\n### Targets, round by round (c=64 completions; 1,000 streams, 50 ms between events)\n",
-             "| round | " + " | ".join(f"{n} req/s · p99 ms" for n in names) + " | "
+             "| round | " + " | ".join(f"{n} req/s · p99 ms · CPU µs/req" for n in names) + " | "
              + " | ".join(f"{n} 1k-stream TTFB p99 ms" for n in names) + " | other load | targets met |",
              "|---:|" + "---|" * (2 * len(names)) + "---:|---|"]
     met = {"throughput ≥ 1.2× best peer": 0, "p99 ≤ best peer": 0, "TTFB p99 ≤ nginx": 0,
@@ -450,10 +450,14 @@ def targets_table(results):
             ok.append("≥ 0.98× baseline")
         for k in ok:
             met[k] += 1
-        cells = [f"{row[n]['c64']['rps']:.0f} · {row[n]['c64']['p99_ms']:.2f}" for n in names]
+        cells = [f"{row[n]['c64']['rps']:.0f} · {row[n]['c64']['p99_ms']:.2f} · "
+                 f"{row[n]['c64'].get('cpu_us_per_req', 0):.1f}" for n in names]
         cells += [f"{row[n]['streams']['ttfb_p99_ms']:.2f} ({row[n]['streams']['errors']} err)" for n in names]
         other = f"{100 * row.get('foreign_cpu', 0):.0f} % / {100 * row.get('foreign_cpu_streams', 0):.0f} %"
         lines.append(f"| {i + 1} | " + " | ".join(cells) + f" | {other} | " + ", ".join(ok) + " |")
+    cpu = {n: sorted(r[n]["c64"].get("cpu_us_per_req", 0) for r in rounds) for n in names}
+    lines.append("\nMedian CPU per request at c=64 (the proxy's user+system time, nginx with its workers): "
+                 + ", ".join(f"{n} {v[len(v) // 2]:.1f} µs" for n, v in cpu.items()) + ".")
     lines.append("\nRounds meeting each target: " + "; ".join(f"{k}: {v} of {len(rounds)}" for k, v in met.items())
                  + ".")
     lines.append(f"\nOther load: the share of both CPUs used by processes outside the benchmark during the "
