@@ -18,9 +18,9 @@ with 1,000 streams and with 10,000 idle keep-alive connections.
 Writes bench-results/results.json and bench-results/results.md. Loopback only; every run
 is bounded in time. Environment: BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_ROUNDS (3: the
 targets take turns this many times and each one's median round is reported), BENCH_PEERS (nginx and HAProxy; 1 adds LiteLLM, 0 none),
-BENCH_CONCURRENCY ("1,16,64,256"), BENCH_TARGETS_ROUNDS (5), BENCH_FOREIGN_LIMIT (0.1), BENCH_BASELINE,
+BENCH_CONCURRENCY ("1,16,64,256"), BENCH_TARGETS_ROUNDS (5), BENCH_FOREIGN_LIMIT (0.1), BENCH_BASELINE, BENCH_AB_ROUNDS (20),
 BENCH_TARGETS, BENCH_MODES ("completions,chat"), BENCH_STREAMS ("plain,stream"), BENCH_QUICK=1
-(the matrix alone), BENCH_ONLY_TARGETS=1 (the targets phase alone).
+(the matrix alone), BENCH_ONLY_TARGETS=1 (the A/B and targets phases alone).
 """
 
 import json
@@ -48,6 +48,8 @@ PEERS = os.environ.get("BENCH_PEERS", "") != "0"
 LITELLM = os.environ.get("BENCH_PEERS") == "1"
 BASELINE = os.environ.get("BENCH_BASELINE")
 TARGETS_ROUNDS = int(os.environ.get("BENCH_TARGETS_ROUNDS", "5"))
+# Rounds of the side-by-side A/B against BENCH_BASELINE (both loaded at once).
+AB_ROUNDS = int(os.environ.get("BENCH_AB_ROUNDS", "20"))
 # A targets round during which other processes used more than this share of the CPUs is
 # measured again.
 FOREIGN_LIMIT = float(os.environ.get("BENCH_FOREIGN_LIMIT", "0.1"))
@@ -421,6 +423,45 @@ def targets_phase(work, results):
         stop(p)
 
 
+def ab_phase(work, results):
+    """This build against BENCH_BASELINE, both loaded at the same time (c=32 each), so that
+    whatever else the machine does falls on both alike; per round the ratio of req/s and
+    of CPU per request, and their medians."""
+    import statistics
+    mm, port = start_modelmux(work, "ab-modelmux", os.path.join(BIN, "modelmux"))
+    b, bport = start_modelmux(work, "ab-base", BASELINE)
+    out = {}
+    for mode in ("plain", "stream"):
+        stream = mode == "stream"
+        bodies = [json.dumps({"model": m, "prompt": "x", "stream": stream}) for m in ("m0", "m1")]
+        rps, cpu = [], []
+        for rnd in range(AB_ROUNDS):
+            c0 = [cpu_seconds(p.pid) for p in (mm, b)]
+            procs = [None, None]
+            for i in ([0, 1] if rnd % 2 == 0 else [1, 0]):
+                cmd = [os.path.join(BIN, "mmx-loadgen"), "--url",
+                       f"http://127.0.0.1:{(port, bport)[i]}/v1/completions", "--concurrency", "32",
+                       "--duration", "4", "--warmup", "1", "--label", ("modelmux", "base")[i]]
+                for body in bodies:
+                    cmd += ["--body", body]
+                if stream:
+                    cmd.append("--stream")
+                procs[i] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            rs = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+            per = [(cpu_seconds(p.pid) - c) / max(1, r["requests"] * 1.25) * 1e6
+                   for p, c, r in zip((mm, b), c0, rs)]
+            rps.append(rs[0]["rps"] / rs[1]["rps"])
+            cpu.append(per[0] / per[1])
+            print(json.dumps({"ab": mode, "round": rnd, "rps": [rs[0]["rps"], rs[1]["rps"]], "cpu_us": per}),
+                  flush=True)
+        out[mode] = {"rps_ratio_median": statistics.median(rps), "cpu_ratio_median": statistics.median(cpu),
+                     "rounds": AB_ROUNDS}
+    results["ab"] = out
+    stop(mm)
+    stop(b)
+    print(json.dumps({"ab_summary": out}), flush=True)
+
+
 def targets_table(results):
     """Markdown: every round's numbers and which targets it met."""
     rounds = results.get("targets_rounds") or []
@@ -462,6 +503,12 @@ def targets_table(results):
                  + ".")
     lines.append(f"\nOther load: the share of both CPUs used by processes outside the benchmark during the "
                  f"round's c=64 runs / its stream runs (rounds above {100 * FOREIGN_LIMIT:.0f} % were measured again).")
+    ab = results.get("ab")
+    if ab:
+        lines.append("\nSide by side with the baseline (both loaded at once, c=32 each, "
+                     f"{ab['plain']['rounds']} rounds per mode), medians of this build ÷ baseline: "
+                     + "; ".join(f"{m}: req/s {v['rps_ratio_median']:.3f}, CPU per request {v['cpu_ratio_median']:.3f}"
+                                 for m, v in ab.items()) + ".")
     lines.append(f"\nmodelmux RSS: idle {results['targets_rss_idle_mib']:.1f} MiB, peak with 1,000 streams "
                  f"{results['targets_rss_1000_streams_mib']:.1f} MiB, with 10,000 idle keep-alive connections "
                  + ", ".join(f"{n} {v:.1f} MiB" for n, v in results["targets_rss_10000_idle_mib"].items()) + ".")
@@ -663,6 +710,8 @@ def main():
         "duration_s": DURATION, "warmup_s": WARMUP, "peers": PEERS,
     }
     try:
+        if BASELINE and AB_ROUNDS > 0:
+            ab_phase(work, results)
         if TARGETS_ROUNDS > 0:
             targets_phase(work, results)
             print(targets_table(results), flush=True)
