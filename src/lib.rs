@@ -3,15 +3,24 @@
 //! Data flows one way:
 //!
 //! ```text
-//! environment / --config ─► config ─► gpu (inventory + allocation) ─► plan (LaunchPlan)
-//!                                                                        │
-//!                supervisor (spawn, reap, probe, restart, stop) ◄────────┤
-//!                      │ publishes                                       ▼
-//!                      └──────────► state (watch snapshot) ◄── reads ── front (proxy, health)
+//! environment / --config ─► config ─┬─► gpu (inventory, allocation, shares) ─┬─► plan (LaunchPlan)
+//!     engines (profiles) ──────────►├─► weights (memory estimate from files) ┤        │
+//!                                   └─► cpus (cores of CPU engines) ─────────┘        │
+//!                                                                                    │
+//!            supervisor (spawn, reap, probe, restart, stop, staged start) ◄──────────┤
+//!                  │ publishes                                                       ▼
+//!                  └──────────► state (watch snapshot) ◄── reads ── front (proxy, health)
 //! ```
 //!
 //! - [`config`]: raw inputs to validated settings and model specs; typed errors.
-//! - [`gpu`]: which GPUs exist (NVML or `MODELMUX_GPUS`) and who gets which.
+//! - [`engines`]: one profile per inference server (vLLM, SGLang, TGI, llama.cpp): how its
+//!   command line, health path, metrics and memory flags are spelled. Nothing else knows
+//!   engine flags.
+//! - [`gpu`]: which GPUs exist (NVML or `MODELMUX_GPUS`), who gets which, and what share of
+//!   a shared GPU; the free-memory check at start.
+//! - [`cpus`]: the cores of CPU engines (`MODELMUX_GPUS=none`).
+//! - [`weights`]: a model's GPU memory need, from its safetensors headers and config.json.
+//! - [`placement`]: estimates and GPUs joined: shares, start order, the per-GPU table.
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
 //! - [`state`]: the snapshot of model states the front reads.
@@ -23,11 +32,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod cpus;
+pub mod engines;
 pub mod front;
 pub mod gpu;
 pub mod observability;
+pub mod placement;
 pub mod plan;
 pub mod resolve;
 pub mod serve;
 pub mod state;
 pub mod supervisor;
+pub mod weights;

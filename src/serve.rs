@@ -1,7 +1,7 @@
 //! `modelmux serve`: plan, start the supervisor and the front, wait for a signal or a fatal
 //! failure, shut down in order (front drains, engines get SIGTERM, then SIGKILL).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use crate::front::{self, App};
 use crate::plan::LaunchPlan;
 use crate::resolve::{EXIT_CONFIG, load_plan};
 use crate::state::{Snapshot, StateRx};
-use crate::supervisor::{Failure, Reaper, Supervisor, group};
+use crate::supervisor::{Failure, Reaper, Supervisor, group, progress};
 
 /// Runs `serve` to completion and returns the process exit code.
 pub fn main(raw: &RawConfig) -> ExitCode {
@@ -27,9 +27,15 @@ pub fn main(raw: &RawConfig) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = check_engine_program(&config.settings.engine_cmd[0]) {
+    if let Err(e) = check_engine_programs(&config) {
         tracing::error!("invalid configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
+    }
+    // Memory the plan counts on but someone else holds (a stale engine, another container)
+    // fails here in one line, not in an engine's memory profile twenty minutes from now.
+    if let Err(e) = crate::gpu::check_free(&plan.gpus, &crate::gpu::NvmlDiscovery) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
     }
     // Orphans of engines (say a vLLM worker whose parent died) come back to modelmux and
     // are reaped. As PID 1 they come anyway.
@@ -66,9 +72,23 @@ fn raise_open_files_limit() {
     }
 }
 
-/// The engine program must exist before anything starts: otherwise every model would
-/// crash-loop through its restart budget and the real cause would hide in the logs.
-fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError> {
+/// Every model's engine program must exist before anything starts: otherwise every model
+/// would crash-loop through its restart budget and the real cause would hide in the logs.
+pub fn check_engine_programs(
+    config: &crate::config::Config,
+) -> Result<(), crate::config::ConfigError> {
+    for m in &config.models {
+        check_engine_program(&m.engine_cmd[0], &m.engine_cmd_origin, m.engine)?;
+    }
+    Ok(())
+}
+
+/// One engine program; `origin` names where its command came from.
+fn check_engine_program(
+    program: &str,
+    origin: &str,
+    engine: crate::engines::Engine,
+) -> Result<(), crate::config::ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &std::path::Path| {
         p.metadata()
@@ -85,9 +105,13 @@ fn check_engine_program(program: &str) -> Result<(), crate::config::ConfigError>
         Ok(())
     } else {
         Err(crate::config::ConfigError::var(
-            "MODELMUX_ENGINE_CMD",
+            origin,
             program,
-            "the engine program is not an executable file nor found in PATH; install vLLM or point MODELMUX_ENGINE_CMD at the engine",
+            format!(
+                "the engine program is not an executable file nor found in PATH; install {} \
+                 or point MODELMUX_ENGINE_CMD (or the model's engine_cmd) at the engine",
+                engine.profile().server
+            ),
         ))
     }
 }
@@ -117,6 +141,27 @@ async fn bind(var: &str, host: IpAddr, port: u16) -> Result<TcpListener, ExitCod
     })
 }
 
+/// The plan fixed the engine ports, the extra ones some profiles need included (TGI's
+/// Prometheus and torch master ports); one that another process holds would make its engine
+/// crash-loop on "address in use", so it is an error before anything starts.
+fn check_engine_ports(plan: &LaunchPlan) -> Result<(), String> {
+    for m in &plan.models {
+        let ports = std::iter::once((m.port, "engine port"))
+            .chain(m.extra_ports.iter().map(|&p| (p, "extra engine port")));
+        for (port, what) in ports {
+            if let Err(e) = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                return Err(format!(
+                    "{what} 127.0.0.1:{port} of model {} is in use ({e}); engines get PORT+1, \
+                     PORT+2, ... (skipping HEALTH_CHECK_PORT), then the extra ports some engines \
+                     need: free that port, or move them with MODELMUX_ENGINE_BASE_PORT",
+                    m.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Kills every engine group at once (the second signal).
 fn kill_all_now(state: &StateRx) {
     for pid in state.borrow().models.iter().filter_map(|m| m.pid) {
@@ -126,6 +171,7 @@ fn kill_all_now(state: &StateRx) {
 
 /// Serves until a signal or a fatal failure; returns the exit code.
 pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
+    let started = tokio::time::Instant::now();
     let settings = Arc::new(settings);
     let reaper = match Reaper::start() {
         Ok(r) => r,
@@ -155,6 +201,11 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         None
     };
 
+    if let Err(e) = check_engine_ports(&plan) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+
     let (state_tx, state_rx) = watch::channel(Snapshot::initial(&plan));
     let app = Arc::new(App::new(&plan, &settings, state_rx.clone()));
     let (stop_front, stop_rx) = watch::channel(false);
@@ -179,6 +230,13 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         "modelmux is up; starting engines"
     );
     let mut supervisor = Supervisor::start(&plan, settings.clone(), reaper, state_tx.clone());
+    let serving_on = format!("http://{}", SocketAddr::new(settings.host, settings.port));
+    tokio::spawn(progress::report(
+        state_rx.clone(),
+        settings.progress_interval,
+        started,
+        serving_on,
+    ));
 
     let exit_on_failure = settings.on_failure == OnFailure::Exit;
     let outcome = tokio::select! {
@@ -194,7 +252,10 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         Outcome::Signal(name) => {
             tracing::info!("{name} received; shutting down (send it again to kill at once)")
         }
-        Outcome::Failed(f) => tracing::error!("{f}; shutting down (MODELMUX_ON_FAILURE=exit)"),
+        Outcome::Failed(f) => tracing::error!(
+            "model {} failed; shutting down (MODELMUX_ON_FAILURE=exit)",
+            f.model
+        ),
         Outcome::FrontDied(why) => tracing::error!("{why}; shutting down"),
     }
 

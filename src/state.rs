@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
 use crate::plan::LaunchPlan;
@@ -14,6 +14,9 @@ use crate::plan::LaunchPlan;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
+    /// Not started yet: it shares a GPU with models that start before it (SPEC §3.1), and
+    /// waits until they are ready; requests get 503.
+    Waiting,
     /// The engine is loading; requests get 503.
     Starting,
     /// `/health` answered 200; requests are routed.
@@ -28,7 +31,8 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, for metrics.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
+        Phase::Waiting,
         Phase::Starting,
         Phase::Ready,
         Phase::Restarting,
@@ -39,6 +43,7 @@ impl Phase {
     /// The lowercase name used in JSON and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Waiting => "waiting",
             Phase::Starting => "starting",
             Phase::Ready => "ready",
             Phase::Restarting => "restarting",
@@ -54,6 +59,40 @@ pub fn now_unix() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// `time` as an RFC 3339 UTC timestamp with milliseconds: `2025-01-15T10:23:45.123Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+fn serialize_rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*time))
 }
 
 /// One model's published state.
@@ -73,8 +112,20 @@ pub struct ModelStatus {
     pub restarts: u32,
     /// Why the engine last stopped (exit code, signal, hung, startup timeout).
     pub last_exit: Option<String>,
-    /// When the model entered its phase (Unix seconds).
-    pub since: f64,
+    /// When the model entered its phase; JSON gives it as an RFC 3339 time.
+    #[serde(serialize_with = "serialize_rfc3339")]
+    pub since: SystemTime,
+    /// While the engine starts: its last line of output (without vLLM's prefix), a
+    /// progress bar's latest state included; `None` in every other phase.
+    pub last_log: Option<String>,
+    /// The engine's own `/v1/models` entries (vLLM's `root`, `parent`, `max_model_len`,
+    /// `owned_by`, ...), fetched each time it turns ready; `None` until then.
+    #[serde(skip)]
+    pub engine_models: Option<Arc<Vec<serde_json::Value>>>,
+    /// Its `--gpu-memory-utilization` when it gets one (a shared GPU, or the user's own).
+    pub gpu_share: Option<f64>,
+    /// Models that must be ready before it starts (they share its GPU).
+    pub start_after: Vec<String>,
 }
 
 /// Every model's state, in plan order.
@@ -87,9 +138,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every model `starting`.
+    /// Every model `starting`, or `waiting` when it starts after others on a shared GPU.
     pub fn initial(plan: &LaunchPlan) -> Self {
-        let now = now_unix();
+        let now = SystemTime::now();
         Snapshot {
             stopping: false,
             models: plan
@@ -97,13 +148,21 @@ impl Snapshot {
                 .iter()
                 .map(|m| ModelStatus {
                     name: m.name.clone(),
-                    state: Phase::Starting,
+                    state: if m.start_after.is_empty() {
+                        Phase::Starting
+                    } else {
+                        Phase::Waiting
+                    },
                     pid: None,
                     port: m.port,
                     gpus: m.gpus.clone(),
                     restarts: 0,
                     last_exit: None,
                     since: now,
+                    last_log: None,
+                    engine_models: None,
+                    gpu_share: m.gpu_share,
+                    start_after: m.start_after.clone(),
                 })
                 .collect(),
         }
@@ -120,14 +179,18 @@ pub type StateTx = watch::Sender<Snapshot>;
 /// The front's side: reads the latest snapshot.
 pub type StateRx = watch::Receiver<Snapshot>;
 
-/// Updates one model's entry, stamping `since` when its phase changes.
+/// Updates one model's entry, stamping `since` when its phase changes; `last_log` is
+/// dropped when the model leaves `starting`.
 pub fn update(tx: &StateTx, index: usize, f: impl FnOnce(&mut ModelStatus)) {
     tx.send_modify(|s| {
         let m = &mut s.models[index];
         let before = m.state;
         f(m);
         if m.state != before {
-            m.since = now_unix();
+            m.since = SystemTime::now();
+            if m.state != Phase::Starting {
+                m.last_log = None;
+            }
         }
     });
 }
@@ -143,6 +206,8 @@ pub struct Route {
     pub authority: Arc<str>,
     /// The engine's default `/predict` path.
     pub predict_route: Arc<str>,
+    /// The engine's Prometheus path (its profile's), `None` when it has none.
+    pub metrics_path: Option<Arc<str>>,
 }
 
 /// Every served name and adapter name, mapped to its engine.
@@ -176,6 +241,7 @@ impl RoutingTable {
                 model: m.name.as_str().into(),
                 authority: format!("127.0.0.1:{}", m.port).into(),
                 predict_route: m.predict_route.as_str().into(),
+                metrics_path: m.metrics_path.as_deref().map(Into::into),
             };
             table.models.push(route.clone());
             for name in &m.served_names {
@@ -227,4 +293,35 @@ pub enum Lookup<'a> {
     Unknown,
     /// No `"model"` and several models.
     Missing,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(secs: u64, millis: u64) -> String {
+        rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+    }
+
+    #[test]
+    fn rfc3339_times_are_utc_with_milliseconds() {
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_736_936_625, 123), "2025-01-15T10:23:45.123Z");
+        assert_eq!(at(1_767_225_599, 999), "2025-12-31T23:59:59.999Z");
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339_agrees_with_day_arithmetic_across_four_centuries() {
+        // Every 1st of March from 1970 to 2370: the day count must land on it.
+        let mut days = 59; // 1970-03-01
+        for year in 1970..2370u64 {
+            let text = rfc3339(UNIX_EPOCH + Duration::from_secs(days * 86_400));
+            assert_eq!(text, format!("{year:04}-03-01T00:00:00.000Z"));
+            let leap = (year + 1) % 4 == 0 && ((year + 1) % 100 != 0 || (year + 1) % 400 == 0);
+            days += if leap { 366 } else { 365 };
+        }
+    }
 }

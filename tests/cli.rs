@@ -2,20 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-use common::MODELMUX;
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(MODELMUX);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run modelmux")
-}
+use common::run_clean as run;
 
 const CONFIG: &str = r#"{"models": [
   {"model_path": "meta-llama/Llama-3.1-8B-Instruct", "params": "--served-model-name llama -tp 2",
@@ -48,19 +35,18 @@ fn plan_json_describes_every_model() {
     assert_eq!(llama["env"]["CUDA_VISIBLE_DEVICES"], "0,1");
     assert_eq!(llama["env"]["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
     let argv: Vec<String> = serde_json::from_value(llama["argv"].clone()).unwrap();
-    let port = llama["port"].as_u64().unwrap().to_string();
+    // Engine ports follow PORT (8080 by default): the plan is the contract.
+    assert_eq!(llama["port"], 8081);
     assert_eq!(
         argv,
         [
-            "python3",
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
+            "vllm",
+            "serve",
             "meta-llama/Llama-3.1-8B-Instruct",
             "--host",
             "127.0.0.1",
             "--port",
-            &port,
+            "8081",
             "--max-model-len",
             "4096",
             "--served-model-name",
@@ -75,8 +61,7 @@ fn plan_json_describes_every_model() {
     let bge = &plan["models"][1];
     assert_eq!(bge["gpus"], serde_json::json!(["2"]));
     assert_eq!(bge["predict_route"], "/v1/embeddings");
-    assert_ne!(bge["port"], llama["port"]);
-    assert_ne!(bge["port"].as_u64(), Some(8080));
+    assert_eq!(bge["port"], 8082);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("configuration read") && stderr.contains("MULTI_MODEL_CONFIG"),
@@ -206,7 +191,8 @@ fn flags_mirror_the_variables() {
             "--gpus",
             "1",
             "--engine-cmd",
-            "vllm serve",
+            // `plan` checks the engine program like `serve`: one that exists everywhere.
+            "sh serve",
             "--model",
             "org/m",
             "--params",
@@ -222,7 +208,7 @@ fn flags_mirror_the_variables() {
     );
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["models"][0]["name"], "odsc-llm");
-    assert_eq!(plan["models"][0]["argv"][0], "vllm");
+    assert_eq!(plan["models"][0]["argv"][0], "sh");
     assert_eq!(plan["models"][0]["gpus"], serde_json::json!(["0"]));
     assert_eq!(plan["source"]["kind"], "single_model");
 }

@@ -201,7 +201,9 @@ fn models_list_has_openai_shape() {
         for d in v["data"].as_array().unwrap() {
             assert_eq!(d["object"], "model");
             assert!(d["created"].as_u64().unwrap() > 1_600_000_000);
-            assert_eq!(d["owned_by"], "modelmux");
+            // The engine's own entry (mock-vllm answers like vLLM), plus modelmux's state.
+            assert_eq!(d["owned_by"], "vllm");
+            assert_eq!(d["max_model_len"], 4096);
             assert_eq!(d["state"], "ready");
         }
         assert_eq!(v["data"][1]["parent"], "chat");

@@ -307,6 +307,66 @@ fn cases(wire: &str) -> Vec<Case> {
             )
         },
         Case {
+            logged: false,
+            headers: &[("content-type", "application/json")],
+            ..case(
+                "status-without-key",
+                format!(
+                    "GET /status HTTP/1.1\r\nHost: f\r\n{}\r\n",
+                    id_header("status-without-key", wire)
+                )
+                .into_bytes(),
+                200,
+                None,
+            )
+        },
+        Case {
+            logged: false,
+            headers: &[("content-type", "text/html; charset=utf-8")],
+            ..case(
+                "page-for-browsers",
+                format!(
+                    "GET / HTTP/1.1\r\nHost: f\r\nAccept: text/html,*/*;q=0.8\r\n{}\r\n",
+                    id_header("page-for-browsers", wire)
+                )
+                .into_bytes(),
+                200,
+                None,
+            )
+        },
+        case(
+            "root-for-others",
+            format!(
+                "GET / HTTP/1.1\r\nHost: f\r\nAccept: application/json\r\n{}\r\n",
+                with("root-for-others", "")
+            )
+            .into_bytes(),
+            404,
+            Some("not_found_error"),
+        ),
+        Case {
+            engine: Some(("alpha", "/status")),
+            ..case(
+                "post-status",
+                post("/status", &with("post-status", ""), r#"{"model": "alpha"}"#),
+                200,
+                None,
+            )
+        },
+        Case {
+            engine: Some(("beta", "/")),
+            ..case(
+                "post-root-browser",
+                post(
+                    "/",
+                    &with("post-root-browser", "Accept: text/html\r\n"),
+                    r#"{"model": "beta"}"#,
+                ),
+                200,
+                None,
+            )
+        },
+        Case {
             headers: &[("www-authenticate", "Bearer")],
             ..case(
                 "models-without-key",

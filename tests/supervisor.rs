@@ -406,7 +406,7 @@ fn pid1_in_a_pid_namespace_reaps_orphans_and_handles_sigterm() {
     )])
     .env("MODELMUX_RESTART_DELAY", "0.3");
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
+    let port = common::port_block();
     let base = setup.command(dir.path(), port);
     let mut cmd = std::process::Command::new("unshare");
     // --kill-child: if the test fails and kills unshare, the namespace goes with it.

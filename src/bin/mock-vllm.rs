@@ -2,30 +2,55 @@
 //! The demo, the tests and the benchmarks run it in place of vLLM so that everything works
 //! without a GPU.
 //!
-//! Flags (as vLLM): `--model`, `--served-model-name NAME...`, `--host`, `--port`,
-//! `--lora-modules NAME=PATH...`; any other flag is ignored.
+//! Flags (as vLLM): `--model` (or `serve MODEL` as `vllm serve` takes it),
+//! `--served-model-name NAME...`, `--host`, `--port`, `--lora-modules NAME=PATH...`; any
+//! other flag is ignored. With `--mock-dialect NAME` (or `MOCK_DIALECT`) it speaks another
+//! server's command line instead (`sglang`, `tgi`, `llamacpp`, `llamacpp-python`; see
+//! `mock-vllm/dialect.rs`): unknown flags exit 2, and the health path, `/v1/models`,
+//! `/metrics` and request-id rules follow that server.
 //!
 //! Knobs (environment):
 //! - `MOCK_STARTUP_DELAY_MS`: `/health` answers 503 until this much time has passed.
+//! - `MOCK_LOADING_BAR=1`: meanwhile, draw vLLM's "Loading safetensors checkpoint shards"
+//!   progress bar on stderr as tqdm does (redrawn with `\r`, one newline at the end).
+//! - `MOCK_STDOUT_LINES`, `MOCK_STDERR_LINES`: lines (separated by newlines) printed at start.
 //! - `MOCK_CRASH_AT_START=MSG`: print MSG on stderr and exit 1 at once.
+//! - `MOCK_REJECT_FLAG=FLAG`: if FLAG is on the command line, fail like argparse (usage and
+//!   `error: unrecognized arguments` on stderr, exit 2).
 //! - `MOCK_CRASH_AFTER_MS`: exit 1 after this long.
 //! - `MOCK_HANG_AFTER_MS`: after this long, `/health` never answers.
 //! - `MOCK_IGNORE_SIGTERM=1`: ignore SIGTERM (modelmux must SIGKILL).
-//! - `MOCK_SPAWN_CHILD=1`: start a `sleep` child of its own (its pid goes in the report).
-//! - `MOCK_REPORT_FILE`: write `{pid, argv, cuda_visible_devices, cuda_device_order, child_pid,
-//!   ready_unix}` (`ready_unix`: when `/health` turns 200).
-//! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `cancelled`, ...).
+//! - `MOCK_SIGTERM_DELAY_MS`: on SIGTERM, take this long to exit (as vLLM stops its engine).
+//! - Children, like vLLM's EngineCore (long-lived, they do not die with the mock): a child
+//!   in the mock's process group (`MOCK_SPAWN_CHILD=1`), one that calls `setsid()`
+//!   (`MOCK_SPAWN_SETSID=1`), and a daemon: a setsid'd grandchild whose parent exits at once,
+//!   so it is orphaned (`MOCK_SPAWN_DAEMON=1`). They log `child-sigterm PID` when they get
+//!   SIGTERM and exit, unless `MOCK_CHILD_IGNORE_SIGTERM=1`.
+//! - `MOCK_ACCESS_LOG=1`: one uvicorn-style access line on stdout per request.
+//! - `MOCK_MAX_MODEL_LEN` (4096): `max_model_len` in `/v1/models`.
+//! - `MOCK_REPORT_FILE`: write `{pid, argv, model, cuda_visible_devices, cuda_device_order,
+//!   omp_threads_bind, child_pid, setsid_pid, daemon_pid, ready_unix}` (`ready_unix`: when
+//!   `/health` turns 200).
+//! - `MOCK_EVENTS_FILE`: append one line per event (`start`, `sigterm`, `exiting`,
+//!   `child-sigterm`, `cancelled`, ...), each with the pid.
 //! - `MOCK_STREAM_CHUNKS` (16), `MOCK_STREAM_DELAY_MS` (0), `MOCK_RESPONSE_DELAY_MS` (0).
+//! - `MOCK_METRICS_DELAY_MS`: `GET /metrics` (vLLM V1's metrics, see `mock-vllm/metrics.rs`)
+//!   answers after this long; `--max-num-seqs N` lets N requests run at once, the rest wait.
 //!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
-//! `mock_exit` (exit at once without an answer).
+//! `mock_exit` (exit at once without an answer, with `mock_exit_code`, default 1),
+//! `mock_stall_after_chunks` (a hung engine, as vLLM in a decode deadlock: a stream stops
+//! after that many chunks, a plain request never answers; the request stays running in
+//! `/metrics` and no more tokens are counted, while `/health` keeps answering 200).
 //!
-//! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`,
+//! Responses carry what the mock saw: `x-mock-served-by`, `x-mock-path`, `x-mock-dialect`,
+//! `x-mock-adapter-id` (the adapter the server would apply),
 //! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
 //! `x-mock-body-bytes`.
 
 use std::io::Write;
 use std::pin::Pin;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,9 +64,18 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+#[path = "mock-vllm/metrics.rs"]
+mod metrics;
+
+#[path = "mock-vllm/dialect.rs"]
+mod dialect;
+
 struct Mock {
+    cli: dialect::Cli,
     names: Vec<String>,
-    loras: Vec<String>,
+    loras: Vec<(String, String)>,
+    created: u64,
+    max_model_len: u64,
     started: Instant,
     startup_delay: Duration,
     hang_after: Option<Duration>,
@@ -49,6 +83,7 @@ struct Mock {
     chunk_delay: u64,
     response_delay: u64,
     events: Option<String>,
+    metrics: Arc<metrics::EngineMetrics>,
 }
 
 fn env_ms(name: &str) -> Option<u64> {
@@ -87,11 +122,40 @@ fn flag_values(args: &[String], flag: &str) -> Vec<String> {
     out
 }
 
+/// The hidden first argument of the mock's own children.
+const CHILD: &str = "--mock-child";
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(CHILD) {
+        child_main(args.get(2).map(String::as_str).unwrap_or("sleeper"));
+    }
+    // A usage error exits 2 before anything starts, as the servers' argument parsers do.
+    let cli = dialect::take_dialect(&mut args)
+        .and_then(|d| dialect::parse(d, &args[1..]))
+        .unwrap_or_else(|msg| {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        });
+    for (var, to_stdout) in [("MOCK_STDOUT_LINES", true), ("MOCK_STDERR_LINES", false)] {
+        for line in std::env::var(var).unwrap_or_default().lines() {
+            if to_stdout {
+                println!("{line}");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    }
     if let Ok(msg) = std::env::var("MOCK_CRASH_AT_START") {
         eprintln!("{msg}");
         std::process::exit(1);
+    }
+    if let Ok(flag) = std::env::var("MOCK_REJECT_FLAG")
+        && args.contains(&flag)
+    {
+        eprintln!("usage: api_server.py [-h] [--host HOST] [--port PORT] [--model MODEL]");
+        eprintln!("api_server.py: error: unrecognized arguments: {flag}");
+        std::process::exit(2);
     }
     let threads = env_ms("MOCK_THREADS").unwrap_or(2).max(1) as usize;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -99,37 +163,92 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    std::process::exit(rt.block_on(run(args)));
+    std::process::exit(rt.block_on(run(args, cli)));
 }
 
-async fn run(args: Vec<String>) -> i32 {
-    let model = flag_values(&args, "--model")
-        .pop()
-        .unwrap_or_else(|| "mock".into());
-    let mut names = flag_values(&args, "--served-model-name");
-    if names.is_empty() {
-        names.push(model.clone());
+/// A child of the mock: sleeps until killed. `daemon` starts a setsid'd sleeper, prints its
+/// pid and exits, so that the sleeper is orphaned.
+fn child_main(kind: &str) -> ! {
+    let events = std::env::var("MOCK_EVENTS_FILE").ok();
+    if kind == "daemon" {
+        // Its stdout is the pipe the mock reads this pid from: the sleeper must not hold it.
+        let pid = spawn_child("sleeper", true, Stdio::null()).unwrap_or(0);
+        println!("{pid}");
+        std::process::exit(0);
     }
-    let loras = flag_values(&args, "--lora-modules")
-        .into_iter()
-        .filter_map(|v| v.split_once('=').map(|(n, _)| n.to_string()))
-        .collect();
-    let host = flag_values(&args, "--host")
-        .pop()
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let port = flag_values(&args, "--port")
-        .pop()
-        .unwrap_or_else(|| "8000".into());
+    let ignore = std::env::var("MOCK_CHILD_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
+    let mut signals =
+        signal_hook_iter(&[nix::sys::signal::Signal::SIGTERM]).expect("SIGTERM handler");
+    loop {
+        if signals.wait() {
+            event(&events, "child-sigterm");
+            if !ignore {
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// A blocking SIGTERM waiter for the children (no runtime there).
+struct SigWait(nix::sys::signal::SigSet);
+
+fn signal_hook_iter(sigs: &[nix::sys::signal::Signal]) -> nix::Result<SigWait> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in sigs {
+        set.add(*s);
+    }
+    set.thread_block()?;
+    Ok(SigWait(set))
+}
+
+impl SigWait {
+    fn wait(&mut self) -> bool {
+        self.0.wait().is_ok()
+    }
+}
+
+/// Starts the mock itself as a child of `kind`, in a new session if `setsid`.
+fn spawn_child(kind: &str, setsid: bool, stdout: Stdio) -> Option<u32> {
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.args([CHILD, kind]).stdin(Stdio::null()).stdout(stdout);
+    if setsid {
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    let child = cmd.spawn().ok()?;
+    let pid = child.id();
+    if kind == "daemon" {
+        let out = child.wait_with_output().ok()?;
+        return String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+    }
+    // Never waited for: like vLLM's EngineCore, it outlives a mock that is SIGKILLed.
+    std::mem::forget(child);
+    Some(pid)
+}
+
+async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
+    let names = cli.names.clone();
+    let loras = cli.loras.clone();
+    let (host, port) = (cli.host.clone(), cli.port.clone());
     let events = std::env::var("MOCK_EVENTS_FILE").ok();
     event(&events, "start");
 
-    let child_pid = std::env::var("MOCK_SPAWN_CHILD").ok().and_then(|_| {
-        std::process::Command::new("sleep")
-            .arg("3600")
-            .spawn()
-            .ok()
-            .map(|c| c.id())
-    });
+    let wants = |var: &str| std::env::var(var).is_ok_and(|v| v == "1");
+    let child_pid = wants("MOCK_SPAWN_CHILD")
+        .then(|| spawn_child("sleeper", false, Stdio::inherit()))
+        .flatten();
+    let setsid_pid = wants("MOCK_SPAWN_SETSID")
+        .then(|| spawn_child("sleeper", true, Stdio::inherit()))
+        .flatten();
+    let daemon_pid = wants("MOCK_SPAWN_DAEMON")
+        .then(|| spawn_child("daemon", true, Stdio::piped()))
+        .flatten();
     let started = Instant::now();
     let startup_delay = Duration::from_millis(env_ms("MOCK_STARTUP_DELAY_MS").unwrap_or(0));
     let now_unix = std::time::SystemTime::now()
@@ -140,9 +259,16 @@ async fn run(args: Vec<String>) -> i32 {
             "ready_unix": now_unix + startup_delay.as_secs_f64(),
             "pid": std::process::id(),
             "argv": args,
+            "dialect": cli.dialect.name(),
+            "model": cli.model,
             "cuda_visible_devices": std::env::var("CUDA_VISIBLE_DEVICES").ok(),
             "cuda_device_order": std::env::var("CUDA_DEVICE_ORDER").ok(),
+            "omp_threads_bind": std::env::var("VLLM_CPU_OMP_THREADS_BIND").ok(),
+            "cpu_mask": cli.cpu_mask,
+            "threads": cli.threads,
             "child_pid": child_pid,
+            "setsid_pid": setsid_pid,
+            "daemon_pid": daemon_pid,
         });
         let _ = std::fs::write(path, report.to_string());
     }
@@ -155,9 +281,19 @@ async fn run(args: Vec<String>) -> i32 {
         }
     };
     eprintln!("mock-vllm: serving {names:?} on {host}:{port}");
+    if wants("MOCK_LOADING_BAR") && !startup_delay.is_zero() {
+        std::thread::spawn(move || loading_bar(startup_delay.saturating_sub(started.elapsed())));
+    }
+    let max_num_seqs = flag_values(&args, "--max-num-seqs").pop();
+    let counters =
+        metrics::EngineMetrics::new(&names[0], max_num_seqs.and_then(|v| v.parse().ok()));
     let mock = Arc::new(Mock {
+        cli: cli.clone(),
+        metrics: Arc::new(counters),
         names,
         loras,
+        created: now_unix as u64,
+        max_model_len: env_ms("MOCK_MAX_MODEL_LEN").unwrap_or(4096),
         started,
         startup_delay,
         hang_after: env_ms("MOCK_HANG_AFTER_MS").map(Duration::from_millis),
@@ -174,6 +310,7 @@ async fn run(args: Vec<String>) -> i32 {
         });
     }
     let ignore_term = std::env::var("MOCK_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
+    let term_delay = env_ms("MOCK_SIGTERM_DELAY_MS").unwrap_or(0);
     let term_events = events.clone();
     // Installed before /health can answer, so that a SIGTERM is never missed.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -186,17 +323,28 @@ async fn run(args: Vec<String>) -> i32 {
                 eprintln!("mock-vllm: ignoring SIGTERM as asked");
             } else {
                 eprintln!("mock-vllm: SIGTERM, shutting down");
+                tokio::time::sleep(Duration::from_millis(term_delay)).await;
+                event(&term_events, "exiting");
                 std::process::exit(0);
             }
         }
     });
 
-    let app = Router::new()
-        .route("/health", get(health))
-        .route("/v1/models", get(models))
+    let mut app = Router::new().route("/v1/models", get(models));
+    app = match cli.dialect.health_path() {
+        Some(path) => app.route(path, get(health)),
+        None => app.route("/health", get(|| async { StatusCode::NOT_FOUND })),
+    };
+    app = if cli.metrics {
+        app.route("/metrics", get(engine_metrics))
+    } else {
+        app.route("/metrics", get(|| async { StatusCode::NOT_FOUND }))
+    };
+    let app = app
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(mock);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -208,6 +356,25 @@ async fn run(args: Vec<String>) -> i32 {
             1
         }
     }
+}
+
+/// tqdm's bar as vLLM draws it while it loads weights: four shards over `over`.
+fn loading_bar(over: Duration) {
+    const SHARDS: u32 = 4;
+    let mut err = std::io::stderr();
+    for done in 0..=SHARDS {
+        if done > 0 {
+            std::thread::sleep(over / SHARDS);
+        }
+        let _ = write!(
+            err,
+            "\rLoading safetensors checkpoint shards: {:3}% Completed | {done}/{SHARDS} [00:0{done}<00:0{}, 1.00it/s]",
+            done * 100 / SHARDS,
+            SHARDS - done
+        );
+        let _ = err.flush();
+    }
+    let _ = writeln!(err);
 }
 
 async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
@@ -222,14 +389,38 @@ async fn health(State(m): State<Arc<Mock>>) -> StatusCode {
     }
 }
 
+async fn engine_metrics(State(m): State<Arc<Mock>>) -> Response {
+    // vLLM's series; the other dialects' servers export theirs under their own names.
+    let text = m.cli.dialect.rename_metrics(&m.metrics.render().await);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// uvicorn's access line, as vLLM writes it on stdout, when `MOCK_ACCESS_LOG=1`.
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let line = format!("\"{} {} HTTP/1.1\"", req.method(), req.uri().path());
+    let resp = next.run(req).await;
+    if std::env::var("MOCK_ACCESS_LOG").is_ok_and(|v| v == "1") {
+        let status = resp.status();
+        println!(
+            "INFO:     127.0.0.1:40000 - {line} {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+    }
+    resp
+}
+
+/// The list as vLLM answers it: base names with `root` = the model path, adapters with
+/// `root` = the adapter path and `parent` = the base name.
 async fn models(State(m): State<Arc<Mock>>) -> Response {
-    let data: Vec<Value> = m
-        .names
-        .iter()
-        .chain(&m.loras)
-        .map(|n| json!({"id": n, "object": "model", "owned_by": "mock-vllm"}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
+    axum::Json(dialect::models(&m.cli, m.created, m.max_model_len)).into_response()
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -241,12 +432,17 @@ fn error(status: StatusCode, message: String) -> Response {
 async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let body_len = body.len();
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = req
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(&m.names[0])
-        .to_string();
-    if !m.names.contains(&model) && !m.loras.contains(&model) {
+    let id = headers.get("x-request-id").map(HeaderValue::as_bytes);
+    if dialect::request_id_refused(&m.cli, id) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let asked = req.get("model").and_then(Value::as_str);
+    let adapter = dialect::adapter_for(&m.cli, asked).map(str::to_string);
+    let model = asked.unwrap_or(&m.names[0]).to_string();
+    if m.cli.dialect.checks_model()
+        && !m.names.contains(&model)
+        && !m.loras.iter().any(|(n, _)| *n == model)
+    {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model `{model}` does not exist."),
@@ -254,19 +450,35 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
     }
     if req.get("mock_exit").and_then(Value::as_bool) == Some(true) {
         eprintln!("mock-vllm: exiting without an answer as asked (mock_exit)");
-        std::process::exit(1);
+        let code = req
+            .get("mock_exit_code")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        std::process::exit(code as i32);
     }
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);
+    let mut run = m.metrics.begin().await;
+    let stall_after = num("mock_stall_after_chunks");
     let mut resp = if req.get("stream").and_then(Value::as_bool) == Some(true) {
         let chunks = num("mock_chunks").unwrap_or(m.chunks);
         let delay = num("mock_delay_ms").unwrap_or(m.chunk_delay);
-        let die_after = num("mock_die_after_chunks");
-        stream(m.clone(), path.clone(), model, chunks, delay, die_after)
+        let faults = Faults {
+            die_after: num("mock_die_after_chunks"),
+            stall_after,
+        };
+        stream(m.clone(), path.clone(), model, chunks, delay, faults, run)
     } else {
+        if stall_after.is_some() {
+            eprintln!("mock-vllm: stalling a request as asked (mock_stall_after_chunks)");
+            // Running for ever; the client going away drops it, as vLLM aborts it.
+            std::future::pending::<()>().await;
+        }
         if m.response_delay > 0 {
             tokio::time::sleep(Duration::from_millis(m.response_delay)).await;
         }
+        run.generated(4);
+        run.finish();
         axum::Json(completion(&path, &model)).into_response()
     };
     let h = resp.headers_mut();
@@ -274,6 +486,13 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
         "x-mock-served-by",
         HeaderValue::from_str(&m.names[0]).unwrap_or(HeaderValue::from_static("?")),
     );
+    h.insert(
+        "x-mock-dialect",
+        HeaderValue::from_static(m.cli.dialect.name()),
+    );
+    if let Some(a) = adapter.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        h.insert("x-mock-adapter-id", a);
+    }
     h.insert(
         "x-mock-path",
         HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("?")),
@@ -328,21 +547,37 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+/// Faults a stream can be asked for.
+struct Faults {
+    /// Exit after this many chunks.
+    die_after: Option<u64>,
+    /// Stop after this many chunks and hold the request running for ever.
+    stall_after: Option<u64>,
+}
+
 fn stream(
     m: Arc<Mock>,
     path: String,
     model: String,
     chunks: u64,
     delay: u64,
-    die_after: Option<u64>,
+    faults: Faults,
+    mut run: metrics::Running,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
         let chat = path.starts_with("/v1/chat/completions");
         for i in 0..chunks {
-            if die_after == Some(i) {
+            if faults.die_after == Some(i) {
                 eprintln!("mock-vllm: dying mid-stream as asked (mock_die_after_chunks)");
                 std::process::exit(1);
+            }
+            if faults.stall_after == Some(i) {
+                eprintln!("mock-vllm: stalling mid-stream as asked (mock_stall_after_chunks)");
+                // Like a deadlocked EngineCore: the request stays in the batch, the client
+                // connection open, and nothing more comes, even if the client goes away.
+                let _held = (&run, &tx);
+                std::future::pending::<()>().await;
             }
             if delay > 0 && i > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -362,6 +597,7 @@ fn stream(
                 event(&m.events, "cancelled");
                 return;
             }
+            run.generated(1);
         }
         if tx
             .send(Bytes::from_static(b"data: [DONE]\n\n"))
@@ -369,6 +605,8 @@ fn stream(
             .is_err()
         {
             event(&m.events, "cancelled");
+        } else {
+            run.finish();
         }
     });
     Response::builder()

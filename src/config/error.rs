@@ -74,8 +74,8 @@ pub enum ConfigError {
 
     /// A model or adapter path does not exist on disk and is not a Hugging Face id.
     #[error(
-        "{field}: model path {path:?} does not exist (relative paths resolve against \
-         MODELMUX_MODEL_ROOT={root:?}); fix the path or mount the model there"
+        "{field}: model path {path:?} does not exist{}; fix the path or mount the model there",
+        root_hint(path, root)
     )]
     MissingPath {
         /// The field naming the path, e.g. `models[0].model_path`.
@@ -94,6 +94,20 @@ pub enum ConfigError {
         /// The OS error.
         message: String,
     },
+
+    /// A GPU setting (`MODELMUX_GPUS`) is unusable; the gpu module says why.
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+}
+
+/// For a path under the model root, where relative paths are resolved; nothing for a path
+/// written as absolute elsewhere.
+fn root_hint(path: &str, root: &str) -> String {
+    if std::path::Path::new(path).starts_with(root) {
+        format!(" (relative paths resolve against MODELMUX_MODEL_ROOT={root:?})")
+    } else {
+        String::new()
+    }
 }
 
 impl ConfigError {

@@ -2,7 +2,9 @@
 //! [`Settings`] and [`ModelSpec`]s. It knows nothing about GPUs or processes; every error is a
 //! [`ConfigError`] that names the variable or field.
 
+mod checks;
 mod error;
+pub mod memory_args;
 pub mod params;
 pub mod paths;
 mod raw;
@@ -13,16 +15,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use memory_args::MemoryArgs;
 pub use params::{Arg, EngineArgs};
 pub use paths::{is_plain_path, route_path};
 pub use raw::RawConfig;
 pub use settings::{
-    DEFAULT_ENGINE_CMD, DEFAULT_MODEL_ROOT, LogFormat, OnFailure, Settings, log_format,
+    DEFAULT_ENGINE_CMD, DEFAULT_GPU_MEMORY_LIMIT, DEFAULT_MODEL_ROOT, LogFormat, OnFailure,
+    Settings, command_line, log_format,
 };
-pub use source::{ConfigSource, RawModel, parse_models};
 
-/// Flags the launcher sets itself; a user-given one is dropped with a warning.
-pub const LAUNCHER_FLAGS: &[&str] = &["--model", "--host", "--port"];
+use crate::engines::{self, Engine, ModelInput};
+pub use source::{ConfigSource, RawModel, parse_models};
 
 /// A LoRA adapter served by its base model's engine.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -55,12 +58,25 @@ pub struct ModelSpec {
     pub model_task: Option<String>,
     /// Extra environment for this model's engine.
     pub env: BTreeMap<String, String>,
-    /// GPUs needed: tensor × pipeline × data parallel size.
+    /// GPUs needed, as the engine's profile counts them (vLLM: tensor × pipeline × data
+    /// parallel size).
     pub gpu_demand: u32,
     /// Requests in flight to this engine at once; `None`: no limit, no queue.
     pub max_concurrency: Option<u32>,
     /// Requests that may wait for a slot (with `max_concurrency`; default 4 × it).
     pub max_queue: u32,
+    /// The engine profile (`engine`, else `MODELMUX_ENGINE`, else vLLM).
+    pub engine: Engine,
+    /// The engine command before the launcher's flags: `engine_cmd`, else
+    /// `MODELMUX_ENGINE_CMD` for models of the `MODELMUX_ENGINE` profile, else the
+    /// profile's default.
+    pub engine_cmd: Vec<String>,
+    /// Where `engine_cmd` came from (`models[0].engine_cmd`, `MODELMUX_ENGINE_CMD`, or
+    /// `engine tgi (default command)`), for messages.
+    pub engine_cmd_origin: String,
+    /// The engine flags that size its GPU memory (the context length, the GPU-memory
+    /// fraction in the engine's own spelling; vLLM's `--kv-cache-dtype`, ...), checked.
+    pub memory: MemoryArgs,
 }
 
 /// The whole validated configuration.
@@ -85,10 +101,11 @@ pub fn load(raw: &RawConfig) -> Result<Config, ConfigError> {
         Some(text) => EngineArgs::parse(text, "VLLM_PARAMS")?,
         None => EngineArgs::default(),
     };
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = checks::shadowed_sources(raw).into_iter().collect();
+    warnings.extend(raw_models.iter().flat_map(|m| m.warnings.iter().cloned()));
     let models = raw_models
         .iter()
-        .map(|m| resolve_model(m, &global, &settings.model_root, &mut warnings))
+        .map(|m| resolve_model(m, &global, &settings, &mut warnings))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique_names(&models)?;
     Ok(Config {
@@ -166,111 +183,55 @@ pub fn resolve_path(
     })
 }
 
-/// The adapter name in a `--lora-modules` value: `NAME=PATH` or vLLM's JSON form.
-fn lora_value_name(value: &str) -> Option<String> {
-    if value.trim_start().starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(value).ok()?;
-        return v.get("name")?.as_str().map(str::to_string);
+/// A model's engine and command: its own `engine` / `engine_cmd`, else the process-wide
+/// ones (SPEC §2: `MODELMUX_ENGINE_CMD` belongs to the `MODELMUX_ENGINE` profile).
+fn engine_of(
+    m: &RawModel,
+    settings: &Settings,
+) -> Result<(Engine, Vec<String>, String), ConfigError> {
+    let engine = m.engine.unwrap_or(settings.engine);
+    if let Some(text) = &m.engine_cmd {
+        let field = format!("{}.engine_cmd", m.origin);
+        return Ok((engine, command_line(&field, text)?, field));
     }
-    value.split_once('=').map(|(name, _)| name.to_string())
+    if engine == settings.engine
+        && let Some(cmd) = &settings.engine_cmd
+    {
+        return Ok((engine, cmd.clone(), "MODELMUX_ENGINE_CMD".to_string()));
+    }
+    let p = engine.profile();
+    let cmd = p.default_cmd.iter().map(|w| w.to_string()).collect();
+    Ok((engine, cmd, format!("engine {} (default command)", p.name)))
 }
 
 fn resolve_model(
     m: &RawModel,
     global: &EngineArgs,
-    root: &Path,
+    settings: &Settings,
     warnings: &mut Vec<String>,
 ) -> Result<ModelSpec, ConfigError> {
+    let root = settings.model_root.as_path();
+    let (engine, engine_cmd, engine_cmd_origin) = engine_of(m, settings)?;
     let params_origin = if m.origin == "MODEL" {
         "PARAMS".to_string()
     } else {
         format!("{}.params", m.origin)
     };
-    let own = EngineArgs::parse(&m.params, &params_origin)?;
-    let mut args = EngineArgs::merged(global, &own);
-    for flag in LAUNCHER_FLAGS {
-        for dropped in args.take(flag) {
-            warnings.push(format!(
-                "{}: {} {} is ignored; modelmux sets {flag} itself",
-                m.origin,
-                dropped.spelling,
-                dropped.values.join(" ")
-            ));
-        }
-    }
+    let own = EngineArgs::parse_for(&m.params, &params_origin, engine.profile())?;
     let resolved_path = resolve_path(
         &m.model_path,
         root,
         &format!("{}.model_path", m.origin),
         warnings,
     )?;
-
-    let served_names = match args.get("--served-model-name") {
-        Some(arg) if !arg.values.is_empty() => arg.values.clone(),
-        Some(_) => {
-            return Err(ConfigError::Params {
-                origin: params_origin,
-                problem: "--served-model-name needs at least one name".into(),
-            });
-        }
-        None => {
-            args.args
-                .insert(0, Arg::new("--served-model-name", &[&m.default_name]));
-            vec![m.default_name.clone()]
-        }
-    };
-
-    let mut adapters = Vec::new();
-    let mut lora_values = Vec::new();
-    for arg in args.take("--lora-modules") {
-        for value in arg.values {
-            let name = lora_value_name(&value).ok_or_else(|| ConfigError::Params {
-                origin: params_origin.clone(),
-                problem: format!("--lora-modules value {value:?} is not NAME=PATH"),
-            })?;
-            let path = value
-                .split_once('=')
-                .map(|(_, p)| p)
-                .unwrap_or("")
-                .to_string();
-            adapters.push(Adapter { name, path });
-            lora_values.push(value);
-        }
-    }
+    let mut fine_tune = Vec::new();
     for (j, a) in m.adapters.iter().enumerate() {
         let field = format!("{}.fine_tune_weights[{j}].model_path", m.origin);
-        let path = resolve_path(&a.path, root, &field, warnings)?;
-        lora_values.push(format!("{}={}", a.name, path));
-        adapters.push(Adapter {
+        fine_tune.push(Adapter {
             name: a.name.clone(),
-            path,
+            path: resolve_path(&a.path, root, &field, warnings)?,
         });
     }
-    if !lora_values.is_empty() {
-        if !args.has("--enable-lora") {
-            args.args.push(Arg::new("--enable-lora", &[]));
-        }
-        let values: Vec<&str> = lora_values.iter().map(String::as_str).collect();
-        args.args.push(Arg::new("--lora-modules", &values));
-    }
-
-    let mut gpu_demand = 1u32;
-    for flag in [
-        "--tensor-parallel-size",
-        "--pipeline-parallel-size",
-        "--data-parallel-size",
-    ] {
-        let n = args.positive_int(flag, &params_origin)?;
-        if flag == "--tensor-parallel-size" && !n.is_power_of_two() {
-            warnings.push(format!(
-                "{}: tensor-parallel size {n} is not a power of two; most models need the \
-                 attention head count to divide by it",
-                m.origin
-            ));
-        }
-        gpu_demand = gpu_demand.saturating_mul(n);
-    }
-
     if m.max_queue.is_some() && m.max_concurrency.is_none() {
         warnings.push(format!(
             "{}: max_queue is ignored without max_concurrency (no limit, no queue)",
@@ -282,19 +243,34 @@ fn resolve_model(
         None => 0,
     };
 
+    // VLLM_PARAMS speaks vLLM's vocabulary: it applies to vLLM models only.
+    let input = ModelInput {
+        origin: &m.origin,
+        params_origin: &params_origin,
+        own,
+        global: (engine == Engine::Vllm).then_some(global),
+        default_name: &m.default_name,
+        fine_tune,
+    };
+    let r = engines::resolve(engine, input, warnings)?;
+    let memory = MemoryArgs::from_args(engine, &r.args, &params_origin, r.gpu_demand)?;
     Ok(ModelSpec {
         origin: m.origin.clone(),
         model_path: m.model_path.clone(),
         resolved_path,
-        args,
-        served_names,
-        adapters,
+        args: r.args,
+        served_names: r.served_names,
+        adapters: r.adapters,
         model_id: m.model_id.clone(),
         model_task: m.model_task.clone(),
         env: m.env.clone(),
-        gpu_demand,
         max_concurrency: m.max_concurrency,
         max_queue,
+        gpu_demand: r.gpu_demand,
+        engine,
+        engine_cmd,
+        engine_cmd_origin,
+        memory,
     })
 }
 

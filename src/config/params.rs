@@ -1,16 +1,9 @@
-//! Engine arguments: split a shell-quoted string, recognise flags in every spelling vLLM
-//! accepts (`--flag v`, `--flag=v`, `--flag_name`, short aliases such as `-tp`), and merge
-//! `VLLM_PARAMS` under a model's own `params`.
+//! Engine arguments: split a shell-quoted string, recognise flags in every spelling the
+//! model's server accepts (`--flag v`, `--flag=v`, vLLM's `--flag_name`, short aliases such as
+//! `-tp`: the spellings come from [`crate::engines`]), and merge `VLLM_PARAMS` under a model's
+//! own `params`.
 
 use super::ConfigError;
-
-/// Short aliases vLLM accepts, mapped to the long flag they stand for.
-const ALIASES: &[(&str, &str)] = &[
-    ("-tp", "--tensor-parallel-size"),
-    ("-pp", "--pipeline-parallel-size"),
-    ("-dp", "--data-parallel-size"),
-    ("-q", "--quantization"),
-];
 
 /// One flag and the values that follow it, as given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,15 +49,10 @@ pub struct EngineArgs {
     pub args: Vec<Arg>,
 }
 
-/// The canonical name of a flag token: aliases expanded, `_` turned into `-` as vLLM does.
+/// The canonical name of a flag token as vLLM reads it: aliases expanded, `_` turned into
+/// `-`. Other servers: [`crate::engines::Profile::canonical`].
 pub fn canonical(flag: &str) -> String {
-    if let Some((_, long)) = ALIASES.iter().find(|(short, _)| *short == flag) {
-        return long.to_string();
-    }
-    if let Some(rest) = flag.strip_prefix("--") {
-        return format!("--{}", rest.replace('_', "-"));
-    }
-    flag.to_string()
+    crate::engines::Engine::Vllm.profile().canonical(flag)
 }
 
 /// A token that starts a flag, as opposed to a value (negative numbers are values).
@@ -78,9 +66,19 @@ fn is_flag(token: &str) -> bool {
 }
 
 impl EngineArgs {
-    /// Splits and parses a shell-quoted argument string. `origin` names the field or
-    /// variable in errors (`models[0].params`, `VLLM_PARAMS`).
+    /// Splits and parses a shell-quoted argument string in vLLM's vocabulary. `origin` names
+    /// the field or variable in errors (`models[0].params`, `VLLM_PARAMS`).
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        Self::parse_for(text, origin, crate::engines::Engine::Vllm.profile())
+    }
+
+    /// Like [`EngineArgs::parse`], reading flag names as `profile`'s server does (its
+    /// aliases, its separators).
+    pub fn parse_for(
+        text: &str,
+        origin: &str,
+        profile: &crate::engines::Profile,
+    ) -> Result<Self, ConfigError> {
         let err = |problem: String| ConfigError::Params {
             origin: origin.to_string(),
             problem,
@@ -105,7 +103,7 @@ impl EngineArgs {
                     None => (token.clone(), None),
                 };
                 args.push(Arg {
-                    name: canonical(&flag),
+                    name: profile.canonical(&flag),
                     spelling: flag,
                     inline: value.is_some(),
                     values: value.into_iter().collect(),

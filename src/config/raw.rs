@@ -41,15 +41,15 @@ pub struct RawConfig {
     #[arg(long, env = "VLLM_PARAMS", global = true, allow_hyphen_values = true)]
     pub vllm_params: Option<String>,
 
-    /// Base directory for relative model paths.
+    /// Base directory for relative model paths (default /opt/ds/model/deployed_model).
     #[arg(long, env = "MODELMUX_MODEL_ROOT", global = true)]
     pub model_root: Option<String>,
 
-    /// Where /predict goes without a `route` header.
+    /// Where /predict goes without a `route` header (default /v1/completions).
     #[arg(long, env = "MODEL_DEPLOY_PREDICT_ENDPOINT", global = true)]
     pub predict_endpoint: Option<String>,
 
-    /// An extra path that answers like /health.
+    /// An extra path that answers like /health (default /health).
     #[arg(long, env = "MODEL_DEPLOY_HEALTH_ENDPOINT", global = true)]
     pub health_endpoint: Option<String>,
 
@@ -62,7 +62,7 @@ pub struct RawConfig {
     )]
     pub enable_streaming: Option<String>,
 
-    /// Port of the routing front.
+    /// Port of the routing front (default 8080).
     #[arg(long, env = "PORT", global = true)]
     pub port: Option<String>,
 
@@ -70,7 +70,9 @@ pub struct RawConfig {
     #[arg(long, env = "HEALTH_CHECK_PORT", global = true)]
     pub health_check_port: Option<String>,
 
-    /// The engine command, split like a shell line.
+    /// The engine command, split like a shell line, for models of the MODELMUX_ENGINE
+    /// profile without an engine_cmd of their own (default: the profile's own, for vLLM
+    /// python3 -m vllm.entrypoints.openai.api_server).
     #[arg(
         long,
         env = "MODELMUX_ENGINE_CMD",
@@ -79,15 +81,16 @@ pub struct RawConfig {
     )]
     pub engine_cmd: Option<String>,
 
-    /// GPU override: a count N, a comma list of indices or UUIDs, or `none`.
+    /// GPU override: a count N, a comma list of indices or UUIDs, or `none` (default: the
+    /// GPUs NVML finds).
     #[arg(long, env = "MODELMUX_GPUS", global = true)]
     pub gpus: Option<String>,
 
-    /// Require `Authorization: Bearer <key>` on the front.
+    /// Require `Authorization: Bearer <key>` on the front (default: no key).
     #[arg(long, env = "MODELMUX_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Log format: text or json.
+    /// Log format: text (default) or json.
     #[arg(long, env = "MODELMUX_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,
 
@@ -150,4 +153,26 @@ pub struct RawConfig {
     /// Seconds a client may pause while sending a request body (default 30).
     #[arg(long, env = "MODELMUX_BODY_TIMEOUT", global = true)]
     pub body_timeout: Option<String>,
+    /// The engine profile of models that name none: vllm (default), sglang, tgi, llamacpp
+    /// or llamacpp-python.
+    #[arg(long, env = "MODELMUX_ENGINE", global = true)]
+    pub engine: Option<String>,
+
+    /// First engine port; engines get consecutive ports from it, skipping PORT and
+    /// HEALTH_CHECK_PORT (default PORT + 1).
+    #[arg(long, env = "MODELMUX_ENGINE_BASE_PORT", global = true)]
+    pub engine_base_port: Option<String>,
+
+    /// Seconds a ready engine may have requests running without generating a token before
+    /// it counts as hung and is restarted; 0 turns the check off (default 120).
+    #[arg(long, env = "MODELMUX_STALL_TIMEOUT", global = true)]
+    pub stall_timeout: Option<String>,
+
+    /// Seconds between the "still loading" log lines while models load (default 10).
+    #[arg(long, env = "MODELMUX_PROGRESS_INTERVAL", global = true)]
+    pub progress_interval: Option<String>,
+
+    /// The fraction of each GPU's memory all engines on it may use together (default 0.92).
+    #[arg(long, env = "MODELMUX_GPU_MEMORY_LIMIT", global = true)]
+    pub gpu_memory_limit: Option<String>,
 }

@@ -6,10 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ConfigError, RawConfig};
+use crate::engines::Engine;
 use crate::gpu::GpuOverride;
 
-/// Default engine command: vLLM's OpenAI server.
-pub const DEFAULT_ENGINE_CMD: &str = "python3 -m vllm.entrypoints.openai.api_server";
+/// Default engine command of the default profile: vLLM's own CLI, as vLLM's images run it
+/// (the model goes right after `serve`; the `python3 -m vllm.entrypoints.openai.api_server`
+/// module still works and takes `--model`). Each profile has its own
+/// ([`crate::engines::Profile::default_cmd`]).
+pub const DEFAULT_ENGINE_CMD: &str = "vllm serve";
 /// Default base directory of relative model paths (where OCI mounts model artifacts).
 pub const DEFAULT_MODEL_ROOT: &str = "/opt/ds/model/deployed_model";
 
@@ -39,8 +43,11 @@ pub struct Settings {
     pub port: u16,
     /// Port of the health listener; equal to `port` when one listener serves both.
     pub health_port: u16,
-    /// The engine command, already split.
-    pub engine_cmd: Vec<String>,
+    /// `MODELMUX_ENGINE`: the profile of models that name none.
+    pub engine: Engine,
+    /// `MODELMUX_ENGINE_CMD`, already split: the command of `engine`'s models without an
+    /// `engine_cmd` of their own. `None`: each profile's default.
+    pub engine_cmd: Option<Vec<String>>,
     /// The GPU override, if `MODELMUX_GPUS` is set.
     pub gpus: Option<GpuOverride>,
     /// Bearer key the front requires, if any.
@@ -81,6 +88,36 @@ pub struct Settings {
     pub sse_keepalive: Option<Duration>,
     /// Time a client may pause while sending a request body.
     pub body_timeout: Duration,
+    /// The first engine port (`MODELMUX_ENGINE_BASE_PORT`, default `PORT + 1`): model `i`
+    /// gets the `i`-th port from here that is neither `PORT` nor `HEALTH_CHECK_PORT`.
+    pub engine_base_port: u16,
+    /// How long a ready engine may have requests running without making progress before it
+    /// counts as hung and is restarted (`MODELMUX_STALL_TIMEOUT`); `None` (`0`) turns the
+    /// check off.
+    pub stall_timeout: Option<Duration>,
+    /// Interval between "still loading" lines while models load.
+    pub progress_interval: Duration,
+    /// The fraction of each GPU's memory that all engines on it may use together
+    /// (`MODELMUX_GPU_MEMORY_LIMIT`).
+    pub gpu_memory_limit: f64,
+}
+
+/// Default of `MODELMUX_GPU_MEMORY_LIMIT` (SPEC §2).
+pub const DEFAULT_GPU_MEMORY_LIMIT: f64 = 0.92;
+
+/// A fraction in (0, 1], for `MODELMUX_GPU_MEMORY_LIMIT`.
+fn fraction(var: &str, value: Option<&str>, default: f64) -> Result<f64, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.trim().parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(ConfigError::var(
+            var,
+            value,
+            "must be a fraction above 0 and at most 1, such as 0.92",
+        )),
+    }
 }
 
 fn parse_port(var: &str, value: &str) -> Result<u16, ConfigError> {
@@ -154,6 +191,19 @@ fn parse_host(value: &str) -> Result<IpAddr, ConfigError> {
     })
 }
 
+/// Splits an engine command line (`MODELMUX_ENGINE_CMD`, a model's `engine_cmd`); `what`
+/// names it in the error.
+pub fn command_line(what: &str, text: &str) -> Result<Vec<String>, ConfigError> {
+    match shlex::split(text) {
+        Some(words) if !words.is_empty() => Ok(words),
+        _ => Err(ConfigError::var(
+            what,
+            text,
+            "not a command line (empty or an unterminated quote)",
+        )),
+    }
+}
+
 /// Parses the log format alone, so that logging can start before anything else is read.
 pub fn log_format(raw: &RawConfig) -> Result<LogFormat, ConfigError> {
     match raw.log_format.as_deref().map(str::trim) {
@@ -179,17 +229,31 @@ impl Settings {
             Some(v) => parse_port("HEALTH_CHECK_PORT", v)?,
             None => port,
         };
-        let engine_text = raw.engine_cmd.as_deref().unwrap_or(DEFAULT_ENGINE_CMD);
-        let engine_cmd = match shlex::split(engine_text) {
-            Some(words) if !words.is_empty() => words,
-            _ => {
-                return Err(ConfigError::var(
-                    "MODELMUX_ENGINE_CMD",
-                    engine_text,
-                    "not a command line (empty or an unterminated quote)",
-                ));
-            }
+        let engine = match raw.engine.as_deref() {
+            None => Engine::default(),
+            Some(name) => Engine::parse(name).ok_or_else(|| {
+                ConfigError::var(
+                    "MODELMUX_ENGINE",
+                    name,
+                    format!("unknown engine; use one of {}", Engine::known()),
+                )
+            })?,
         };
+        let engine_base_port = match &raw.engine_base_port {
+            Some(v) => parse_port("MODELMUX_ENGINE_BASE_PORT", v)?,
+            None => port.checked_add(1).ok_or_else(|| {
+                ConfigError::var(
+                    "PORT",
+                    "65535",
+                    "leaves no room for engine ports after it; set MODELMUX_ENGINE_BASE_PORT",
+                )
+            })?,
+        };
+        let engine_cmd = raw
+            .engine_cmd
+            .as_deref()
+            .map(|text| command_line("MODELMUX_ENGINE_CMD", text))
+            .transpose()?;
         let gpus = raw.gpus.as_deref().map(GpuOverride::parse).transpose()?;
         let api_key = match raw.api_key.as_deref() {
             Some(k) if k.trim().is_empty() => {
@@ -232,6 +296,7 @@ impl Settings {
         Ok(Settings {
             port,
             health_port,
+            engine,
             engine_cmd,
             gpus,
             api_key,
@@ -325,6 +390,25 @@ impl Settings {
                 30.0,
                 0.1,
             )?,
+            engine_base_port,
+            stall_timeout: Some(seconds(
+                "MODELMUX_STALL_TIMEOUT",
+                raw.stall_timeout.as_deref(),
+                120.0,
+                0.0,
+            )?)
+            .filter(|t| !t.is_zero()),
+            progress_interval: seconds(
+                "MODELMUX_PROGRESS_INTERVAL",
+                raw.progress_interval.as_deref(),
+                10.0,
+                0.05,
+            )?,
+            gpu_memory_limit: fraction(
+                "MODELMUX_GPU_MEMORY_LIMIT",
+                raw.gpu_memory_limit.as_deref(),
+                DEFAULT_GPU_MEMORY_LIMIT,
+            )?,
         })
     }
 }
@@ -343,7 +427,12 @@ mod tests {
     fn defaults_follow_the_spec() {
         let s = Settings::from_raw(&RawConfig::default()).unwrap();
         assert_eq!((s.port, s.health_port), (8080, 8080));
-        assert_eq!(s.engine_cmd.join(" "), DEFAULT_ENGINE_CMD);
+        assert_eq!(s.engine, Engine::Vllm);
+        assert_eq!(s.engine_cmd, None);
+        assert_eq!(
+            Engine::Vllm.profile().default_cmd.join(" "),
+            DEFAULT_ENGINE_CMD
+        );
         assert_eq!(s.startup_timeout, Duration::from_secs(1800));
         assert_eq!(s.shutdown_grace, Duration::from_secs(30));
         assert_eq!(s.max_restarts, 5);
@@ -359,6 +448,10 @@ mod tests {
         assert_eq!(s.queue_timeout, Duration::from_secs(60));
         assert_eq!(s.sse_keepalive, Some(Duration::from_secs(15)));
         assert_eq!(s.body_timeout, Duration::from_secs(30));
+        assert_eq!(s.engine_base_port, 8081);
+        assert_eq!(s.stall_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(s.progress_interval, Duration::from_secs(10));
+        assert_eq!(s.gpu_memory_limit, 0.92);
     }
 
     #[test]
@@ -379,6 +472,25 @@ mod tests {
         );
         assert!(err(|r| r.idle_timeout = Some("-1".into())).starts_with("MODELMUX_IDLE_TIMEOUT="));
         assert!(err(|r| r.queue_timeout = Some("x".into())).starts_with("MODELMUX_QUEUE_TIMEOUT="));
+    }
+
+    #[test]
+    fn a_stall_timeout_of_zero_turns_the_check_off() {
+        let with = |v: &str| {
+            let raw = RawConfig {
+                stall_timeout: Some(v.into()),
+                ..RawConfig::default()
+            };
+            Settings::from_raw(&raw).map(|s| s.stall_timeout)
+        };
+        assert_eq!(with("0").unwrap(), None);
+        assert_eq!(with("2.5").unwrap(), Some(Duration::from_millis(2500)));
+        assert!(
+            with("-1")
+                .unwrap_err()
+                .to_string()
+                .starts_with("MODELMUX_STALL_TIMEOUT=\"-1\": not a number of seconds")
+        );
     }
 
     #[test]
@@ -404,10 +516,23 @@ mod tests {
                 .starts_with("MODELMUX_STARTUP_TIMEOUT=\"soon\": not a number of seconds")
         );
         assert!(err(|r| r.engine_cmd = Some("'vllm".into())).starts_with("MODELMUX_ENGINE_CMD="));
+        assert_eq!(
+            err(|r| r.engine = Some("ollama".into())),
+            "MODELMUX_ENGINE=\"ollama\": unknown engine; use one of vllm, sglang, tgi, \
+             llamacpp, llamacpp-python"
+        );
         assert!(
             err(|r| r.max_body_bytes = Some("0".into())).starts_with("MODELMUX_MAX_BODY_BYTES=")
         );
         assert!(err(|r| r.gpus = Some("two".into())).starts_with("MODELMUX_GPUS=\"two\""));
+        for bad in ["0", "1.5", "-0.2", "half", "NaN"] {
+            assert_eq!(
+                err(|r| r.gpu_memory_limit = Some(bad.into())),
+                format!(
+                    "MODELMUX_GPU_MEMORY_LIMIT={bad:?}: must be a fraction above 0 and at most 1, such as 0.92"
+                )
+            );
+        }
         assert!(
             err(|r| r.predict_endpoint = Some("http://evil/x".into()))
                 .starts_with("MODEL_DEPLOY_PREDICT_ENDPOINT=")

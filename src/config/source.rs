@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::{ConfigError, RawConfig};
+use super::{ConfigError, RawConfig, checks};
+use crate::engines::Engine;
 
 /// Which input supplied the models.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -67,6 +68,12 @@ pub struct RawModel {
     pub max_concurrency: Option<u32>,
     /// `max_queue`, if given.
     pub max_queue: Option<u32>,
+    /// `engine`, if given.
+    pub engine: Option<Engine>,
+    /// `engine_cmd`: this model's engine command, as written.
+    pub engine_cmd: Option<String>,
+    /// Worth a warning but not an error: unknown keys or values, with the nearest known.
+    pub warnings: Vec<String>,
 }
 
 /// Picks the source by precedence (`--config`, `MULTI_MODEL_CONFIG`, OCI metadata,
@@ -109,6 +116,9 @@ pub fn read_models(raw: &RawConfig) -> Result<(ConfigSource, Vec<RawModel>), Con
             default_name: "odsc-llm".into(),
             max_concurrency: None,
             max_queue: None,
+            engine: None,
+            engine_cmd: None,
+            warnings: Vec::new(),
         };
         return Ok((ConfigSource::SingleModel, vec![single]));
     }
@@ -214,6 +224,24 @@ fn string_field(
     }
 }
 
+fn engine_field(
+    source: &str,
+    obj: &Map<String, Value>,
+    origin: &str,
+) -> Result<Option<Engine>, ConfigError> {
+    let Some(name) = string_field(source, obj, origin, "engine")? else {
+        return Ok(None);
+    };
+    match Engine::parse(&name) {
+        Some(e) => Ok(Some(e)),
+        None => Err(ConfigError::field(
+            source,
+            format!("{origin}.engine"),
+            format!("unknown engine {name:?}; use one of {}", Engine::known()),
+        )),
+    }
+}
+
 fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, ConfigError> {
     let origin = format!("models[{i}]");
     let Some(obj) = value.as_object() else {
@@ -223,6 +251,7 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
             "must be an object with model_path",
         ));
     };
+    checks::reject_nul(source, &origin, value)?;
     let model_path = match string_field(source, obj, &origin, "model_path")? {
         Some(p) if !p.trim().is_empty() => p.trim().to_string(),
         Some(_) => {
@@ -261,15 +290,18 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         None | Some(Value::Null) => BTreeMap::new(),
         Some(Value::Object(vars)) => vars
             .iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => Ok((k.clone(), s.clone())),
-                Value::Number(n) => Ok((k.clone(), n.to_string())),
-                Value::Bool(b) => Ok((k.clone(), b.to_string())),
-                _ => Err(ConfigError::field(
-                    source,
-                    format!("{origin}.env.{k}"),
-                    "must be a string, number or boolean",
-                )),
+            .map(|(k, v)| {
+                checks::env_name(source, &origin, k)?;
+                match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    Value::Number(n) => Ok((k.clone(), n.to_string())),
+                    Value::Bool(b) => Ok((k.clone(), b.to_string())),
+                    _ => Err(ConfigError::field(
+                        source,
+                        format!("{origin}.env.{k}"),
+                        "must be a string, number or boolean",
+                    )),
+                }
             })
             .collect::<Result<_, _>>()?,
         Some(_) => {
@@ -287,6 +319,9 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         params: string_field(source, obj, &origin, "params")?.unwrap_or_default(),
         model_id: string_field(source, obj, &origin, "model_id")?,
         model_task: string_field(source, obj, &origin, "model_task")?,
+        engine: engine_field(source, obj, &origin)?,
+        engine_cmd: string_field(source, obj, &origin, "engine_cmd")?,
+        warnings: checks::model_warnings(&origin, obj),
         origin,
         model_path,
         adapters,

@@ -189,7 +189,15 @@ fn every_bad_input_has_its_own_clear_message() {
         ),
         (
             "{\"models\": [{\"model_path\": \"/abs/missing\"}]}",
-            "models[0].model_path: model path \"/abs/missing\" does not exist (relative paths resolve against MODELMUX_MODEL_ROOT=\"/nonexistent-root\"); fix the path or mount the model there",
+            "models[0].model_path: model path \"/abs/missing\" does not exist; fix the path or mount the model there",
+        ),
+        (
+            "{\"models\": [{\"model_path\": \"o/m\", \"params\": \"--served-model-name a\\u0000b\"}]}",
+            "MULTI_MODEL_CONFIG: models[0].params: contains a NUL byte (\\u0000), which no command line, path or environment variable can hold; remove it",
+        ),
+        (
+            "{\"models\": [{\"model_path\": \"o/m\", \"env\": {\"A=B\": \"1\"}}]}",
+            "MULTI_MODEL_CONFIG: models[0].env.A=B: is not a valid environment variable name (empty or with '=')",
         ),
         (
             "{\"models\": [{\"model_path\": \"o/m\", \"fine_tune_weights\": [{\"model_name\": \"a\"}]}]}",

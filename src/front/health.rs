@@ -10,12 +10,14 @@ use serde_json::{Value, json};
 
 use super::errors::{error, json as json_response};
 use super::{App, auth};
-use crate::state::now_unix;
+use crate::observability::scrape;
+use crate::state::rfc3339;
 
-/// 200 when every model is ready, else 503; the body lists each model's state.
+/// 200 when every model is ready, else 503; the body lists each model's state, `since`
+/// (RFC 3339) and, while it starts, its engine's `last_log`.
 pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.state.borrow().clone();
-    let now = now_unix();
+    let now = std::time::SystemTime::now();
     let models: Vec<Value> = snapshot
         .models
         .iter()
@@ -23,7 +25,10 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
             json!({
                 "name": m.name, "state": m.state, "gpus": m.gpus, "port": m.port, "pid": m.pid,
                 "restarts": m.restarts, "last_exit": m.last_exit,
-                "seconds_in_state": ((now - m.since) * 10.0).round() / 10.0,
+                "since": rfc3339(m.since), "last_log": m.last_log,
+                "seconds_in_state": (now.duration_since(m.since).unwrap_or_default().as_secs_f64()
+                    * 10.0).round() / 10.0,
+                "gpu_share": m.gpu_share, "start_after": m.start_after,
             })
         })
         .collect();
@@ -45,9 +50,17 @@ pub async fn livez() -> Response {
     json_response(StatusCode::OK, &json!({"status": "alive"}))
 }
 
-/// Prometheus text.
+/// Prometheus text: modelmux's own metrics, then each ready engine's (see
+/// [`crate::observability::scrape`]).
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let text = app.metrics.render(&app.state.borrow());
+    let (mut text, engines) = {
+        let snapshot = app.state.borrow();
+        (
+            app.metrics.render(&snapshot),
+            scrape::targets(&app.table, &snapshot),
+        )
+    };
+    scrape::append_engines(&mut text, engines, &app.metrics.engine_scrape_errors).await;
     Response::builder()
         .header(
             header::CONTENT_TYPE,
@@ -57,22 +70,36 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         .expect("valid response")
 }
 
+/// One entry per served name and adapter: the engine's own entry for it (vLLM's `root`,
+/// `parent`, `max_model_len`, `owned_by`, `permission`) once the engine was ready, else one
+/// made here; both with modelmux's `state` added.
 fn model_objects(app: &App) -> Vec<Value> {
     let snapshot = app.state.borrow();
     app.table
         .names
         .iter()
         .map(|n| {
-            let base = &app.table.models[n.model].model;
-            json!({
-                "id": n.name,
-                "object": "model",
-                "created": app.created,
-                "owned_by": "modelmux",
-                "root": if n.adapter { n.name.as_str() } else { base.as_ref() },
-                "parent": if n.adapter { Some(base.as_ref()) } else { None },
-                "state": snapshot.models[n.model].state,
-            })
+            let status = &snapshot.models[n.model];
+            let own = status
+                .engine_models
+                .as_ref()
+                .and_then(|list| list.iter().find(|e| e["id"] == n.name.as_str()));
+            let mut entry = match own {
+                Some(e) if e.is_object() => e.clone(),
+                _ => {
+                    let base = &app.table.models[n.model].model;
+                    json!({
+                        "id": n.name,
+                        "object": "model",
+                        "created": app.created,
+                        "owned_by": "modelmux",
+                        "root": if n.adapter { n.name.as_str() } else { base.as_ref() },
+                        "parent": if n.adapter { Some(base.as_ref()) } else { None },
+                    })
+                }
+            };
+            entry["state"] = json!(status.state);
+            entry
         })
         .collect()
 }

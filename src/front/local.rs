@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use super::{App, health};
+use super::{App, health, page};
 
 /// A path the front serves itself (`GET` or `HEAD`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +22,22 @@ pub enum Local {
     Models,
     /// `/v1/models/{id}`.
     Model(String),
+    /// `/` asked for by a browser (`Accept: text/html`): the status page.
+    Page,
+    /// `/status`: the status page's JSON.
+    Status,
 }
 
 impl Local {
     /// True when the API key guards it (the model list); health and metrics stay open.
     pub fn needs_key(&self) -> bool {
         matches!(self, Local::Models | Local::Model(_))
+    }
+
+    /// True for the paths that are the front's own only when read (`GET`, `HEAD`): other
+    /// methods there get the usual rules, as for any path, rather than a 405.
+    pub fn read_only(&self) -> bool {
+        matches!(self, Local::Page | Local::Status)
     }
 
     /// True for what the health listener serves too.
@@ -43,18 +53,24 @@ impl Local {
             Local::Metrics => health::metrics(State(app)).await,
             Local::Models => health::list_models(State(app), headers).await,
             Local::Model(id) => health::get_model(State(app), Path(id), headers).await,
+            Local::Page => page::page(),
+            Local::Status => page::status(&app),
         }
     }
 }
 
-/// The local path `path` (without its query) names, if any.
-pub fn classify(path: &str, health_endpoint: &str) -> Option<Local> {
+/// The local path `path` (without its query) names, if any; `browser`: the request
+/// accepts `text/html` (only then is `/` the status page).
+pub fn classify(path: &str, health_endpoint: &str, browser: bool) -> Option<Local> {
     match path {
+        // The operator's own health path wins over the front's other names.
+        p if p == health_endpoint => Some(Local::Health),
         "/health" | "/ping" => Some(Local::Health),
         "/livez" => Some(Local::Livez),
         "/metrics" => Some(Local::Metrics),
         "/v1/models" => Some(Local::Models),
-        p if p == health_endpoint => Some(Local::Health),
+        "/" if browser => Some(Local::Page),
+        "/status" => Some(Local::Status),
         p => p
             .strip_prefix("/v1/models/")
             .filter(|id| !id.is_empty())
@@ -201,17 +217,25 @@ mod tests {
 
     #[test]
     fn local_paths() {
-        assert_eq!(classify("/health", "/health"), Some(Local::Health));
-        assert_eq!(classify("/ping", "/health"), Some(Local::Health));
-        assert_eq!(classify("/hc", "/hc"), Some(Local::Health));
-        assert_eq!(classify("/livez", "/health"), Some(Local::Livez));
-        assert_eq!(classify("/v1/models", "/health"), Some(Local::Models));
+        assert_eq!(classify("/health", "/health", false), Some(Local::Health));
+        assert_eq!(classify("/ping", "/health", false), Some(Local::Health));
+        assert_eq!(classify("/hc", "/hc", false), Some(Local::Health));
+        assert_eq!(classify("/livez", "/health", false), Some(Local::Livez));
         assert_eq!(
-            classify("/v1/models/org%2Fname", "/health"),
+            classify("/v1/models", "/health", false),
+            Some(Local::Models)
+        );
+        assert_eq!(
+            classify("/v1/models/org%2Fname", "/health", false),
             Some(Local::Model("org/name".into()))
         );
-        assert_eq!(classify("/v1/models/", "/health"), None);
-        assert_eq!(classify("/v1/completions", "/health"), None);
+        assert_eq!(classify("/v1/models/", "/health", false), None);
+        assert_eq!(classify("/v1/completions", "/health", false), None);
+        assert_eq!(classify("/", "/health", true), Some(Local::Page));
+        assert_eq!(classify("/", "/health", false), None);
+        assert_eq!(classify("/status", "/health", false), Some(Local::Status));
+        assert!(Local::Status.read_only() && !Local::Status.needs_key());
+        assert!(!Local::Page.is_health() && !Local::Health.read_only());
         assert!(Local::Models.needs_key() && !Local::Metrics.needs_key());
     }
 

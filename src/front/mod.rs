@@ -15,6 +15,7 @@
 //!   listener; hyper-util's client to the engines.
 //! - [`workers`]: one single-threaded runtime per core accepting on the front's socket.
 //! - [`health`]: `/health`, `/livez`, `/metrics`, `/v1/models`.
+//! - [`page`]: the status page at `/` for browsers, and its JSON at `/status`.
 //! - [`auth`], [`errors`], [`sse`]: the API key, OpenAI-shaped errors, SSE keepalives.
 
 pub mod access;
@@ -24,6 +25,7 @@ pub mod general;
 pub mod headers;
 pub mod health;
 pub mod local;
+pub mod page;
 pub mod policy;
 pub mod queue;
 pub mod refusal;

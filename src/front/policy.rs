@@ -65,6 +65,8 @@ pub struct Head<'a> {
     pub request_id: Seen<&'a [u8]>,
     /// `Content-Length`, when given.
     pub content_length: Option<u64>,
+    /// An `Accept` header lists `text/html` (a browser: `/` is the status page).
+    pub browser: bool,
 }
 
 /// What to do once the head is in.
@@ -97,7 +99,10 @@ pub fn on_head(app: &App, head: &Head) -> Result<Decision, Refusal> {
     }
     let key = app.api_key.as_deref();
     let authorized = || auth::authorized_value(key, head.authorization.once().copied());
-    if let Some(local) = local::classify(head.path, &app.health_endpoint) {
+    let read = matches!(head.method, "GET" | "HEAD");
+    if let Some(local) = local::classify(head.path, &app.health_endpoint, head.browser)
+        && (read || !local.read_only())
+    {
         return match head.method {
             "GET" | "HEAD" if local.needs_key() && !authorized() => Err(Refusal::Unauthorized),
             "GET" | "HEAD" => Ok(Decision::Local(local)),

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::{App, workers};
 use crate::config::{ConfigSource, RawConfig, Settings};
+use crate::engines::Engine as Profile;
 use crate::gpu::GpuSource;
 use crate::plan::{LaunchPlan, ModelLaunch};
 use crate::state::{Phase, Snapshot};
@@ -109,6 +110,7 @@ pub(crate) fn app(engine_port: u16) -> Arc<App> {
         predict_route: "/v1/completions".into(),
         max_concurrency: None,
         max_queue: 0,
+        ..launch_defaults()
     };
     let plan = LaunchPlan {
         source: ConfigSource::MultiModelConfig,
@@ -116,6 +118,8 @@ pub(crate) fn app(engine_port: u16) -> Arc<App> {
         port: 0,
         health_port: 0,
         models: vec![model],
+        gpu_memory_limit: crate::config::DEFAULT_GPU_MEMORY_LIMIT,
+        gpus: vec![],
     };
     let settings = Settings::from_raw(&RawConfig::default()).unwrap();
     let (state, rx) = watch::channel(Snapshot::initial(&plan));
@@ -123,6 +127,36 @@ pub(crate) fn app(engine_port: u16) -> Arc<App> {
     // The sender lives as long as the test process: the state stays as set.
     std::mem::forget(state);
     Arc::new(App::new(&plan, &settings, rx))
+}
+
+/// The fields of a vLLM model that the front's tests do not care about.
+fn launch_defaults() -> ModelLaunch {
+    let profile = Profile::Vllm.profile();
+    ModelLaunch {
+        name: String::new(),
+        served_names: vec![],
+        adapters: vec![],
+        model_path: String::new(),
+        model_task: None,
+        gpus: vec![],
+        port: 0,
+        extra_ports: vec![],
+        argv: vec![],
+        env: Default::default(),
+        predict_route: String::new(),
+        max_concurrency: None,
+        max_queue: 0,
+        engine: Profile::Vllm,
+        health_path: profile.health_path.to_string(),
+        metrics_path: profile.metrics.map(|x| x.path.to_string()),
+        metrics_prefix: profile.metrics.map(|x| x.prefix.to_string()),
+        models_list: profile.models_list,
+        request_model: None,
+        uuid_request_ids: false,
+        gpu_share: None,
+        memory_estimate: None,
+        start_after: vec![],
+    }
 }
 
 fn front(engine_port: u16) -> Front {

@@ -1,9 +1,10 @@
 //! Who gets which GPU: disjoint, deterministic, largest demand first, and a multi-GPU model
 //! gets GPUs that are close to each other (NVLink, then the nearest PCIe level).
 
-use thiserror::Error;
+use super::{GpuError, GpuSource, Inventory};
 
-use super::{GpuSource, Inventory};
+/// The old name of [`GpuError`], kept for callers that still use it.
+pub type AllocError = GpuError;
 
 /// One model's need.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,38 +15,7 @@ pub struct Demand {
     pub gpus: u32,
 }
 
-/// Why the GPUs cannot be shared out.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum AllocError {
-    /// No GPU could be discovered and no override was given.
-    #[error(
-        "no GPU found ({note}) but the models need GPUs: {demands}; set MODELMUX_GPUS to a \
-         count, indices or UUIDs, or to none to start engines without GPUs"
-    )]
-    NoGpus {
-        /// Why discovery found nothing.
-        note: String,
-        /// Every model's demand, e.g. `a needs 1, b needs 2`.
-        demands: String,
-    },
-    /// More GPUs are needed than exist.
-    #[error(
-        "the models need {needed} GPUs but {available} are available ({supply}): {demands}; \
-         lower tensor/pipeline-parallel sizes or serve fewer models"
-    )]
-    Exceeded {
-        /// Total demand.
-        needed: u32,
-        /// Total supply.
-        available: usize,
-        /// The GPUs available, e.g. `0,1,2,3`.
-        supply: String,
-        /// Every model's demand.
-        demands: String,
-    },
-}
-
-fn describe(demands: &[Demand]) -> String {
+pub(super) fn describe(demands: &[Demand]) -> String {
     demands
         .iter()
         .map(|d| format!("{} needs {}", d.name, d.gpus))
@@ -55,19 +25,19 @@ fn describe(demands: &[Demand]) -> String {
 
 /// Shares the inventory's GPUs out. Returns, per demand in input order, positions into
 /// `inv.gpus`, ascending. With a disabled inventory (`MODELMUX_GPUS=none`) everyone gets none.
-pub fn allocate(demands: &[Demand], inv: &Inventory) -> Result<Vec<Vec<usize>>, AllocError> {
+pub fn allocate(demands: &[Demand], inv: &Inventory) -> Result<Vec<Vec<usize>>, GpuError> {
     if inv.disabled {
         return Ok(vec![Vec::new(); demands.len()]);
     }
     let needed: u32 = demands.iter().map(|d| d.gpus).sum();
     if needed as usize > inv.gpus.len() {
         if inv.gpus.is_empty() && inv.source == GpuSource::Unavailable {
-            return Err(AllocError::NoGpus {
+            return Err(GpuError::NoGpus {
                 note: inv.note.clone().unwrap_or_else(|| "NVML found none".into()),
                 demands: describe(demands),
             });
         }
-        return Err(AllocError::Exceeded {
+        return Err(GpuError::Exceeded {
             needed,
             available: inv.gpus.len(),
             supply: inv
@@ -77,6 +47,7 @@ pub fn allocate(demands: &[Demand], inv: &Inventory) -> Result<Vec<Vec<usize>>, 
                 .collect::<Vec<_>>()
                 .join(","),
             demands: describe(demands),
+            hint: String::new(),
         });
     }
     let mut order: Vec<usize> = (0..demands.len()).collect();
@@ -112,7 +83,7 @@ fn score(inv: &Inventory, set: &[usize]) -> Score {
 }
 
 /// The closest set of `k` free GPUs: grow greedily from every free seed, keep the best.
-fn best_set(inv: &Inventory, free: &[bool], k: usize) -> Vec<usize> {
+pub(super) fn best_set(inv: &Inventory, free: &[bool], k: usize) -> Vec<usize> {
     if k == 0 {
         return Vec::new();
     }
@@ -160,6 +131,7 @@ mod tests {
                 memory_total: 0,
                 memory_free: 0,
                 visible_id: i.to_string(),
+                memory_measured: false,
             })
             .collect();
         let distance = (0..n)

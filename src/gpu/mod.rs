@@ -1,14 +1,22 @@
-//! GPUs: which are there and how close they are ([`Inventory`], from NVML or the
+//! GPUs: which are there, how big and how close they are ([`Inventory`], from NVML or the
 //! `MODELMUX_GPUS` override, behind the [`GpuDiscovery`] trait so tests can feed fake
-//! machines), and who gets which ([`allocate`], a pure function).
+//! machines), who gets which ([`allocate`]) and what share of each ([`place`]), both pure
+//! functions, and whether the memory the plan counts on is still free at start
+//! ([`check_free`]). It depends on nothing else in the crate; its errors are [`GpuError`].
 
 mod allocate;
+mod error;
+mod free;
 mod nvml;
 mod overrides;
+mod pack;
 
 pub use allocate::{AllocError, Demand, allocate};
+pub use error::{GpuError, gib};
+pub use free::{GpuProcess, GpuTenant, GpuUse, check_free};
 pub use nvml::NvmlDiscovery;
-pub use overrides::GpuOverride;
+pub use overrides::{GpuOverride, SizedGpu, parse_size};
+pub use pack::{MemDemand, Need, Placement, VLLM_DEFAULT_UTILIZATION, place};
 
 use serde::Serialize;
 
@@ -28,6 +36,8 @@ pub struct Gpu {
     /// What the engine's `CUDA_VISIBLE_DEVICES` lists for this GPU: the index, or the UUID
     /// when the override named UUIDs.
     pub visible_id: String,
+    /// True when the memory figures are NVML's measurements (not an override's sizes).
+    pub memory_measured: bool,
 }
 
 /// Where the inventory came from.
@@ -88,14 +98,66 @@ pub trait GpuDiscovery {
     /// Lists the GPUs. An unusable NVML is not an error: it gives an empty inventory with
     /// [`GpuSource::Unavailable`] and a note.
     fn discover(&self) -> Inventory;
+
+    /// The processes holding memory on the GPU with this NVML index, where the driver tells
+    /// (inside a container it often cannot). Empty when unknown.
+    fn processes(&self, _index: u32) -> Vec<GpuProcess> {
+        Vec::new()
+    }
 }
 
-/// The inventory `serve` and `plan` use: the override if given, else discovery.
+/// The inventory `serve` and `plan` use: the override if given, else discovery. An override
+/// without sizes (`4`, `0,2`, UUIDs) still takes names, sizes, free memory and topology from
+/// NVML where NVML knows those GPUs; an override with sizes (`4x80GiB`) is used as it is.
 pub fn inventory(over: Option<&GpuOverride>, discovery: &dyn GpuDiscovery) -> Inventory {
-    match over {
-        Some(o) => o.inventory(),
-        None => discovery.discover(),
+    let Some(o) = over else {
+        return discovery.discover();
+    };
+    let mut inv = o.inventory();
+    if inv.disabled || o.has_sizes() {
+        return inv;
     }
+    let found = discovery.discover();
+    if found.source != GpuSource::Nvml {
+        return inv;
+    }
+    let matches = |mine: &Gpu, theirs: &Gpu| {
+        if mine.uuid.is_empty() {
+            theirs.index == mine.index
+        } else {
+            theirs.uuid == mine.uuid
+        }
+    };
+    let positions: Vec<Option<usize>> = inv
+        .gpus
+        .iter()
+        .map(|g| found.gpus.iter().position(|f| matches(g, f)))
+        .collect();
+    for (g, pos) in inv.gpus.iter_mut().zip(&positions) {
+        if let Some(f) = pos.map(|p| &found.gpus[p]) {
+            g.name = f.name.clone();
+            g.memory_total = f.memory_total;
+            g.memory_free = f.memory_free;
+            g.memory_measured = f.memory_measured;
+            if g.uuid.is_empty() {
+                g.uuid = f.uuid.clone();
+            } else {
+                g.index = f.index;
+            }
+        }
+    }
+    if positions.iter().all(Option::is_some) && !found.distance.is_empty() {
+        inv.distance = positions
+            .iter()
+            .map(|a| {
+                positions
+                    .iter()
+                    .map(|b| found.distance(a.unwrap(), b.unwrap()))
+                    .collect()
+            })
+            .collect();
+    }
+    inv
 }
 
 /// Human-readable lines for `modelmux gpus`.
@@ -126,4 +188,65 @@ pub fn describe(inv: &Inventory) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake NVML machine: GPUs 0-3 of 80 GiB with 70 GiB free, NVLink pairs (0,1), (2,3).
+    struct FakeNvml;
+
+    impl GpuDiscovery for FakeNvml {
+        fn discover(&self) -> Inventory {
+            let gpus = (0..4)
+                .map(|i| Gpu {
+                    index: i,
+                    uuid: format!("GPU-{i}"),
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    memory_total: 80 << 30,
+                    memory_free: 70 << 30,
+                    visible_id: i.to_string(),
+                    memory_measured: true,
+                })
+                .collect();
+            let distance = (0..4)
+                .map(|a| (0..4).map(|b| if a / 2 == b / 2 { 0 } else { 6 }).collect())
+                .collect();
+            Inventory {
+                source: GpuSource::Nvml,
+                note: None,
+                disabled: false,
+                gpus,
+                distance,
+            }
+        }
+    }
+
+    #[test]
+    fn an_override_without_sizes_takes_them_from_nvml() {
+        let over = GpuOverride::parse("1,2").unwrap();
+        let inv = inventory(Some(&over), &FakeNvml);
+        assert_eq!(inv.source, GpuSource::Override);
+        assert_eq!(inv.gpus[0].uuid, "GPU-1");
+        assert_eq!(inv.gpus[1].memory_free, 70 << 30);
+        assert!(inv.gpus.iter().all(|g| g.memory_measured));
+        assert_eq!(
+            inv.distance(0, 1),
+            6,
+            "GPUs 1 and 2 are on different NVLink pairs"
+        );
+        let by_uuid = inventory(Some(&GpuOverride::parse("GPU-3").unwrap()), &FakeNvml);
+        assert_eq!(
+            (by_uuid.gpus[0].index, by_uuid.gpus[0].visible_id.as_str()),
+            (3, "GPU-3")
+        );
+        // Sizes given in the override win, and are not measurements.
+        let sized = inventory(Some(&GpuOverride::parse("2x24GiB").unwrap()), &FakeNvml);
+        assert_eq!(sized.gpus[0].memory_total, 24 << 30);
+        assert!(!sized.gpus[0].memory_measured);
+        // An index NVML does not know keeps unknown sizes.
+        let unknown = inventory(Some(&GpuOverride::parse("7").unwrap()), &FakeNvml);
+        assert_eq!(unknown.gpus[6].memory_total, 0);
+    }
 }

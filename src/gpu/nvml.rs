@@ -3,8 +3,9 @@
 
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enum_wrappers::device::{P2pCapabilitiesIndex, P2pStatus, TopologyLevel};
+use nvml_wrapper::enums::device::UsedGpuMemory;
 
-use super::{Gpu, GpuDiscovery, GpuSource, Inventory};
+use super::{Gpu, GpuDiscovery, GpuProcess, GpuSource, Inventory};
 
 /// Discovery through the NVIDIA Management Library.
 #[derive(Debug, Default, Clone, Copy)]
@@ -41,6 +42,39 @@ impl GpuDiscovery for NvmlDiscovery {
             Err(_) => unavailable("NVML panicked while listing GPUs".into()),
         }
     }
+
+    fn processes(&self, index: u32) -> Vec<GpuProcess> {
+        std::panic::catch_unwind(|| nvml_processes(index)).unwrap_or_default()
+    }
+}
+
+/// Compute and graphics processes on one GPU, each pid once. Any NVML error gives none:
+/// this only decorates an error message.
+fn nvml_processes(index: u32) -> Vec<GpuProcess> {
+    let Ok(nvml) = Nvml::init() else {
+        return Vec::new();
+    };
+    let Ok(dev) = nvml.device_by_index(index) else {
+        return Vec::new();
+    };
+    let mut out: Vec<GpuProcess> = Vec::new();
+    let lists = [
+        dev.running_compute_processes().unwrap_or_default(),
+        dev.running_graphics_processes().unwrap_or_default(),
+    ];
+    for p in lists.into_iter().flatten() {
+        if out.iter().any(|o| o.pid == p.pid) {
+            continue;
+        }
+        out.push(GpuProcess {
+            pid: p.pid,
+            used_bytes: match p.used_gpu_memory {
+                UsedGpuMemory::Used(b) => Some(b),
+                UsedGpuMemory::Unavailable => None,
+            },
+        });
+    }
+    out
 }
 
 fn discover_nvml() -> Result<Inventory, String> {
@@ -61,6 +95,7 @@ fn discover_nvml() -> Result<Inventory, String> {
             memory_total: memory.as_ref().map_or(0, |m| m.total),
             memory_free: memory.as_ref().map_or(0, |m| m.free),
             visible_id: i.to_string(),
+            memory_measured: memory.is_some(),
         });
     }
     let n = gpus.len();

@@ -78,6 +78,11 @@ impl ModelMetrics {
         }
     }
 
+    /// Requests answered so far, whatever their status.
+    pub fn answered(&self) -> u64 {
+        self.by_code.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
     /// Counts a finished request with its status code.
     pub fn count(&self, status: u16) {
         if let Some(c) = self.by_code.get(status as usize) {
@@ -90,6 +95,8 @@ impl ModelMetrics {
 pub struct Metrics {
     models: Vec<ModelMetrics>,
     unrouted: ModelMetrics,
+    /// Failed scrapes of each engine's own metrics.
+    pub engine_scrape_errors: super::scrape::ScrapeErrors,
 }
 
 fn escape(s: &str) -> String {
@@ -101,9 +108,11 @@ fn escape(s: &str) -> String {
 impl Metrics {
     /// Metrics for these models, in plan order.
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let names: Vec<&str> = names.into_iter().collect();
         Metrics {
-            models: names.into_iter().map(ModelMetrics::new).collect(),
+            models: names.iter().copied().map(ModelMetrics::new).collect(),
             unrouted: ModelMetrics::new(""),
+            engine_scrape_errors: super::scrape::ScrapeErrors::new(names),
         }
     }
 

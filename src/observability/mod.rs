@@ -1,9 +1,10 @@
-//! Observability: log set-up (text or JSON on stderr), the Prometheus metrics registry, and
-//! a fast writer for lines that tracing's formatter would make too costly on the request
-//! path (the access log).
+//! Observability: log set-up (text or JSON on stderr), the Prometheus metrics registry, the
+//! engines' own metrics merged into its scrape ([`scrape`]), and a fast writer for lines
+//! that tracing's formatter would make too costly on the request path (the access log).
 
 pub mod lines;
 pub mod metrics;
+pub mod scrape;
 pub mod sink;
 
 use std::sync::OnceLock;

@@ -1,5 +1,6 @@
-//! Engine output: every line re-logged, tagged with the model, and the last lines of stderr
-//! kept so that a failure can repeat them.
+//! Engine output: every line re-logged at its own severity, tagged with the model, and the
+//! last lines of both streams kept (error lines apart) so that a failure can name its root
+//! cause. vLLM logs to stdout (its errors included) and uvicorn to both.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -7,34 +8,297 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::task::JoinHandle;
 
-/// Lines of stderr kept per engine.
-pub const TAIL_LINES: usize = 100;
+/// Lines of output kept per engine run.
+pub const TAIL_LINES: usize = 200;
+/// Error lines kept per engine run, apart from the tail so that later noise cannot push the
+/// root cause out.
+pub const ERROR_LINES: usize = 100;
 /// Longest line re-logged; the rest is cut (a runaway progress bar must not eat memory).
 const MAX_LINE: usize = 16 * 1024;
+/// Longest last line kept for `last_log`.
+const MAX_LAST: usize = 300;
 
-/// The last lines an engine wrote to stderr.
+/// Severity of an engine line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Noise, such as the access-log line of modelmux's own health probe.
+    Debug,
+    /// Ordinary output.
+    Info,
+    /// A warning.
+    Warn,
+    /// An error, a traceback, an exception.
+    Error,
+}
+
+/// Drops vLLM's `(EngineCore_0 pid=123) ` process prefix.
+fn without_process(line: &str) -> &str {
+    if line.starts_with('(')
+        && let Some(end) = line.get(..line.len().min(96)).and_then(|h| h.find(") "))
+        && line[..end].contains("pid=")
+    {
+        return &line[end + 2..];
+    }
+    line
+}
+
+/// A level word: `INFO`, `WARNING:`, `[ERROR]`, `WARNING:root:...` (Python's default).
+fn level_of(token: &str) -> Option<Level> {
+    let word = token.trim_start_matches('[').split([':', ']']).next()?;
+    match word {
+        "DEBUG" | "TRACE" => Some(Level::Debug),
+        "INFO" => Some(Level::Info),
+        "WARNING" | "WARN" => Some(Level::Warn),
+        "ERROR" | "CRITICAL" | "FATAL" => Some(Level::Error),
+        _ => None,
+    }
+}
+
+/// The level a line states itself (vLLM, uvicorn, Python logging, Rust-style
+/// `TIMESTAMP LEVEL ...`), and the rest of the line after the level word.
+fn stated_level(body: &str) -> Option<(Level, &str)> {
+    let mut rest = body;
+    for i in 0..2 {
+        let trimmed = rest.trim_start();
+        let token = trimmed.split_whitespace().next()?;
+        if let Some(level) = level_of(token) {
+            return Some((level, trimmed[token.len()..].trim_start()));
+        }
+        // A timestamp may come first; nothing else may.
+        if i == 1 || !token.starts_with(|c: char| c.is_ascii_digit() || c == '[') {
+            return None;
+        }
+        rest = &trimmed[token.len()..];
+    }
+    None
+}
+
+/// The message of a line without vLLM's process prefix, level, time and `[file:line]`,
+/// its indentation kept (a traceback frame is indented).
+fn message_raw(line: &str) -> &str {
+    let body = without_process(line);
+    let Some((_, rest)) = stated_level(body) else {
+        return body.trim_end();
+    };
+    // vLLM: `01-15 10:23:45 [core.py:700] message`
+    let mut words = rest.splitn(3, ' ');
+    if let (Some(date), Some(time), Some(tail)) = (words.next(), words.next(), words.next())
+        && date.len() == 5
+        && date.as_bytes()[2] == b'-'
+        && time.contains(':')
+        && tail.starts_with('[')
+        && let Some(end) = tail.find("] ")
+    {
+        return tail[end + 2..].trim_end();
+    }
+    rest.trim_end()
+}
+
+/// The message of a line without vLLM's process prefix, level, time and `[file:line]`.
+pub fn message(line: &str) -> &str {
+    message_raw(line).trim()
+}
+
+/// An error line worth repeating in a failure: not a traceback's header, frame, source
+/// line, caret marks or chaining sentence.
+fn is_summary(line: &str) -> bool {
+    let raw = message_raw(line);
+    let msg = raw.trim();
+    !msg.is_empty()
+        && !raw.starts_with([' ', '\t'])
+        && !msg.starts_with("Traceback (most recent call last)")
+        && !msg.starts_with("During handling of the above exception")
+        && !msg.starts_with("The above exception was the direct cause")
+        && !msg.chars().all(|c| matches!(c, '^' | '~' | ' '))
+}
+
+/// `ValueError: ...`, `torch.OutOfMemoryError: ...`, `KeyboardInterrupt`.
+pub fn is_exception(msg: &str) -> bool {
+    let name = msg.split(':').next().unwrap_or("");
+    let is_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    is_name
+        && ["Error", "Exception", "Interrupt", "Exit", "Failure"]
+            .iter()
+            .any(|s| name.ends_with(s))
+        && (msg.len() == name.len() || msg[name.len()..].starts_with(": "))
+}
+
+/// True for uvicorn's access line of a request modelmux itself makes (health probes, the
+/// `/v1/models` fetch, metrics scrapes): clients never reach these engine paths.
+fn is_own_probe(body: &str) -> bool {
+    [
+        "\"GET /health HTTP/",
+        "\"GET /v1/models HTTP/",
+        "\"GET /metrics HTTP/",
+    ]
+    .iter()
+    .any(|p| body.contains(p))
+}
+
+/// Gives each line of one stream its level; lines without one (a traceback printed by
+/// Python, a continuation) take it from what they look like or from the line before.
+#[derive(Debug)]
+pub struct Classifier {
+    last: Level,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Classifier { last: Level::Info }
+    }
+}
+
+impl Classifier {
+    /// The level of `line`.
+    pub fn classify(&mut self, line: &str) -> Level {
+        let body = without_process(line);
+        if let Some((level, _)) = stated_level(body) {
+            self.last = level;
+            if level == Level::Info && is_own_probe(body) {
+                return Level::Debug;
+            }
+            return level;
+        }
+        let msg = body.trim();
+        let level = if msg.starts_with("Traceback (most recent call last)")
+            || is_exception(msg)
+            || msg.contains(": error: ")
+            || (self.last == Level::Error
+                && (msg.starts_with("During handling of the above exception")
+                    || msg.starts_with("The above exception was the direct cause")))
+        {
+            Level::Error
+        } else if body.starts_with([' ', '\t']) {
+            // An indented line continues the one before (a traceback frame, a table row).
+            return self.last;
+        } else if msg.contains("Warning: ") {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        self.last = level;
+        level
+    }
+}
+
+#[derive(Debug, Default)]
+struct Lines {
+    all: VecDeque<(Level, String)>,
+    /// Summary error lines (see [`is_summary`]), each message once.
+    errors: VecDeque<String>,
+    /// The first exception of the run that is not a "see root cause above": kept apart so
+    /// that no amount of later output pushes it out.
+    first_exception: Option<String>,
+    /// The latest line (its message), or a progress bar's latest state while it redraws.
+    last: Option<String>,
+}
+
+/// The last lines an engine run wrote (both streams, in order), its error lines and its
+/// first exception.
 #[derive(Debug, Clone, Default)]
-pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+pub struct Tail(Arc<Mutex<Lines>>);
+
+/// What a failure message repeats of the engine's output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Excerpt {
+    /// The line that most likely says why (the first exception that is not a "see above").
+    pub root_cause: Option<String>,
+    /// Error lines (exceptions and error messages, not traceback frames), each message
+    /// once, oldest first.
+    pub error_lines: Vec<String>,
+    /// The last lines that are not error lines, oldest first.
+    pub other_lines: Vec<String>,
+}
 
 impl Tail {
-    fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == TAIL_LINES {
-            q.pop_front();
+    /// Keeps a line.
+    pub fn push(&self, level: Level, line: &str) {
+        let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set_last(&mut l.last, message(line));
+        if l.all.len() == TAIL_LINES {
+            l.all.pop_front();
         }
-        q.push_back(line);
+        l.all.push_back((level, line.to_string()));
+        if level != Level::Error || !is_summary(line) {
+            return;
+        }
+        let msg = message(line);
+        if l.first_exception.is_none() && is_exception(msg) && !msg.contains("root cause above") {
+            l.first_exception = Some(msg.to_string());
+        }
+        // vLLM logs one exception in several processes and streams: say it once.
+        if l.errors.iter().any(|e| message(e) == msg) {
+            return;
+        }
+        if l.errors.len() == ERROR_LINES {
+            l.errors.pop_front();
+        }
+        l.errors.push_back(line.to_string());
     }
 
-    /// The last `n` lines, oldest first.
-    pub fn last(&self, n: usize) -> Vec<String> {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
+    /// Up to `errors` error lines and `others` other last lines, and the root cause.
+    pub fn excerpt(&self, errors: usize, others: usize) -> Excerpt {
+        let l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let last_n = |v: Vec<String>, n: usize| v[v.len().saturating_sub(n)..].to_vec();
+        let mut messages = l.errors.iter().map(|e| message(e));
+        let root_cause = l.first_exception.clone().or_else(|| {
+            messages
+                .clone()
+                .find(|m| m.contains(": error: "))
+                .or_else(|| messages.next_back())
+                .map(str::to_string)
+        });
+        Excerpt {
+            root_cause,
+            error_lines: last_n(l.errors.iter().cloned().collect(), errors),
+            other_lines: last_n(
+                l.all
+                    .iter()
+                    .filter(|(lvl, _)| *lvl != Level::Error)
+                    .map(|(_, s)| s.clone())
+                    .collect(),
+                others,
+            ),
+        }
+    }
+
+    /// A line still being written that redrew itself with `\r` (a progress bar such as
+    /// "Loading safetensors checkpoint shards:  50% ..."): it becomes the last line without
+    /// being kept or logged, until its newline comes.
+    pub fn set_live(&self, partial: &str) {
+        let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set_last(&mut l.last, partial.trim());
+    }
+
+    /// The engine's latest line (its message without vLLM's prefixes), cut to a few hundred
+    /// characters; `None` before it wrote anything.
+    pub fn last_line(&self) -> Option<String> {
+        let l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        l.last.clone()
     }
 
     /// Forgets everything (a restarted engine starts a new tail).
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut l = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        l.all.clear();
+        l.errors.clear();
+        l.first_exception = None;
+        l.last = None;
     }
+}
+
+fn set_last(last: &mut Option<String>, msg: &str) {
+    if msg.is_empty() || last.as_deref() == Some(msg) {
+        return;
+    }
+    let cut = match msg.char_indices().nth(MAX_LAST) {
+        Some((i, _)) => format!("{} ...", &msg[..i]),
+        None => msg.to_string(),
+    };
+    *last = Some(cut);
 }
 
 /// Which pipe a line came from.
@@ -42,11 +306,12 @@ impl Tail {
 pub enum Stream {
     /// Standard output.
     Stdout,
-    /// Standard error (also kept in the tail).
+    /// Standard error.
     Stderr,
 }
 
-/// Reads `pipe` line by line until it closes, logging each line with the model's name.
+/// Reads `pipe` line by line until it closes, logging each line at its level with the
+/// model's name and keeping it in the tail.
 pub fn pump(
     model: Arc<str>,
     stream: Stream,
@@ -55,30 +320,310 @@ pub fn pump(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(8192, pipe);
-        let mut buf = Vec::with_capacity(256);
+        let mut line = Vec::with_capacity(256);
+        let mut classifier = Classifier::default();
+        let s = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
         loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            buf.truncate(MAX_LINE);
-            let text = String::from_utf8_lossy(&buf);
-            // Progress bars redraw with '\r': keep the last state of the line.
-            let line = text.trim_end_matches(['\n', '\r']);
-            let line = line.rsplit('\r').next().unwrap_or(line);
-            if line.is_empty() {
-                continue;
-            }
-            match stream {
-                Stream::Stdout => {
-                    tracing::info!(target: "engine", model = %model, stream = "stdout", "{line}")
+            let (taken, complete) = match reader.fill_buf().await {
+                Ok([]) | Err(_) => break,
+                Ok(chunk) => {
+                    let end = chunk.iter().position(|&b| b == b'\n');
+                    let taken = end.map_or(chunk.len(), |i| i + 1);
+                    append_capped(&mut line, &chunk[..taken]);
+                    (taken, end.is_some())
                 }
-                Stream::Stderr => {
-                    tracing::info!(target: "engine", model = %model, stream = "stderr", "{line}");
-                    tail.push(line.to_string());
-                }
+            };
+            reader.consume(taken);
+            if complete {
+                one_line(&model, s, &line, &mut classifier, &tail);
+                line.clear();
+            } else if line.contains(&b'\r') {
+                // A progress bar redraws its line with '\r' and writes '\n' only at the end.
+                tail.set_live(&last_state(&String::from_utf8_lossy(&line)));
             }
         }
+        if !line.is_empty() {
+            one_line(&model, s, &line, &mut classifier, &tail);
+        }
     })
+}
+
+/// Adds `part` to a line being read, keeping it under [`MAX_LINE`] bytes: a redrawn line
+/// keeps its latest states (from a `\r`), any other line its first bytes.
+fn append_capped(line: &mut Vec<u8>, part: &[u8]) {
+    line.extend_from_slice(part);
+    if line.len() <= MAX_LINE {
+        return;
+    }
+    let body = &line[..line.len() - 1];
+    match body.iter().rposition(|&b| b == b'\r') {
+        Some(cr) if line.len() - cr <= MAX_LINE => {
+            line.drain(..cr);
+        }
+        _ => line.truncate(MAX_LINE),
+    }
+}
+
+/// The last state of a line that was redrawn with `\r`.
+fn last_state(text: &str) -> String {
+    let text = text.trim_end_matches(['\n', '\r']);
+    text.rsplit('\r')
+        .find(|seg| !seg.trim().is_empty())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Logs one complete line at its level and keeps it in the tail.
+fn one_line(model: &str, s: &'static str, raw: &[u8], classifier: &mut Classifier, tail: &Tail) {
+    let line = last_state(&String::from_utf8_lossy(raw));
+    if line.trim().is_empty() {
+        return;
+    }
+    let line = line.as_str();
+    let level = classifier.classify(line);
+    match level {
+        Level::Error => {
+            tracing::error!(target: "engine", model = %model, stream = s, "{line}")
+        }
+        Level::Warn => {
+            tracing::warn!(target: "engine", model = %model, stream = s, "{line}")
+        }
+        Level::Info => {
+            tracing::info!(target: "engine", model = %model, stream = s, "{line}")
+        }
+        Level::Debug => {
+            tracing::debug!(target: "engine", model = %model, stream = s, "{line}");
+            return;
+        }
+    }
+    tail.push(level, line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn levels(lines: &[&str]) -> Vec<Level> {
+        let mut c = Classifier::default();
+        lines.iter().map(|l| c.classify(l)).collect()
+    }
+
+    #[test]
+    fn vllm_and_uvicorn_lines_keep_their_level() {
+        use Level::*;
+        assert_eq!(
+            levels(&[
+                "INFO 01-15 10:23:45 [api_server.py:1] Starting vLLM API server",
+                "(APIServer pid=42) WARNING 01-15 10:23:45 [arg_utils.py:9] deprecated",
+                "(EngineCore_0 pid=43) ERROR 01-15 10:23:46 [core.py:700] EngineCore failed to start.",
+                "(APIServer pid=42) INFO:     127.0.0.1:5000 - \"GET /health HTTP/1.1\" 200 OK",
+                "INFO:     127.0.0.1:5000 - \"POST /v1/completions HTTP/1.1\" 200 OK",
+                "WARNING:root:something odd",
+                "2024-05-01T10:00:00.000Z ERROR text_generation_launcher: shard failed",
+                "ERRORS are plain words here",
+            ]),
+            [Info, Warn, Error, Debug, Info, Warn, Error, Info]
+        );
+    }
+
+    #[test]
+    fn tracebacks_without_a_prefix_are_errors() {
+        use Level::*;
+        assert_eq!(
+            levels(&[
+                "Loading weights",
+                "  indented after info stays info",
+                "Traceback (most recent call last):",
+                "  File \"x.py\", line 1, in <module>",
+                "ValueError: Available memory 1.0 GiB is less than requested memory for kv cache",
+                "The above exception was the direct cause of the following exception:",
+                "RuntimeError: Engine core initialization failed. See root cause above.",
+                "/usr/lib/python3/x.py:12: FutureWarning: going away",
+                "api_server.py: error: unrecognized arguments: --no-such-flag",
+            ]),
+            [Info, Info, Error, Error, Error, Error, Error, Warn, Error]
+        );
+    }
+
+    #[test]
+    fn messages_lose_their_prefixes() {
+        assert_eq!(
+            message("(EngineCore_0 pid=43) ERROR 01-15 10:23:46 [core.py:700] ValueError: x"),
+            "ValueError: x"
+        );
+        assert_eq!(message("INFO:     Started server"), "Started server");
+        assert_eq!(message("  plain  "), "plain");
+        assert!(is_exception("torch.OutOfMemoryError: CUDA out of memory"));
+        assert!(is_exception("KeyboardInterrupt"));
+        assert!(!is_exception("Error loading: x y"));
+        assert!(!is_exception("see ValueError: x"));
+    }
+
+    #[test]
+    fn the_root_cause_is_the_first_real_exception_of_either_stream() {
+        let tail = Tail::default();
+        let mut streams = [Classifier::default(), Classifier::default()];
+        for (stream, line) in [
+            (0, "INFO 01-15 10:00:00 [core.py:1] loading"),
+            (
+                0,
+                "(EngineCore_0 pid=9) ERROR 01-15 10:00:01 [core.py:2] Traceback (most recent call last):",
+            ),
+            (
+                0,
+                "(EngineCore_0 pid=9) ERROR 01-15 10:00:01 [core.py:2] ValueError: Available memory is less than requested memory for kv cache",
+            ),
+            (1, "Traceback (most recent call last):"),
+            (
+                1,
+                "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+            ),
+        ] {
+            let level = streams[stream].classify(line);
+            tail.push(level, line);
+        }
+        let x = tail.excerpt(10, 10);
+        assert_eq!(
+            x.root_cause.as_deref(),
+            Some("ValueError: Available memory is less than requested memory for kv cache")
+        );
+        // Traceback headers are not repeated; the two exceptions are.
+        assert_eq!(x.error_lines.len(), 2, "{:?}", x.error_lines);
+        assert_eq!(x.other_lines, ["INFO 01-15 10:00:00 [core.py:1] loading"]);
+    }
+
+    #[test]
+    fn a_long_traceback_does_not_push_out_the_root_cause() {
+        // As vLLM 0.32 on the CPU fails an impossible KV cache: the worker's ValueError,
+        // then long chained tracebacks in every process, on both streams.
+        let tail = Tail::default();
+        let mut c = Classifier::default();
+        let w = "(Worker pid=1781) ERROR 11-27 09:17:50 [multiproc_executor.py:1063]";
+        let e = "(EngineCore pid=1569) ERROR 11-27 09:17:50 [core.py:1510]";
+        let root = "ValueError: Available memory on node 0 (16.55/22.71 GiB) on kv cache allocation is less than requested memory for kv (100000.0 GiB).";
+        let mut lines = vec![format!("{w} Traceback (most recent call last):")];
+        lines.push(format!("{w}     raise ValueError("));
+        lines.push(format!("{w} {root}"));
+        lines.push(format!("{w} {root}"));
+        for i in 0..300 {
+            lines.push(format!("{e}   File \"x.py\", line {i}, in f"));
+            lines.push(format!("{e}     ^^^^^^^^^^"));
+        }
+        let worker = format!("RuntimeError: Worker failed with error '{root}'");
+        lines.push(format!("{e} {worker}"));
+        lines.push(worker.clone());
+        lines.push("RuntimeError: Engine core initialization failed. See root cause above.".into());
+        for line in &lines {
+            tail.push(c.classify(line), line);
+        }
+        let x = tail.excerpt(12, 5);
+        assert_eq!(x.root_cause.as_deref(), Some(root));
+        assert_eq!(x.error_lines.len(), 3, "{:#?}", x.error_lines);
+        assert!(x.error_lines[0].ends_with(root));
+        assert!(x.error_lines[1].ends_with(&worker));
+        assert!(x.error_lines[2].contains("See root cause above"));
+    }
+
+    #[test]
+    fn argparse_errors_are_the_root_cause_of_a_usage_error() {
+        let tail = Tail::default();
+        let mut c = Classifier::default();
+        for line in [
+            "usage: api_server.py [-h] [--host HOST]",
+            "api_server.py: error: unrecognized arguments: --no-such-flag",
+        ] {
+            tail.push(c.classify(line), line);
+        }
+        assert_eq!(
+            tail.excerpt(5, 5).root_cause.as_deref(),
+            Some("api_server.py: error: unrecognized arguments: --no-such-flag")
+        );
+    }
+
+    #[test]
+    fn the_last_line_is_the_message_or_a_redrawn_bar() {
+        let tail = Tail::default();
+        assert_eq!(tail.last_line(), None);
+        tail.push(
+            Level::Info,
+            "(APIServer pid=42) INFO 01-15 10:23:45 [loader.py:12] Starting to load model m...",
+        );
+        assert_eq!(
+            tail.last_line().as_deref(),
+            Some("Starting to load model m...")
+        );
+        tail.set_live("  Loading safetensors checkpoint shards:  50% Completed | 1/2  ");
+        assert_eq!(
+            tail.last_line().as_deref(),
+            Some("Loading safetensors checkpoint shards:  50% Completed | 1/2")
+        );
+        // A live state is shown, never kept as a line of output.
+        assert_eq!(tail.excerpt(5, 5).other_lines.len(), 1);
+        tail.push(Level::Info, &"x".repeat(1000));
+        let long = tail.last_line().unwrap();
+        assert_eq!(long.len(), MAX_LAST + 4);
+        assert!(long.ends_with(" ..."));
+        tail.clear();
+        assert_eq!(tail.last_line(), None);
+    }
+
+    #[test]
+    fn redrawn_lines_keep_their_last_state_within_the_cap() {
+        assert_eq!(last_state("\rbar 0%\rbar 50%\rbar 100%\n"), "bar 100%");
+        assert_eq!(last_state("bar 50%\r   \r"), "bar 50%");
+        assert_eq!(last_state("plain line\r\n"), "plain line");
+        let mut line = Vec::new();
+        for i in 0..5000 {
+            append_capped(&mut line, format!("\rbar {i:>5}").as_bytes());
+            assert!(line.len() <= MAX_LINE + 16);
+        }
+        assert_eq!(last_state(&String::from_utf8_lossy(&line)), "bar  4999");
+        let mut plain = Vec::new();
+        for _ in 0..100 {
+            append_capped(&mut plain, &[b'y'; 1000]);
+        }
+        assert_eq!(plain.len(), MAX_LINE);
+    }
+
+    #[tokio::test]
+    async fn a_bar_that_has_not_reached_its_newline_is_the_last_line() {
+        use tokio::io::AsyncWriteExt;
+        let (mut writer, reader) = tokio::io::duplex(1024);
+        let tail = Tail::default();
+        let pumping = pump("m".into(), Stream::Stderr, reader, tail.clone());
+        let wait_for = |want: &'static str| {
+            let tail = tail.clone();
+            async move {
+                for _ in 0..500 {
+                    if tail.last_line().as_deref() == Some(want) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("last line {:?}, not {want:?}", tail.last_line());
+            }
+        };
+        writer
+            .write_all(b"INFO 01-15 10:23:45 [a.py:1] loading\n")
+            .await
+            .unwrap();
+        wait_for("loading").await;
+        writer.write_all(b"\rshards:   0% | 0/2").await.unwrap();
+        wait_for("shards:   0% | 0/2").await;
+        writer.write_all(b"\rshards:  50% | 1/2").await.unwrap();
+        wait_for("shards:  50% | 1/2").await;
+        writer.write_all(b"\rshards: 100% | 2/2\n").await.unwrap();
+        wait_for("shards: 100% | 2/2").await;
+        drop(writer);
+        pumping.await.unwrap();
+        // Logged and kept once, in its final state.
+        assert_eq!(
+            tail.excerpt(0, 10).other_lines,
+            ["INFO 01-15 10:23:45 [a.py:1] loading", "shards: 100% | 2/2"]
+        );
+    }
 }

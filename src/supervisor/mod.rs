@@ -1,19 +1,32 @@
 //! Engine supervision: turns a [`LaunchPlan`] into running engines and keeps publishing each
 //! model's state. It owns processes and nothing else.
 //!
-//! - [`reaper`]: the one owner of reaping, and the spawner thread (`PR_SET_PDEATHSIG`).
+//! - [`guardian`]: the per-engine guardian process (modelmux re-executed in a hidden mode)
+//!   that makes sure no process of an engine outlives modelmux.
+//! - [`control`]: modelmux's side of a guardian (its reports and commands).
+//! - [`reaper`]: the one owner of reaping, and the spawner thread.
 //! - [`engine`]: one engine's life (readiness, hang detection, restarts, stop).
-//! - [`group`]: process-group signals.
-//! - [`logs`]: engine output re-logged, stderr tail kept.
-//! - [`probe`]: `/health` probes.
+//! - [`tree`]: process trees from `/proc`.
+//! - [`group`]: process-group signals (the quick path when a guardian cannot help).
+//! - [`logs`]: engine output re-logged at its own level, tail and root cause kept.
+//! - [`probe`]: `/health` probes and the `/v1/models` fetch.
 //! - [`restart`]: back-off and restart budget.
+//! - [`stall`]: hung-engine detection from the engine's progress metrics.
+//! - [`progress`]: the "still loading" and "all ready" log lines.
+//! - [`stage`]: staged start of engines that share a GPU.
 
+pub mod control;
 pub mod engine;
 pub mod group;
+pub mod guardian;
 pub mod logs;
 pub mod probe;
+pub mod progress;
 pub mod reaper;
 pub mod restart;
+pub mod stage;
+pub mod stall;
+pub mod tree;
 
 use std::sync::Arc;
 
@@ -29,6 +42,7 @@ pub use reaper::Reaper;
 /// Running engines.
 pub struct Supervisor {
     tasks: JoinSet<()>,
+    reaper: Reaper,
     shutdown: watch::Sender<bool>,
     failures: mpsc::UnboundedReceiver<Failure>,
 }
@@ -55,11 +69,13 @@ impl Supervisor {
                 shutdown: shutdown_rx.clone(),
                 failures: fail_tx.clone(),
                 prober: prober.clone(),
+                progress: launch.engine.profile().metrics.map(|m| m.progress),
             };
             tasks.spawn(task.run());
         }
         Supervisor {
             tasks,
+            reaper,
             shutdown,
             failures,
         }
@@ -73,9 +89,12 @@ impl Supervisor {
         }
     }
 
-    /// Stops every engine (SIGTERM, SIGKILL after the grace period) and waits for them.
+    /// Stops every engine (SIGTERM, SIGKILL after the grace period) and waits for them;
+    /// then kills any process of this run's engines left under modelmux (a guardian that
+    /// was killed leaves its engine's children to modelmux).
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        control::sweep_strays(&self.reaper, 1).await;
     }
 }

@@ -1,21 +1,24 @@
-//! The one owner of reaping, and the one thread that forks engines.
+//! The one owner of reaping, and the one thread that forks guardians.
 //!
-//! modelmux is a child subreaper (or PID 1), so orphans of its engines come back to it and
-//! must be reaped. A `waitpid(-1)` loop would steal the exit statuses that `tokio::process`
-//! waits for, so modelmux does not use `tokio::process` at all: [`Reaper`] reaps every child
-//! on SIGCHLD and hands each engine's status to whoever registered its pid.
+//! Each engine runs under its own guardian ([`super::guardian`]), modelmux's only children.
+//! modelmux is also a child subreaper (or PID 1), so orphans come back to it and must be
+//! reaped. A `waitpid(-1)` loop would steal the exit statuses that `tokio::process` waits
+//! for, so modelmux does not use `tokio::process` at all: [`Reaper`] reaps every child on
+//! SIGCHLD and hands each guardian's status to whoever registered its pid.
 //!
-//! Engines are forked from one dedicated thread that lives as long as modelmux, because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits. Forking and
-//! registering the pid happen under the same lock the reaper takes, so the reaper never
+//! Guardians are forked from one dedicated thread that lives as long as modelmux. Forking
+//! and registering the pid happen under the same lock the reaper takes, so the reaper never
 //! reaps a child before it is registered, nor the child std's `spawn` waits for when `exec`
 //! fails.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -45,15 +48,18 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// A started engine: its pid, its output pipes and the promise of its exit status.
+/// A started guardian: its pid, the engine's output pipes, the socket to the guardian and
+/// the promise of the guardian's exit status.
 pub struct Spawned {
-    /// Its pid, also its process group id.
-    pub pid: u32,
-    /// Its stdout pipe.
+    /// The guardian's pid (the engine's pid comes over `control`).
+    pub guardian: u32,
+    /// The engine's stdout pipe.
     pub stdout: ChildStdout,
-    /// Its stderr pipe.
+    /// The engine's stderr pipe.
     pub stderr: ChildStderr,
-    /// Resolves when the reaper collects it.
+    /// modelmux's end of the guardian's socket (see [`super::guardian`]).
+    pub control: UnixStream,
+    /// Resolves when the reaper collects the guardian.
     pub exit: oneshot::Receiver<Exit>,
 }
 
@@ -63,6 +69,24 @@ pub struct SpawnRequest {
     pub argv: Vec<String>,
     /// Variables added to (or replacing) modelmux's environment.
     pub env: BTreeMap<String, String>,
+    /// How long the guardian waits after SIGTERM before SIGKILL when the engine ends on its
+    /// own (its leftovers) or when it is signalled directly.
+    pub grace: Duration,
+}
+
+/// The variable every engine (and so every process it starts) gets: this run's id, so that
+/// strays of a guardian that was killed can be told from unrelated processes.
+pub const RUN_VAR: &str = "MODELMUX_RUN";
+
+/// This run's id: modelmux's pid and start time.
+pub fn run_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
+    })
 }
 
 type Waiters = Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>;
@@ -72,6 +96,7 @@ type Job = (SpawnRequest, oneshot::Sender<io::Result<Spawned>>);
 #[derive(Clone)]
 pub struct Reaper {
     jobs: mpsc::Sender<Job>,
+    waiters: Waiters,
 }
 
 /// Environment variables engines must not inherit.
@@ -106,11 +131,17 @@ impl Reaper {
                     std::thread::park();
                 }
             })?;
-        Ok(Reaper { jobs })
+        Ok(Reaper { jobs, waiters })
     }
 
-    /// Starts a process in its own process group, stdin from /dev/null, stdout and stderr
-    /// piped, killed by the kernel if modelmux dies.
+    /// Pids of the children not yet reaped (the guardians).
+    pub fn children(&self) -> HashSet<i32> {
+        let map = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        map.keys().copied().collect()
+    }
+
+    /// Starts the engine under a new guardian (its own process group, stdin from /dev/null,
+    /// the engine's stdout and stderr piped to us).
     pub async fn spawn(&self, req: SpawnRequest) -> io::Result<Spawned> {
         let (tx, rx) = oneshot::channel();
         self.jobs
@@ -122,12 +153,18 @@ impl Reaper {
 }
 
 fn spawn_locked(waiters: &Waiters, req: SpawnRequest) -> io::Result<Spawned> {
-    let Some((program, args)) = req.argv.split_first() else {
+    if req.argv.is_empty() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+    }
+    let (ours, theirs) = UnixStream::pair()?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(super::guardian::NAME)
+        .arg(super::guardian::FLAG)
+        .arg(req.grace.as_millis().to_string())
+        .arg("--")
+        .args(&req.argv)
         .envs(&req.env)
+        .env(RUN_VAR, run_id())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -135,15 +172,19 @@ fn spawn_locked(waiters: &Waiters, req: SpawnRequest) -> io::Result<Spawned> {
     for var in PRIVATE_ENV {
         cmd.env_remove(var);
     }
-    let parent = nix::unistd::getpid();
+    let fd = theirs.as_raw_fd();
+    let target = super::guardian::CONTROL_FD;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // system calls (prctl, getppid, _exit).
+    // system calls (dup2, fcntl).
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-            // modelmux may have died before prctl took effect: then nobody will kill us.
-            if nix::unistd::getppid() != parent {
-                nix::libc::_exit(1);
+            // Our socket end becomes fd 3 of the guardian, without close-on-exec.
+            if fd == target {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if nix::libc::dup2(fd, target) < 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
@@ -153,10 +194,12 @@ fn spawn_locked(waiters: &Waiters, req: SpawnRequest) -> io::Result<Spawned> {
     let (tx, rx) = oneshot::channel();
     map.insert(child.id() as i32, tx);
     drop(map);
+    drop(theirs);
     Ok(Spawned {
-        pid: child.id(),
+        guardian: child.id(),
         stdout: child.stdout.take().expect("stdout is piped"),
         stderr: child.stderr.take().expect("stderr is piped"),
+        control: ours,
         exit: rx,
     })
 }

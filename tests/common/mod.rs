@@ -2,7 +2,9 @@
 //! timeouts and clean-up on drop.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod raw;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -21,6 +23,38 @@ use hyper_util::rt::TokioExecutor;
 pub const MODELMUX: &str = env!("CARGO_BIN_EXE_modelmux");
 pub const MOCK: &str = env!("CARGO_BIN_EXE_mock-vllm");
 
+/// A directory holding a stand-in `vllm` program, so that `plan` with the default engine
+/// command (`vllm serve`) finds it: plan refuses what serve would refuse, a missing engine
+/// program included.
+pub fn fake_vllm_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fake-vllm-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("vllm");
+        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    })
+}
+
+/// Runs modelmux to completion with only `env` (plus a `PATH` that has a stand-in `vllm`).
+pub fn run_clean(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let path = format!(
+        "{}:{}",
+        fake_vllm_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new(MODELMUX);
+    cmd.args(args).env_clear().env("PATH", path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run modelmux")
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -28,6 +62,79 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Ports each test run gets: `PORT` and the engine ports after it (`PORT+1`, ...).
+pub const PORT_BLOCK: u16 = 16;
+
+/// A `PORT` whose block of [`PORT_BLOCK`] ports is free now. Blocks come from one counter
+/// per test process, below the kernel's ephemeral range (where client sockets would take
+/// engine ports), from a start that differs between processes, so tests running at once
+/// do not share engine ports.
+pub fn port_block() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20000;
+    const HIGH: u32 = 32000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let slots = (HIGH - LOW) / u32::from(PORT_BLOCK);
+    let seed = std::process::id().wrapping_mul(2654435761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    for _ in 0..slots {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let slot = (seed.wrapping_add(n)) % slots;
+        let base = (LOW + slot * u32::from(PORT_BLOCK)) as u16;
+        let free = (base..base + PORT_BLOCK).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no free block of {PORT_BLOCK} ports in {LOW}..{HIGH}");
+}
+
+/// Living processes whose environment holds `KEY=VALUE` (a test's own marker: every
+/// process of its run inherits it, whatever its parent, group or session).
+pub fn marked(key_value: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|kv| kv == key_value.as_bytes()) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A marker unique to one test: `MMX_TEST_MARK=<name>-<pid>-<nanos>`.
+pub fn new_mark(name: &str) -> (String, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let value = format!("{name}-{}-{nanos}", std::process::id());
+    (value.clone(), format!("MMX_TEST_MARK={value}"))
+}
+
+/// The parent of a process (0 when it is gone).
+pub fn ppid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
@@ -125,8 +232,12 @@ impl Setup {
     }
 
     pub fn start(self) -> Modelmux {
+        self.start_on(port_block())
+    }
+
+    /// Starts it with this `PORT`.
+    pub fn start_on(self, port: u16) -> Modelmux {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut child = self
             .command(dir.path(), port)
             .spawn()

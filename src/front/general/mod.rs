@@ -29,6 +29,7 @@ use super::App;
 use super::access::{Inflight, Record, Wire};
 use super::headers::{self, ConnectionTokens, Direction};
 use super::local::{self, Local};
+use super::page;
 use super::policy::{self, Decision, Head, Seen};
 use super::refusal::{DISCARD_LIMIT, Refusal};
 
@@ -70,6 +71,7 @@ fn head_of<'a>(method: &'a Method, uri: &'a http::Uri, headers: &'a HeaderMap) -
     for v in headers.get_all(&X_REQUEST_ID) {
         head.request_id.add(v.as_bytes());
     }
+    head.browser = page::accepts_html(headers);
     head.content_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -94,7 +96,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, health_only: bool) ->
     let head = head_of(&parts.method, &parts.uri, &parts.headers);
     let id = request_id(&app, &head.request_id);
     let decision = if health_only {
-        match local::classify(head.path, &app.health_endpoint) {
+        match local::classify(head.path, &app.health_endpoint, head.browser) {
             Some(l) if l.is_health() && matches!(head.method, "GET" | "HEAD") => {
                 Ok(Decision::Local(l))
             }

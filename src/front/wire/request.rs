@@ -7,6 +7,7 @@ use std::ops::Range;
 use crate::front::App;
 use crate::front::access::Record;
 use crate::front::headers::{self, ConnectionTokens, Direction};
+use crate::front::page;
 use crate::front::policy::{self, Decision, Head, Seen};
 use crate::front::refusal::Refusal;
 
@@ -169,6 +170,8 @@ pub fn step(buf: &[u8], app: &App, out: &mut Vec<u8>, record: &mut Record) -> St
             head.request_id.add(h.value);
         } else if name.eq_ignore_ascii_case("route") {
             head.route.add(h.value);
+        } else if name.eq_ignore_ascii_case("accept") && page::accepts_html_value(h.value) {
+            head.browser = true;
         }
     }
     head.content_length = length;
