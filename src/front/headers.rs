@@ -126,6 +126,47 @@ pub fn usable_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(u8::is_ascii_graphic)
 }
 
+/// True for an id that Python's `uuid.UUID()` takes: 32 hex digits, dashes and braces aside
+/// (what llama-cpp-python's request-id check accepts).
+pub fn is_uuid(id: &[u8]) -> bool {
+    let mut digits = 0;
+    for &c in id {
+        match c {
+            b'-' | b'{' | b'}' => {}
+            c if c.is_ascii_hexdigit() => digits += 1,
+            _ => return false,
+        }
+    }
+    digits == 32
+}
+
+/// The id to send an engine that takes only UUIDs (`uuid_request_ids` in the plan) for
+/// request id `id`: `id` itself when it is one, else a UUID derived from it (version 8,
+/// the bits of FNV-1a-128 of `id`), so the same client id always maps to the same UUID.
+/// The client still gets its own id back, and the access log shows it.
+pub fn engine_request_id(id: &[u8], uuid_only: bool) -> std::borrow::Cow<'_, [u8]> {
+    if !uuid_only || is_uuid(id) {
+        return id.into();
+    }
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for &b in id {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    // Version 8 (custom), RFC 9562 variant.
+    h = (h & !(0xf << 76)) | (0x8 << 76);
+    h = (h & !(0x3 << 62)) | (0x2 << 62);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(36);
+    for i in 0..32 {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push(b'-');
+        }
+        out.push(HEX[(h >> (124 - 4 * i)) as usize & 0xf]);
+    }
+    out.into()
+}
+
 /// Makes request ids unique within this process, cheaply: `mmx-PPPPPPPP-NNNNNNNNNNNN`
 /// (a per-process prefix, then a counter).
 pub struct RequestIds {
@@ -169,6 +210,47 @@ impl Default for RequestIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engines_that_take_only_uuids_get_one_derived_from_the_id() {
+        let uuid = b"123e4567-e89b-12d3-a456-426614174000";
+        assert_eq!(
+            &*engine_request_id(uuid, true),
+            uuid,
+            "a UUID passes as it is"
+        );
+        let braced = b"{123e4567e89b12d3a456426614174000}";
+        assert_eq!(
+            &*engine_request_id(braced, true),
+            braced,
+            "Python's UUID takes it"
+        );
+        assert_eq!(&*engine_request_id(b"trace-1", false), b"trace-1");
+        let made = engine_request_id(b"trace-1", true).into_owned();
+        let text = std::str::from_utf8(&made).unwrap();
+        assert_eq!(text.len(), 36, "{text}");
+        assert!(is_uuid(&made), "{text}");
+        let groups: Vec<&str> = text.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(groups[2].starts_with('8'), "version 8: {text}");
+        assert!(
+            matches!(&groups[3][..1], "8" | "9" | "a" | "b"),
+            "variant: {text}"
+        );
+        assert_eq!(
+            engine_request_id(b"trace-1", true),
+            made,
+            "the same id, the same UUID"
+        );
+        assert_ne!(&*engine_request_id(b"trace-2", true), &made[..]);
+        let ours = RequestIds::new().make();
+        assert!(!is_uuid(&ours) && is_uuid(&engine_request_id(&ours, true)));
+        assert!(!is_uuid(b"123e4567-e89b-12d3-a456-42661417400g"));
+        assert!(!is_uuid(b"123e4567-e89b-12d3-a456-4266141740"));
+    }
 
     #[test]
     fn one_rule_set_for_both_directions() {

@@ -157,6 +157,48 @@ pub struct Target<'a> {
     pub route: &'a Route,
     /// The engine path, with the query (origin form).
     pub path: Cow<'a, str>,
+    /// The body to send instead of the client's, when the engine wants another `"model"`
+    /// for its base model ([`Route::request_model`]); the wires frame its length.
+    pub body: Option<Vec<u8>>,
+}
+
+/// `"model"`'s value as it is written in the body, to replace it in place.
+#[derive(serde::Deserialize)]
+struct ModelSpan<'a> {
+    #[serde(borrow)]
+    model: &'a serde_json::value::RawValue,
+}
+
+/// `body` with its top-level `"model"` value replaced by `model` (every other byte kept), or
+/// `None` when it has no such value.
+pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    // serde would take a struct from an array too: only an object has a "model" key.
+    if body.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let span = serde_json::from_slice::<ModelSpan>(body).ok()?;
+    let raw = span.model.get().as_bytes();
+    // The raw value borrows from `body`: its place there is a pointer difference.
+    let start = (raw.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let end = start + raw.len();
+    let value = serde_json::to_string(model).ok()?;
+    let mut out = Vec::with_capacity(body.len() - raw.len() + value.len());
+    out.extend_from_slice(body.get(..start)?);
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(body.get(end..)?);
+    Some(out)
+}
+
+/// The body the engine gets: the client's, unless the engine wants another `"model"` for
+/// its base model (TGI: `"tgi"`; any other name is an adapter id there). Adapter names and
+/// a body without `"model"` go as they are.
+fn engine_body(app: &App, route: &Route, asked: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
+    let wanted = route.request_model.as_deref()?;
+    let asked = asked?;
+    if asked == wanted || app.table.is_adapter(asked) {
+        return None;
+    }
+    with_model(body, wanted)
 }
 
 /// The rules that need the body. `target` is the request target as received (path and
@@ -203,7 +245,11 @@ pub fn on_body<'a>(
     }
     let status = &snapshot.models[route.index];
     match status.state {
-        Phase::Ready => Ok(Target { route, path }),
+        Phase::Ready => Ok(Target {
+            route,
+            path,
+            body: engine_body(app, route, field.model.as_deref(), body),
+        }),
         Phase::Failed => Err(Refusal::Failed {
             model: route.model.to_string(),
             why: status
@@ -249,5 +295,33 @@ pub async fn wait_turn(app: &App, model: usize) -> Result<Option<Slot>, Refusal>
             model: name(),
             state: state.as_str(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_model;
+
+    fn rewritten(body: &str) -> Option<String> {
+        with_model(body.as_bytes(), "tgi").map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn only_the_model_value_changes() {
+        assert_eq!(
+            rewritten(r#"{"model": "t", "prompt": "model: t", "n": 1}"#).as_deref(),
+            Some(r#"{"model": "tgi", "prompt": "model: t", "n": 1}"#)
+        );
+        // Escapes in the name, nesting before it, an escaped key: still the top-level value.
+        assert_eq!(
+            rewritten(r#"{"messages":[{"model":"x"}],"mod\u0065l":"a\"b"}"#).as_deref(),
+            Some(r#"{"messages":[{"model":"x"}],"mod\u0065l":"tgi"}"#)
+        );
+        assert_eq!(rewritten(r#"{"prompt": "x"}"#), None);
+        assert_eq!(rewritten(r#"["t"]"#), None);
+        assert_eq!(
+            with_model(br#"{"model":"t"}"#, "a\"b").as_deref(),
+            Some(&br#"{"model":"a\"b"}"#[..])
+        );
     }
 }

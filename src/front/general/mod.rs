@@ -160,8 +160,9 @@ async fn proxy(
 ) -> Result<Response, Refused> {
     let bytes = read_body(body, head.content_length, app).await?;
     let target_text = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let target = policy::on_body(app, head, target_text, &bytes, &mut record.model)
+    let mut target = policy::on_body(app, head, target_text, &bytes, &mut record.model)
         .map_err(|r| (r, false))?;
+    let bytes = target.body.take().map_or(bytes, Bytes::from);
     let model = target.route.index;
     let slot = policy::wait_turn(app, model)
         .await
@@ -182,7 +183,13 @@ async fn proxy(
         header::HOST,
         HeaderValue::from_str(authority).expect("authority is a valid header"),
     );
-    h.insert(X_REQUEST_ID.clone(), id.clone());
+    let engine_id = if target.route.uuid_request_ids {
+        let uuid = headers::engine_request_id(id.as_bytes(), true);
+        HeaderValue::from_bytes(&uuid).expect("a UUID is a valid header")
+    } else {
+        id.clone()
+    };
+    h.insert(X_REQUEST_ID.clone(), engine_id);
     let uri = format!("http://{authority}{}", target.path);
     let mut req = hyper::Request::new(Full::new(bytes));
     *req.method_mut() = Method::POST;

@@ -207,6 +207,7 @@ pub fn step(buf: &[u8], app: &App, out: &mut Vec<u8>, record: &mut Record) -> St
         Err(refusal) => return refused(refusal),
     };
     let id = id();
+    let body = target.body.as_deref().unwrap_or(body);
 
     out.clear();
     out.reserve(total + 128);
@@ -224,7 +225,10 @@ pub fn step(buf: &[u8], app: &App, out: &mut Vec<u8>, record: &mut Record) -> St
         }
     }
     out.extend_from_slice(b"x-request-id: ");
-    out.extend_from_slice(id.bytes(buf));
+    out.extend_from_slice(&headers::engine_request_id(
+        id.bytes(buf),
+        target.route.uuid_request_ids,
+    ));
     out.extend_from_slice(b"\r\ncontent-length: ");
     push_decimal(out, body.len());
     out.extend_from_slice(b"\r\n\r\n");
