@@ -24,8 +24,10 @@
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
 //! - [`state`]: the snapshot of model states the front reads.
-//! - [`front`]: the OpenAI-compatible HTTP front (pass-through path, then hyper for the rest).
+//! - [`front`]: the OpenAI-compatible HTTP front: one policy, two wires (a pass-through
+//!   HTTP/1.1 wire for the common request, hyper for the rest).
 //! - [`observability`]: logging and metrics.
+//! - [`resolve`]: configuration, GPUs and plan, resolved the same way for `plan` and `serve`.
 //! - [`serve`] and [`cli`]: the commands that tie it together.
 
 pub mod cli;
@@ -37,6 +39,7 @@ pub mod gpu;
 pub mod observability;
 pub mod placement;
 pub mod plan;
+pub mod resolve;
 pub mod serve;
 pub mod state;
 pub mod supervisor;

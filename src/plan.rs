@@ -56,6 +56,10 @@ pub struct ModelLaunch {
     pub env: BTreeMap<String, String>,
     /// Where `/predict` goes without a `route` header.
     pub predict_route: String,
+    /// Requests in flight to this engine at once; `None`: no limit.
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot when `max_concurrency` is reached.
+    pub max_queue: u32,
     /// The engine profile (`vllm`, `sglang`, `tgi`, `llamacpp`, `llamacpp-python`).
     pub engine: Engine,
     /// The path the readiness and liveness probes `GET` on the engine (`/health`; for
@@ -251,6 +255,8 @@ pub fn build_with_ports(
             argv,
             env,
             predict_route,
+            max_concurrency: m.max_concurrency,
+            max_queue: m.max_queue,
             engine: m.engine,
             health_path: profile.health_path.to_string(),
             metrics_path: profile.metrics.map(|x| x.path.to_string()),
@@ -352,6 +358,9 @@ impl std::fmt::Display for LaunchPlan {
                 writeln!(f, "  extra ports:  {}", extra.join(", "))?;
             }
             writeln!(f, "  predict:      {}", m.predict_route)?;
+            if let Some(c) = m.max_concurrency {
+                writeln!(f, "  concurrency:  {c} at once, {} may wait", m.max_queue)?;
+            }
             writeln!(f, "  health:       {}", m.health_path)?;
             writeln!(f, "  command:      {}", shell_line(&m.argv))?;
             for (k, v) in &m.env {

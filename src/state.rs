@@ -208,6 +208,10 @@ pub struct Route {
     pub predict_route: Arc<str>,
     /// The engine's Prometheus path (its profile's), `None` when it has none.
     pub metrics_path: Option<Arc<str>>,
+    /// The `"model"` the engine wants for its base model, when not the served name (TGI).
+    pub request_model: Option<Arc<str>>,
+    /// The engine takes only UUIDs as `X-Request-Id` (llama-cpp-python).
+    pub uuid_request_ids: bool,
 }
 
 /// Every served name and adapter name, mapped to its engine.
@@ -242,6 +246,8 @@ impl RoutingTable {
                 authority: format!("127.0.0.1:{}", m.port).into(),
                 predict_route: m.predict_route.as_str().into(),
                 metrics_path: m.metrics_path.as_deref().map(Into::into),
+                request_model: m.request_model.as_deref().map(Into::into),
+                uuid_request_ids: m.uuid_request_ids,
             };
             table.models.push(route.clone());
             for name in &m.served_names {
@@ -272,6 +278,11 @@ impl RoutingTable {
             None if self.models.len() == 1 => Lookup::Found(&self.models[0]),
             None => Lookup::Missing,
         }
+    }
+
+    /// True when `name` is a LoRA adapter's name.
+    pub fn is_adapter(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.adapter && n.name == name)
     }
 
     /// Every name, comma-separated, for "unknown model" messages.

@@ -1,40 +1,82 @@
-//! The HTTP front: routing by model, the proxy hot path, OCI's `/predict`, errors, auth,
-//! health and metrics. It never touches a process; it reads [`crate::state`] only.
+//! The HTTP front: one OpenAI-compatible port that routes each request by its JSON
+//! `"model"` to the right engine. It never touches a process; it reads [`crate::state`].
 //!
-//! - [`conn`]: connections; the pass-through path for the common request, hyper for the rest.
-//! - [`proxy`]: the general proxy (every rule and error), behind hyper and the router.
-//! - [`body`]: size-limited reads and the metered pass-through response body.
-//! - [`upstream`]: connections to the engines, driven by the response body.
+//! The rules live in one place and the wires only move bytes:
+//!
+//! - [`policy`]: request facts in, "admit" or a typed [`refusal::Refusal`] out (auth,
+//!   local paths, engine control paths, lookup, `/predict`, readiness, the queue).
+//! - [`refusal`]: refusals rendered as hyper responses and as raw bytes.
+//! - [`headers`]: the hop-by-hop rule set for both directions; request ids.
+//! - [`access`]: one record per request: in-flight gauge, access line, metrics.
+//! - [`local`]: the paths the front answers itself, and the engine control paths.
+//! - [`queue`]: per-model concurrency slots and their FIFO queue.
+//! - [`wire`]: the pass-through HTTP/1.1 wire (the common request, fast).
+//! - [`general`]: hyper for everything the pass-through wire hands over, and the health
+//!   listener; hyper-util's client to the engines.
 //! - [`workers`]: one single-threaded runtime per core accepting on the front's socket.
-//! - [`route`]: the `route` header rules of `/predict`.
 //! - [`health`]: `/health`, `/livez`, `/metrics`, `/v1/models`.
 //! - [`page`]: the status page at `/` for browsers, and its JSON at `/status`.
-//! - [`auth`], [`errors`]: API key and OpenAI-shaped errors.
+//! - [`auth`], [`errors`], [`sse`]: the API key, OpenAI-shaped errors, SSE keepalives.
 
+pub mod access;
 pub mod auth;
-pub mod body;
-pub mod conn;
 pub mod errors;
+pub mod general;
+pub mod headers;
 pub mod health;
+pub mod local;
 pub mod page;
-pub mod proxy;
-pub mod route;
-pub mod upstream;
+pub mod policy;
+pub mod queue;
+pub mod refusal;
+pub mod sse;
+pub mod wire;
 pub mod workers;
 
-use axum::Router;
-use axum::http::HeaderValue;
-use axum::routing::{any, get};
-use axum::serve::ListenerExt;
-use std::future::Future;
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::observability::metrics::Metrics;
 use crate::plan::LaunchPlan;
 use crate::state::{RoutingTable, StateRx};
+
+/// The front's limits (SPEC §2).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time a client may take to send a request's head.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// Time a client may pause while sending a body.
+    pub body_timeout: Duration,
+    /// Client connections held at once.
+    pub max_connections: usize,
+    /// Time a request may wait for a concurrency slot.
+    pub queue_timeout: Duration,
+    /// Silence in a stream after which an SSE comment goes out; `None` when off.
+    pub sse_keepalive: Option<Duration>,
+}
+
+impl Limits {
+    /// The limits `settings` give.
+    pub fn from_settings(s: &Settings) -> Self {
+        Limits {
+            header_timeout: s.header_timeout,
+            idle_timeout: s.idle_timeout,
+            body_timeout: s.body_timeout,
+            max_connections: s.max_connections,
+            queue_timeout: s.queue_timeout,
+            sse_keepalive: s.sse_keepalive,
+        }
+    }
+}
 
 /// Everything the handlers share.
 pub struct App {
@@ -44,107 +86,88 @@ pub struct App {
     pub state: StateRx,
     /// Request metrics.
     pub metrics: Metrics,
-    /// Keep-alive HTTP/1.1 connections to the engines (never through an HTTP proxy).
-    pub upstream: Arc<upstream::Upstream>,
     /// Required bearer key, if any.
     pub api_key: Option<String>,
     /// Largest accepted body.
     pub max_body: usize,
     /// `created` of `/v1/models` entries (start time).
     pub created: u64,
-    id_prefix: u32,
-    id_counter: AtomicU64,
+    /// `MODEL_DEPLOY_HEALTH_ENDPOINT`.
+    pub health_endpoint: String,
+    /// Time limits and the connection limit.
+    pub limits: Limits,
+    /// Per model (plan order): its concurrency queue, if it has `max_concurrency`.
+    pub queues: Vec<Option<queue::Queue>>,
+    /// hyper-util's pooled client to the engines (the general wire).
+    pub engines: general::EngineClient,
+    /// Request id generator.
+    pub ids: headers::RequestIds,
 }
 
 impl App {
     /// Builds the shared state from the plan and the settings.
     pub fn new(plan: &LaunchPlan, settings: &Settings, state: StateRx) -> Self {
         let table = RoutingTable::from_plan(plan);
-        let metrics = Metrics::new(table.models.iter().map(|r| &*r.model));
-        let upstream = upstream::Upstream::new(table.models.len());
-        let now = std::time::SystemTime::now()
+        let mut metrics = Metrics::new(table.models.iter().map(|r| &*r.model));
+        let queues: Vec<Option<queue::Queue>> = plan
+            .models
+            .iter()
+            .map(|m| {
+                m.max_concurrency
+                    .map(|c| queue::Queue::new(c as usize, m.max_queue as usize))
+            })
+            .collect();
+        for (i, q) in queues.iter().enumerate() {
+            if let Some(q) = q {
+                metrics.track_queue(i, q.waiting_gauge());
+            }
+        }
+        let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .as_secs();
         App {
             table,
             state,
             metrics,
-            upstream,
             api_key: settings.api_key.clone(),
             max_body: settings.max_body_bytes,
-            created: now.as_secs(),
-            id_prefix: now.subsec_nanos() ^ std::process::id().rotate_left(16),
-            id_counter: AtomicU64::new(0),
+            created,
+            health_endpoint: settings.health_endpoint.clone(),
+            limits: Limits::from_settings(settings),
+            queues,
+            engines: general::engine_client(),
+            ids: headers::RequestIds::new(),
         }
     }
+}
 
-    /// A fresh request id: unique within this process, cheap to make.
-    pub fn new_request_id(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.make_request_id()).expect("ascii")
+/// Resolves once `stop` turns true (never holding its lock across an await).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Serves the health listener (`HEALTH_CHECK_PORT` when it differs from `PORT`): health,
+/// liveness and metrics only, until `stop` turns true.
+pub async fn serve_health(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            () = stopped(&mut stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accepting a health connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let clock = general::io::Clock::new(None);
+            let io = general::io::Rewind::new(bytes::Bytes::new(), stream, clock.clone());
+            general::conn::serve(io, clock, app, true, stop).await;
+        });
     }
-
-    /// A fresh request id as bytes, `mmx-PPPPPPPP-NNNNNNNNNNNN` (process prefix, counter).
-    pub fn make_request_id(&self) -> [u8; 25] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = *b"mmx-00000000-000000000000";
-        for i in 0..8 {
-            id[11 - i] = HEX[(self.id_prefix >> (4 * i)) as usize & 0xf];
-        }
-        for i in 0..12 {
-            id[24 - i] = HEX[(n >> (4 * i)) as usize & 0xf];
-        }
-        id
-    }
-}
-
-/// The routes of the health listener (a subset of the front's).
-fn health_routes(health_endpoint: &str) -> Router<Arc<App>> {
-    let mut r = Router::new()
-        .route("/health", get(health::health))
-        .route("/livez", get(health::livez))
-        .route("/metrics", get(health::metrics));
-    if health_endpoint != "/health" && health_endpoint != "/livez" && health_endpoint != "/metrics"
-    {
-        r = r.route(health_endpoint, get(health::health));
-    }
-    r
-}
-
-/// The front's router.
-pub fn router(app: Arc<App>, health_endpoint: &str) -> Router {
-    health_routes(health_endpoint)
-        .route("/v1/models", get(health::list_models))
-        .route("/v1/models/{*id}", get(health::get_model))
-        .route("/", any(page::root))
-        .route("/status", any(page::status))
-        .fallback(proxy::handle)
-        .with_state(app)
-}
-
-/// The health listener's router: health, liveness and metrics only.
-pub fn health_router(app: Arc<App>, health_endpoint: &str) -> Router {
-    health_routes(health_endpoint)
-        .fallback(|| async {
-            errors::error(
-                axum::http::StatusCode::NOT_FOUND,
-                "the health port serves /health, /livez and /metrics",
-            )
-        })
-        .with_state(app)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish (the caller bounds how long).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

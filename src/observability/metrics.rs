@@ -2,7 +2,8 @@
 //! Model state and restarts are read from the state snapshot at scrape time.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::state::{Phase, Snapshot};
@@ -61,6 +62,8 @@ pub struct ModelMetrics {
     pub ttfb: Histogram,
     /// Requests under way.
     pub inflight: AtomicI64,
+    /// Requests waiting for a concurrency slot (the model's queue keeps it).
+    queued: Option<Arc<AtomicUsize>>,
 }
 
 impl ModelMetrics {
@@ -71,6 +74,7 @@ impl ModelMetrics {
             duration: Histogram::default(),
             ttfb: Histogram::default(),
             inflight: AtomicI64::new(0),
+            queued: None,
         }
     }
 
@@ -109,6 +113,13 @@ impl Metrics {
             models: names.iter().copied().map(ModelMetrics::new).collect(),
             unrouted: ModelMetrics::new(""),
             engine_scrape_errors: super::scrape::ScrapeErrors::new(names),
+        }
+    }
+
+    /// Reports the length of model `index`'s queue from `waiting` (kept by the queue).
+    pub fn track_queue(&mut self, index: usize, waiting: Arc<AtomicUsize>) {
+        if let Some(m) = self.models.get_mut(index) {
+            m.queued = Some(waiting);
         }
     }
 
@@ -158,6 +169,18 @@ impl Metrics {
                 "modelmux_inflight_requests{{model=\"{}\"}} {}",
                 m.name,
                 m.inflight.load(Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP modelmux_queue_length Requests waiting for a concurrency slot (max_concurrency).\n",
+        );
+        out.push_str("# TYPE modelmux_queue_length gauge\n");
+        for m in &self.models {
+            let queued = m.queued.as_ref().map_or(0, |q| q.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "modelmux_queue_length{{model=\"{}\"}} {queued}",
+                m.name
             );
         }
         out.push_str("# HELP modelmux_model_state 1 for the state each model is in.\n");
