@@ -7,6 +7,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, RawConfig};
 use crate::gpu::{self, NvmlDiscovery};
+use crate::resolve::{EXIT_CONFIG, load_plan};
 use crate::{observability, plan, serve};
 
 /// modelmux: serve several LLMs from one GPU machine behind one OpenAI-compatible front.
@@ -64,9 +65,6 @@ pub enum Command {
     },
 }
 
-/// Exit code for an invalid configuration (nothing was started).
-pub const EXIT_CONFIG: u8 = 2;
-
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     if let Err(e) = check_utf8() {
@@ -121,21 +119,6 @@ fn check_utf8() -> Result<(), config::ConfigError> {
         return Err(not_utf8(&name, &text));
     }
     Ok(())
-}
-
-/// Loads the configuration and builds the plan, logging the source and the warnings.
-pub fn load_plan(raw: &RawConfig) -> Result<(config::Config, plan::LaunchPlan), plan::PlanError> {
-    let config = config::load(raw)?;
-    tracing::info!(source = %config.source, models = config.models.len(), "configuration read");
-    for w in &config.warnings {
-        tracing::warn!("{w}");
-    }
-    let inv = gpu::inventory(config.settings.gpus.as_ref(), &NvmlDiscovery);
-    if let Some(note) = &inv.note {
-        tracing::info!("GPU discovery: {note}");
-    }
-    let plan = plan::build(&config, &inv)?;
-    Ok((config, plan))
 }
 
 fn print_plan(raw: &RawConfig, json: bool) -> ExitCode {

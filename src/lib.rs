@@ -26,9 +26,11 @@
 //! - [`state`]: the snapshot of model states and the routing table the front reads.
 //! - [`demand`]: a request's admission to its model: at once, or after an on-demand load.
 //! - [`usage`]: requests in flight per model (leases), which unloads and stops wait for.
-//! - [`front`]: the OpenAI-compatible HTTP front (pass-through path, then hyper for the rest).
+//! - [`front`]: the OpenAI-compatible HTTP front: one policy, two wires (a pass-through
+//!   HTTP/1.1 wire for the common request, hyper for the rest).
 //! - [`observability`]: logging and metrics.
 //! - [`admin`]: the admin API and reloads (SIGHUP too), as supervisor commands.
+//! - [`resolve`]: configuration, GPUs and plan, resolved the same way for `plan` and `serve`.
 //! - [`serve`] and [`cli`]: the commands that tie it together.
 
 pub mod admin;
@@ -42,6 +44,7 @@ pub mod gpu;
 pub mod observability;
 pub mod placement;
 pub mod plan;
+pub mod resolve;
 pub mod serve;
 pub mod state;
 pub mod supervisor;

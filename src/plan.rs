@@ -56,6 +56,10 @@ pub struct ModelLaunch {
     pub env: BTreeMap<String, String>,
     /// Where `/predict` goes without a `route` header.
     pub predict_route: String,
+    /// Requests in flight to this engine at once; `None`: no limit.
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot when `max_concurrency` is reached.
+    pub max_queue: u32,
     /// The engine profile (`vllm`, `sglang`, `tgi`, `llamacpp`, `llamacpp-python`).
     pub engine: Engine,
     /// The path the readiness and liveness probes `GET` on the engine (`/health`; for
@@ -303,6 +307,8 @@ pub fn launch(
         argv,
         env,
         predict_route,
+        max_concurrency: m.max_concurrency,
+        max_queue: m.max_queue,
         engine: m.engine,
         health_path: profile.health_path.to_string(),
         metrics_path: profile.metrics.map(|x| x.path.to_string()),
@@ -413,6 +419,9 @@ impl std::fmt::Display for LaunchPlan {
                 writeln!(f, "  extra ports:  {}", extra.join(", "))?;
             }
             writeln!(f, "  predict:      {}", m.predict_route)?;
+            if let Some(c) = m.max_concurrency {
+                writeln!(f, "  concurrency:  {c} at once, {} may wait", m.max_queue)?;
+            }
             writeln!(f, "  health:       {}", m.health_path)?;
             writeln!(f, "  command:      {}", shell_line(&m.argv))?;
             for (k, v) in &m.env {
@@ -441,6 +450,8 @@ pub(crate) mod tests {
             argv: vec!["vllm".into()],
             env: BTreeMap::new(),
             predict_route: "/v1/completions".into(),
+            max_concurrency: None,
+            max_queue: 0,
             engine: Engine::Vllm,
             health_path: "/health".into(),
             metrics_path: Some("/metrics".into()),

@@ -1,7 +1,7 @@
 //! `modelmux serve`: plan, start the supervisor and the front, wait for a signal or a fatal
 //! failure, shut down in order (front drains, engines get SIGTERM, then SIGKILL).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +13,10 @@ use tokio::sync::watch;
 
 use crate::admin::live::{Live, Loader};
 use crate::admin::{Admin, Runtime};
-use crate::cli::{EXIT_CONFIG, load_plan};
 use crate::config::{OnFailure, RawConfig, Settings};
 use crate::front::{self, App};
 use crate::plan::LaunchPlan;
+use crate::resolve::{EXIT_CONFIG, load_plan};
 use crate::state::{Snapshot, StateRx};
 use crate::supervisor::{Failure, Reaper, Supervisor, group, progress};
 
@@ -160,15 +160,20 @@ enum Outcome {
     FrontDied(String),
 }
 
-async fn bind(var: &str, port: u16) -> Result<TcpListener, ExitCode> {
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    let bound = TcpSocket::new_v4().and_then(|s| {
+async fn bind(var: &str, host: IpAddr, port: u16) -> Result<TcpListener, ExitCode> {
+    let addr = SocketAddr::new(host, port);
+    let socket = if host.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    let bound = socket.and_then(|s| {
         s.set_reuseaddr(true)?;
         s.bind(addr)?;
         s.listen(1024)
     });
     bound.map_err(|e| {
-        tracing::error!("cannot listen on {var}={port}: {e}");
+        tracing::error!("cannot listen on {var}={port} (MODELMUX_HOST={host}): {e}");
         ExitCode::FAILURE
     })
 }
@@ -220,12 +225,12 @@ pub async fn run(settings: Settings, plan: LaunchPlan, reload: Loader) -> ExitCo
         return ExitCode::FAILURE;
     };
     // Bind before starting engines: a port in use fails fast, before any GPU is touched.
-    let front_listener = match bind("PORT", settings.port).await {
+    let front_listener = match bind("PORT", settings.host, settings.port).await {
         Ok(l) => l,
         Err(code) => return code,
     };
     let health_listener = if settings.health_port != settings.port {
-        match bind("HEALTH_CHECK_PORT", settings.health_port).await {
+        match bind("HEALTH_CHECK_PORT", settings.host, settings.health_port).await {
             Ok(l) => Some(l),
             Err(code) => return code,
         }
@@ -246,40 +251,27 @@ pub async fn run(settings: Settings, plan: LaunchPlan, reload: Loader) -> ExitCo
     let admin = Arc::new(Admin::new(settings.admin_key.clone(), live));
     let app = Arc::new(App::new(&plan, &settings, state_rx.clone(), admin));
     let (stop_front, stop_rx) = watch::channel(false);
-    let front_stop = stop_rx.clone();
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     // The front runs on threads of its own, one per core (see front::workers).
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let front_router = front::router(app.clone(), &settings.health_endpoint);
-    let mut front = match front_listener.into_std().and_then(|l| {
-        let health = &settings.health_endpoint;
-        front::workers::spawn(l, threads, app.clone(), front_router, health, front_stop)
-    }) {
+    let mut front = match front_listener
+        .into_std()
+        .and_then(|l| front::workers::spawn(l, threads, app.clone(), stop_rx.clone()))
+    {
         Ok(f) => f,
         Err(e) => {
             tracing::error!("cannot start the front: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let health_task = health_listener.map(|l| {
-        tokio::spawn(front::serve(
-            l,
-            front::health_router(app.clone(), &settings.health_endpoint),
-            stopped(),
-        ))
-    });
+    let health_task =
+        health_listener.map(|l| tokio::spawn(front::serve_health(l, app.clone(), stop_rx)));
     tracing::info!(
         port = settings.port,
         health_port = settings.health_port,
         models = plan.models.len(),
         "modelmux is up; starting engines"
     );
-    let serving_on = format!("http://{}:{}", Ipv4Addr::UNSPECIFIED, settings.port);
+    let serving_on = format!("http://{}", SocketAddr::new(settings.host, settings.port));
     tokio::spawn(progress::report(
         state_rx.clone(),
         settings.progress_interval,

@@ -177,6 +177,18 @@ pub struct ModelStatus {
     /// The engine's Prometheus path (its profile's), `None` when it has none.
     #[serde(skip)]
     pub metrics_path: Option<String>,
+    /// The `"model"` the engine wants for its base model, when not the served name (TGI).
+    #[serde(skip)]
+    pub request_model: Option<String>,
+    /// The engine takes only UUIDs as `X-Request-Id` (llama-cpp-python).
+    #[serde(skip)]
+    pub uuid_request_ids: bool,
+    /// Requests in flight to this engine at once (`max_concurrency`); `None`: no limit.
+    #[serde(skip)]
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot (`max_queue`).
+    #[serde(skip)]
+    pub max_queue: u32,
     /// True once a reload removed or replaced it: it is no longer served, listed or
     /// counted, and its index is never used again.
     #[serde(skip)]
@@ -213,6 +225,10 @@ impl ModelStatus {
             runtime_adapters: Vec::new(),
             predict_route: m.predict_route.clone(),
             metrics_path: m.metrics_path.clone(),
+            request_model: m.request_model.clone(),
+            uuid_request_ids: m.uuid_request_ids,
+            max_concurrency: m.max_concurrency,
+            max_queue: m.max_queue,
             retired: false,
             usage: Usage::new(),
             loads: Arc::default(),
@@ -355,6 +371,10 @@ pub struct Route {
     pub predict_route: Arc<str>,
     /// The engine's Prometheus path (its profile's), `None` when it has none.
     pub metrics_path: Option<Arc<str>>,
+    /// The `"model"` the engine wants for its base model, when not the served name (TGI).
+    pub request_model: Option<Arc<str>>,
+    /// The engine takes only UUIDs as `X-Request-Id` (llama-cpp-python).
+    pub uuid_request_ids: bool,
 }
 
 /// Every served name and adapter name, mapped to its engine.
@@ -402,6 +422,8 @@ impl RoutingTable {
                 authority: format!("127.0.0.1:{}", m.port).into(),
                 predict_route: m.predict_route.as_str().into(),
                 metrics_path: m.metrics_path.as_deref().map(Into::into),
+                request_model: m.request_model.as_deref().map(Into::into),
+                uuid_request_ids: m.uuid_request_ids,
             };
             table.models.push(route.clone());
             if table.by_index.len() <= index {
@@ -444,6 +466,11 @@ impl RoutingTable {
             None if self.models.len() == 1 => Lookup::Found(&self.models[0]),
             None => Lookup::Missing,
         }
+    }
+
+    /// True when `name` is a LoRA adapter's name.
+    pub fn is_adapter(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n.adapter && n.name == name)
     }
 
     /// Every name, comma-separated, for "unknown model" messages.

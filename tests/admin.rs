@@ -237,11 +237,11 @@ fn a_restart_lets_the_requests_in_flight_finish() {
             done.body
         );
         wait_for(T, "a restarted", || pid(&m, "a").is_some_and(|p| p != a0)).await;
-        assert!(
-            m.log().contains("waiting for 1 request(s) in flight"),
-            "{}",
-            m.log()
-        );
+        // Log lines go out in batches: wait for the line.
+        wait_for(T, "the log line waiting for 1 request(s) in flight", || {
+            m.log().contains("waiting for 1 request(s) in flight")
+        })
+        .await;
     });
 }
 
@@ -613,11 +613,11 @@ fn sighup_reloads_and_a_bad_file_is_one_error_line() {
         m.signal(nix::sys::signal::Signal::SIGHUP);
         state_becomes(&m, "b", "ready", T).await;
         assert_eq!(pid(&m, "a"), a0);
-        assert!(
-            m.log().contains("SIGHUP: reloaded; started [b]"),
-            "{}",
-            m.log()
-        );
+        // Log lines go out in batches: wait for the line.
+        wait_for(T, "the log line SIGHUP: reloaded; started [b]", || {
+            m.log().contains("SIGHUP: reloaded; started [b]")
+        })
+        .await;
         std::fs::write(files.path().join("models.json"), "{oops").unwrap();
         m.signal(nix::sys::signal::Signal::SIGHUP);
         wait_for(T, "the refusal", || {

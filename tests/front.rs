@@ -662,3 +662,67 @@ async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> 
     out.extend(done.into_iter().map(|d| d.unwrap()));
     out
 }
+
+#[test]
+fn the_access_log_follows_rust_log_in_both_formats() {
+    for format in ["text", "json"] {
+        let mut m = Setup::new(&[("chat", json!({}))])
+            .env("RUST_LOG", "info,access=warn")
+            .env("MODELMUX_LOG_FORMAT", format)
+            .start();
+        m.wait_ready(T);
+        run_async(T, async {
+            let h = [("x-request-id", "quiet-1")];
+            let a = request(
+                &client(),
+                "POST",
+                &m.url("/v1/completions"),
+                &h,
+                r#"{"model": "chat"}"#,
+            )
+            .await;
+            assert_eq!(a.status, 200);
+        });
+        m.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(m.wait_exit(T), Some(0));
+        let log = m.log();
+        assert!(log.contains("clean shutdown"), "{format}: {log}");
+        assert!(
+            !log.contains("quiet-1"),
+            "{format}: access=warn still logs requests: {log}"
+        );
+    }
+    // With the default filter the line is there, in JSON as one object.
+    let mut m = Setup::new(&[("chat", json!({}))])
+        .env("MODELMUX_LOG_FORMAT", "json")
+        .start();
+    m.wait_ready(T);
+    run_async(T, async {
+        let h = [("x-request-id", "loud-1")];
+        request(
+            &client(),
+            "POST",
+            &m.url("/v1/completions"),
+            &h,
+            r#"{"model": "chat"}"#,
+        )
+        .await;
+    });
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(m.wait_exit(T), Some(0));
+    let line = m
+        .log()
+        .lines()
+        .find(|l| l.contains("loud-1"))
+        .map(str::to_string)
+        .expect("the access line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (
+            v["target"].as_str(),
+            v["status"].as_u64(),
+            v["model"].as_str()
+        ),
+        (Some("access"), Some(200), Some("chat"))
+    );
+}

@@ -112,7 +112,8 @@ fn an_idle_on_demand_model_is_stopped_and_loaded_again() {
         let lazy = state_becomes(&m, "lazy", "unloaded", T).await;
         assert_eq!(lazy["pid"], Value::Null);
         wait_for(T, "the engine gone", || !common::alive(p0 as u32)).await;
-        assert!(m.log().contains("idle for"), "{}", m.log());
+        // Log lines go out in batches: wait for the line.
+        wait_for(T, "the log line idle for", || m.log().contains("idle for")).await;
         assert_eq!(
             metric(&m, r#"modelmux_model_unloads_total{model="lazy"}"#),
             Some(1.0)
@@ -169,7 +170,15 @@ fn an_idle_model_with_unload_sleep_sleeps_and_wakes_in_the_same_engine() {
         // The engine got sleep mode and the development endpoints, nothing else changed.
         let argv = common::get(&c, &m.url("/v1/models")).await;
         assert_eq!(argv.status, 200);
-        assert!(m.log().contains("engine asleep after") && m.log().contains("engine awake after"));
+        // Log lines go out in batches (every 20 ms): wait for them rather than race.
+        common::wait_until(
+            Duration::from_secs(5),
+            "the sleep and wake log lines",
+            || {
+                let log = m.log();
+                log.contains("engine asleep after") && log.contains("engine awake after")
+            },
+        );
     });
 }
 
@@ -264,7 +273,11 @@ fn on_demand_models_that_do_not_fit_together_take_turns() {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(model(&m, "a")["state"], "unloaded");
         assert!(!common::alive(a0 as u32));
-        assert!(m.log().contains("to make room for b"), "{}", m.log());
+        // Log lines go out in batches: wait for the line.
+        wait_for(T, "the log line to make room for b", || {
+            m.log().contains("to make room for b")
+        })
+        .await;
         // And back: the least recently used (b now) makes room for a.
         assert_eq!(complete(&c, &m, "a").await.status, 200);
         assert_eq!(model(&m, "b")["state"], "unloaded");

@@ -240,7 +240,7 @@ fn status_json_and_the_root_for_clients_that_are_not_browsers() {
         }
         assert_eq!(models[0]["requests_total"], 0);
 
-        // The page for browsers only; curl and friends keep the old 404 at `/`.
+        // The page for browsers only; curl and friends get the usual answers at `/`.
         let html = request(&c, "GET", &m.url("/"), &[("accept", "text/html")], "").await;
         assert_eq!(html.status, 200);
         assert_eq!(html.headers["content-type"], "text/html; charset=utf-8");
@@ -251,9 +251,12 @@ fn status_json_and_the_root_for_clients_that_are_not_browsers() {
                 .contains("default-src 'none'")
         );
         assert!(html.body.contains("<title>modelmux</title>"));
+        // Not the page: `/` is any other path then (the API key first, then a 404 for a GET).
         let plain = get(&c, &m.url("/")).await;
-        assert_eq!(plain.status, 404);
-        assert_eq!(plain.json()["error"]["code"], 404);
+        assert_eq!(plain.status, 401);
+        let keyed = request(&c, "GET", &m.url("/"), &auth, "").await;
+        assert_eq!(keyed.status, 404);
+        assert_eq!(keyed.json()["error"]["code"], 404);
         // Other methods on both paths still go to the engines.
         let posted = request(
             &c,

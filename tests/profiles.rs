@@ -352,7 +352,7 @@ fn every_profile_serves_through_the_front_on_its_servers_command_line() {
     common::run_async(Duration::from_secs(60), async {
         let c = common::client();
         // llama-cpp-python refuses request ids that are not UUIDs (the plan says so:
-        // `uuid_request_ids`); until the front converts them, clients send UUIDs.
+        // `uuid_request_ids`); the front converts others (tested below), a UUID goes as is.
         let post = |url: String, body: String| {
             let c = c.clone();
             async move {
@@ -780,4 +780,103 @@ fn vllms_run_time_switches_go_to_vllm_engines_only() {
         (m[1]["runtime_lora"].as_bool(), m[1]["unload"].as_str()),
         (Some(false), Some("stop"))
     );
+}
+
+/// What the engine saw of one request sent down one wire.
+fn sent(port: u16, general: bool, model: &str, id: Option<&str>) -> common::raw::Answer {
+    let mut w = if general {
+        common::raw::Wire::connect_general(port)
+    } else {
+        common::raw::Wire::connect(port)
+    };
+    let id = id.map_or(String::new(), |id| format!("X-Request-Id: {id}\r\n"));
+    let body = json!({"model": model, "messages": [], "n": 1}).to_string();
+    w.send(&common::raw::post("/v1/chat/completions", &id, &body));
+    w.answer()
+}
+
+#[test]
+fn each_engine_gets_the_model_name_and_request_id_it_takes_on_both_wires() {
+    let mm = setup(vec![
+        json!({"model_path": "org/v", "params": "--served-model-name v", "engine_cmd": mock_cmd("vllm")}),
+        json!({"model_path": "org/t", "engine": "tgi", "params": "--served-model-name t --lora-adapters sql=/x/sql",
+               "engine_cmd": mock_cmd("tgi")}),
+        json!({"model_path": "org/p", "engine": "llamacpp-python", "params": "--model_alias p",
+               "engine_cmd": mock_cmd("llamacpp-python")}),
+    ])
+    .start();
+    mm.wait_ready(Duration::from_secs(60));
+    let body_len = |model: &str| {
+        json!({"model": model, "messages": [], "n": 1})
+            .to_string()
+            .len()
+    };
+    let mut uuids = Vec::new();
+    for (general, wire) in [(false, "pass"), (true, "general")] {
+        // TGI's base model: TGI reads any "model" but "tgi" as an adapter id, so the front
+        // sends "tgi" (the body two bytes longer, framed as such) and no adapter applies.
+        let a = sent(mm.port, general, "t", Some(&format!("t-{wire}")));
+        assert_eq!(a.status, 200, "{wire}: {}", a.text());
+        assert_eq!(a.header("x-mock-dialect"), Some("tgi"));
+        assert_eq!(a.header("x-mock-adapter-id"), None, "{wire}: {}", a.text());
+        let expected = (body_len("t") + 2).to_string();
+        assert_eq!(a.header("x-mock-body-bytes"), Some(expected.as_str()));
+        let answer: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(
+            answer["model"], "tgi",
+            "{wire}: what the engine was asked for"
+        );
+        assert_eq!(a.header("x-request-id"), Some(format!("t-{wire}").as_str()));
+        // A TGI adapter keeps its name: that is its adapter id.
+        let a = sent(mm.port, general, "sql", None);
+        assert_eq!(a.status, 200, "{wire}: {}", a.text());
+        assert_eq!(a.header("x-mock-adapter-id"), Some("sql"));
+        let expected = body_len("sql").to_string();
+        assert_eq!(a.header("x-mock-body-bytes"), Some(expected.as_str()));
+
+        // llama-cpp-python refuses ids that are not UUIDs: it gets one made from the
+        // client's id, and the client gets its own back.
+        let client_id = format!("trace-7-{wire}");
+        let a = sent(mm.port, general, "p", Some(&client_id));
+        assert_eq!(a.status, 200, "{wire}: {}", a.text());
+        assert_eq!(a.header("x-request-id"), Some(client_id.as_str()));
+        let engine_id = a.header("x-mock-request-id").unwrap().to_string();
+        assert_eq!(engine_id.len(), 36, "{engine_id}");
+        assert_eq!(
+            engine_id.split('-').map(str::len).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        uuids.push(engine_id);
+        let same = sent(mm.port, general, "p", Some(&client_id));
+        assert_eq!(
+            same.header("x-mock-request-id"),
+            Some(uuids[uuids.len() - 1].as_str())
+        );
+        // A made-up id is converted too; a UUID goes as it is.
+        let a = sent(mm.port, general, "p", None);
+        assert_eq!(a.status, 200, "{wire}: {}", a.text());
+        let made = a.header("x-request-id").unwrap();
+        assert!(made.starts_with("mmx-"), "{made}");
+        assert_ne!(a.header("x-mock-request-id"), Some(made));
+        let uuid = "0c6c52f3-a1b3-4cbf-8bd4-b4a4b7f1a0a1";
+        let a = sent(mm.port, general, "p", Some(uuid));
+        assert_eq!(a.header("x-mock-request-id"), Some(uuid));
+        assert_eq!(a.header("x-request-id"), Some(uuid));
+
+        // vLLM gets the client's name and id untouched.
+        let a = sent(mm.port, general, "v", Some(&client_id));
+        assert_eq!(a.status, 200, "{wire}: {}", a.text());
+        assert_eq!(a.header("x-mock-request-id"), Some(client_id.as_str()));
+        let expected = body_len("v").to_string();
+        assert_eq!(a.header("x-mock-body-bytes"), Some(expected.as_str()));
+        let answer: Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(answer["model"], "v");
+    }
+    assert_ne!(uuids[0], uuids[1], "different client ids, different UUIDs");
+    // The access log keeps the client's id.
+    common::wait_until(Duration::from_secs(5), "access lines", || {
+        let log = mm.log();
+        log.contains("request_id=trace-7-pass wire=pass")
+            && log.contains("request_id=trace-7-general wire=general")
+    });
 }

@@ -4,136 +4,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::Setup;
+use common::raw::{Wire, post};
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-/// One response as read off the wire.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A raw client connection.
-struct Wire {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Wire {
-    fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        Wire {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// Reads more; false at EOF.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk).expect("read (timed out?)");
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
-    /// True when the server closes the connection (after what was already read).
-    fn closed(&mut self) -> bool {
-        self.buf.is_empty() && !self.fill()
-    }
-
-    /// Reads one final response (1xx responses are returned too), decoding a chunked body.
-    fn answer(&mut self) -> Answer {
-        let (status, headers, head_len) = loop {
-            let mut h = [httparse::EMPTY_HEADER; 64];
-            let mut r = httparse::Response::new(&mut h);
-            if let httparse::Status::Complete(n) = r.parse(&self.buf).unwrap() {
-                let headers = r
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        let v = String::from_utf8_lossy(h.value).into_owned();
-                        (h.name.to_ascii_lowercase(), v)
-                    })
-                    .collect();
-                break (r.code.unwrap(), headers, n);
-            }
-            assert!(self.fill(), "closed before a response head");
-        };
-        self.buf.drain(..head_len);
-        let mut a = Answer {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        if status < 200 {
-            return a;
-        }
-        if a.header("transfer-encoding") == Some("chunked") {
-            loop {
-                let line_end = loop {
-                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    assert!(self.fill(), "closed inside a chunked body");
-                };
-                let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-                let size = usize::from_str_radix(size_text.split(';').next().unwrap(), 16).unwrap();
-                while self.buf.len() < line_end + 2 + size + 2 {
-                    assert!(self.fill(), "closed inside a chunk");
-                }
-                a.body
-                    .extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
-                self.buf.drain(..line_end + 2 + size + 2);
-                if size == 0 {
-                    return a;
-                }
-            }
-        }
-        let len: usize = a.header("content-length").map_or(0, |v| v.parse().unwrap());
-        while self.buf.len() < len {
-            assert!(self.fill(), "closed inside a body");
-        }
-        a.body = self.buf.drain(..len).collect();
-        a
-    }
-}
-
-fn post(path: &str, extra_headers: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: front\r\nContent-Type: application/json\r\n{extra_headers}\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
 
 fn two_models() -> common::Modelmux {
     let m = Setup::new(&[("alpha", json!({})), ("beta", json!({}))]).start();

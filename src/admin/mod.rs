@@ -142,6 +142,11 @@ impl<R: Runtime> Admin<R> {
         Admin { key, runtime }
     }
 
+    /// The admin key; `None` when the admin API is off.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// The runtime.
     pub fn runtime(&self) -> &R {
         &self.runtime

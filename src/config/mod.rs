@@ -7,6 +7,7 @@ mod error;
 pub mod loading;
 pub mod memory_args;
 pub mod params;
+pub mod paths;
 mod raw;
 mod settings;
 mod source;
@@ -18,6 +19,7 @@ pub use error::ConfigError;
 pub use loading::{LoadMode, Loading, UnloadMode};
 pub use memory_args::MemoryArgs;
 pub use params::{Arg, EngineArgs};
+pub use paths::{is_plain_path, route_path};
 pub use raw::RawConfig;
 pub use settings::{
     DEFAULT_ENGINE_CMD, DEFAULT_GPU_MEMORY_LIMIT, DEFAULT_MODEL_ROOT, LogFormat, OnFailure,
@@ -61,6 +63,10 @@ pub struct ModelSpec {
     /// GPUs needed, as the engine's profile counts them (vLLM: tensor × pipeline × data
     /// parallel size).
     pub gpu_demand: u32,
+    /// Requests in flight to this engine at once; `None`: no limit, no queue.
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot (with `max_concurrency`; default 4 × it).
+    pub max_queue: u32,
     /// The engine profile (`engine`, else `MODELMUX_ENGINE`, else vLLM).
     pub engine: Engine,
     /// The engine command before the launcher's flags: `engine_cmd`, else
@@ -230,6 +236,17 @@ fn resolve_model(
             path: resolve_path(&a.path, root, &field, warnings)?,
         });
     }
+    if m.max_queue.is_some() && m.max_concurrency.is_none() {
+        warnings.push(format!(
+            "{}: max_queue is ignored without max_concurrency (no limit, no queue)",
+            m.origin
+        ));
+    }
+    let max_queue = match m.max_concurrency {
+        Some(c) => m.max_queue.unwrap_or(c.saturating_mul(4)),
+        None => 0,
+    };
+
     // VLLM_PARAMS speaks vLLM's vocabulary: it applies to vLLM models only.
     let input = ModelInput {
         origin: &m.origin,
@@ -267,6 +284,8 @@ fn resolve_model(
         model_id: m.model_id.clone(),
         model_task: m.model_task.clone(),
         env: m.env.clone(),
+        max_concurrency: m.max_concurrency,
+        max_queue,
         gpu_demand: r.gpu_demand,
         engine,
         engine_cmd,

@@ -136,6 +136,33 @@ pub struct RawConfig {
     #[arg(long, env = "MODELMUX_RESTART_DELAY", global = true)]
     pub restart_delay: Option<String>,
 
+    /// Address the front and health listeners bind (default 0.0.0.0).
+    #[arg(long, env = "MODELMUX_HOST", global = true)]
+    pub host: Option<String>,
+
+    /// Seconds a client may take to send a request's head (default 30).
+    #[arg(long, env = "MODELMUX_HEADER_TIMEOUT", global = true)]
+    pub header_timeout: Option<String>,
+
+    /// Seconds an idle keep-alive client connection is kept (default 120).
+    #[arg(long, env = "MODELMUX_IDLE_TIMEOUT", global = true)]
+    pub idle_timeout: Option<String>,
+
+    /// Client connections held at once; past it new ones get 503 (default 10000).
+    #[arg(long, env = "MODELMUX_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<String>,
+
+    /// Seconds a request may wait for a model's concurrency slot before 429 (default 60).
+    #[arg(long, env = "MODELMUX_QUEUE_TIMEOUT", global = true)]
+    pub queue_timeout: Option<String>,
+
+    /// Seconds of silence in a stream before an SSE comment is sent; 0 turns it off (default 15).
+    #[arg(long, env = "MODELMUX_SSE_KEEPALIVE", global = true)]
+    pub sse_keepalive: Option<String>,
+
+    /// Seconds a client may pause while sending a request body (default 30).
+    #[arg(long, env = "MODELMUX_BODY_TIMEOUT", global = true)]
+    pub body_timeout: Option<String>,
     /// The engine profile of models that name none: vllm (default), sglang, tgi, llamacpp
     /// or llamacpp-python.
     #[arg(long, env = "MODELMUX_ENGINE", global = true)]

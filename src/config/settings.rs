@@ -1,6 +1,7 @@
 //! Validated process-wide settings: ports, timeouts, policies. Models live in
 //! [`super::ModelSpec`]; this is everything else.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -75,6 +76,20 @@ pub struct Settings {
     pub health_timeout: Duration,
     /// First restart delay.
     pub restart_delay: Duration,
+    /// Address the front and health listeners bind.
+    pub host: IpAddr,
+    /// Time a client may take to send a request's head.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive client connection is kept.
+    pub idle_timeout: Duration,
+    /// Client connections held at once.
+    pub max_connections: usize,
+    /// Time a request may wait for a model's concurrency slot.
+    pub queue_timeout: Duration,
+    /// Silence in a stream after which an SSE comment is sent; `None` when off.
+    pub sse_keepalive: Option<Duration>,
+    /// Time a client may pause while sending a request body.
+    pub body_timeout: Duration,
     /// The first engine port (`MODELMUX_ENGINE_BASE_PORT`, default `PORT + 1`): model `i`
     /// gets the `i`-th port from here that is neither `PORT` nor `HEALTH_CHECK_PORT`.
     pub engine_base_port: u16,
@@ -151,7 +166,7 @@ pub fn endpoint_path(var: &str, value: &str) -> Result<String, ConfigError> {
     } else {
         format!("/{value}")
     };
-    if crate::front::route::is_plain_path(&path) {
+    if super::is_plain_path(&path) {
         Ok(path)
     } else {
         Err(ConfigError::var(
@@ -160,6 +175,22 @@ pub fn endpoint_path(var: &str, value: &str) -> Result<String, ConfigError> {
             "not a plain path such as /v1/completions",
         ))
     }
+}
+
+/// `MODELMUX_HOST`: an IPv4 or IPv6 address (`[::]` brackets allowed).
+fn parse_host(value: &str) -> Result<IpAddr, ConfigError> {
+    let v = value.trim();
+    let bare = v
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(v);
+    bare.parse::<IpAddr>().map_err(|_| {
+        ConfigError::var(
+            "MODELMUX_HOST",
+            value,
+            "not an IP address; use 0.0.0.0 (every interface), 127.0.0.1, :: or a host address",
+        )
+    })
 }
 
 /// Splits an engine command line (`MODELMUX_ENGINE_CMD`, a model's `engine_cmd`); `what`
@@ -331,6 +362,54 @@ impl Settings {
                 1.0,
                 0.0,
             )?,
+            host: match raw.host.as_deref() {
+                Some(v) => parse_host(v)?,
+                None => IpAddr::from([0, 0, 0, 0]),
+            },
+            header_timeout: seconds(
+                "MODELMUX_HEADER_TIMEOUT",
+                raw.header_timeout.as_deref(),
+                30.0,
+                0.1,
+            )?,
+            idle_timeout: seconds(
+                "MODELMUX_IDLE_TIMEOUT",
+                raw.idle_timeout.as_deref(),
+                120.0,
+                0.1,
+            )?,
+            max_connections: match &raw.max_connections {
+                Some(v) => match integer::<usize>("MODELMUX_MAX_CONNECTIONS", v, "not a count")? {
+                    0 => {
+                        return Err(ConfigError::var(
+                            "MODELMUX_MAX_CONNECTIONS",
+                            v,
+                            "must be above 0",
+                        ));
+                    }
+                    n => n,
+                },
+                None => 10_000,
+            },
+            queue_timeout: seconds(
+                "MODELMUX_QUEUE_TIMEOUT",
+                raw.queue_timeout.as_deref(),
+                60.0,
+                0.0,
+            )?,
+            sse_keepalive: Some(seconds(
+                "MODELMUX_SSE_KEEPALIVE",
+                raw.sse_keepalive.as_deref(),
+                15.0,
+                0.0,
+            )?)
+            .filter(|d| !d.is_zero()),
+            body_timeout: seconds(
+                "MODELMUX_BODY_TIMEOUT",
+                raw.body_timeout.as_deref(),
+                30.0,
+                0.1,
+            )?,
             engine_base_port,
             stall_timeout: Some(seconds(
                 "MODELMUX_STALL_TIMEOUT",
@@ -382,10 +461,37 @@ mod tests {
         assert_eq!(s.model_root, PathBuf::from("/opt/ds/model/deployed_model"));
         assert_eq!(s.predict_endpoint, "/v1/completions");
         assert_eq!(s.health_endpoint, "/health");
+        assert_eq!(s.host, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(s.header_timeout, Duration::from_secs(30));
+        assert_eq!(s.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.queue_timeout, Duration::from_secs(60));
+        assert_eq!(s.sse_keepalive, Some(Duration::from_secs(15)));
+        assert_eq!(s.body_timeout, Duration::from_secs(30));
         assert_eq!(s.engine_base_port, 8081);
         assert_eq!(s.stall_timeout, Some(Duration::from_secs(120)));
         assert_eq!(s.progress_interval, Duration::from_secs(10));
         assert_eq!(s.gpu_memory_limit, 0.92);
+    }
+
+    #[test]
+    fn front_limits_parse() {
+        let raw = RawConfig {
+            host: Some("[::1]".into()),
+            sse_keepalive: Some("0".into()),
+            max_connections: Some("5".into()),
+            ..Default::default()
+        };
+        let s = Settings::from_raw(&raw).unwrap();
+        assert_eq!(s.host, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(s.sse_keepalive, None, "0 turns keepalive comments off");
+        assert_eq!(s.max_connections, 5);
+        assert!(err(|r| r.host = Some("example.com".into())).starts_with("MODELMUX_HOST="));
+        assert!(
+            err(|r| r.max_connections = Some("0".into())).starts_with("MODELMUX_MAX_CONNECTIONS=")
+        );
+        assert!(err(|r| r.idle_timeout = Some("-1".into())).starts_with("MODELMUX_IDLE_TIMEOUT="));
+        assert!(err(|r| r.queue_timeout = Some("x".into())).starts_with("MODELMUX_QUEUE_TIMEOUT="));
     }
 
     #[test]

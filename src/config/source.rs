@@ -64,6 +64,10 @@ pub struct RawModel {
     pub env: BTreeMap<String, String>,
     /// Served name when `params` has no `--served-model-name`.
     pub default_name: String,
+    /// `max_concurrency`, if given.
+    pub max_concurrency: Option<u32>,
+    /// `max_queue`, if given.
+    pub max_queue: Option<u32>,
     /// `engine`, if given.
     pub engine: Option<Engine>,
     /// `engine_cmd`: this model's engine command, as written.
@@ -112,6 +116,8 @@ pub fn read_models(raw: &RawConfig) -> Result<(ConfigSource, Vec<RawModel>), Con
             adapters: Vec::new(),
             env: BTreeMap::new(),
             default_name: "odsc-llm".into(),
+            max_concurrency: None,
+            max_queue: None,
             engine: None,
             engine_cmd: None,
             warnings: Vec::new(),
@@ -312,6 +318,8 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
     let default_name = model_path.trim_end_matches('/').to_string();
     let mut warnings = checks::model_warnings(&origin, obj);
     let loading = super::loading::read(source, obj, &origin, &mut warnings)?;
+    let max_concurrency = count_field(source, obj, &origin, "max_concurrency", 1)?;
+    let max_queue = count_field(source, obj, &origin, "max_queue", 0)?;
     Ok(RawModel {
         params: string_field(source, obj, &origin, "params")?.unwrap_or_default(),
         model_id: string_field(source, obj, &origin, "model_id")?,
@@ -329,7 +337,34 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         } else {
             default_name
         },
+        max_concurrency,
+        max_queue,
     })
+}
+
+/// A whole number of at least `min`, written as a JSON number or a string of digits (OCI's
+/// metadata carries every value as a string).
+fn count_field(
+    source: &str,
+    obj: &Map<String, Value>,
+    origin: &str,
+    key: &str,
+    min: u32,
+) -> Result<Option<u32>, ConfigError> {
+    let n = match obj.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match n.and_then(|n| u32::try_from(n).ok()) {
+        Some(n) if n >= min => Ok(Some(n)),
+        _ => Err(ConfigError::field(
+            source,
+            format!("{origin}.{key}"),
+            format!("must be a whole number of at least {min}"),
+        )),
+    }
 }
 
 fn adapter_from_value(

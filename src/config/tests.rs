@@ -211,6 +211,14 @@ fn every_bad_input_has_its_own_clear_message() {
             "[1]",
             "MULTI_MODEL_CONFIG: (top level): must be a JSON object {\"models\": [...]}",
         ),
+        (
+            "{\"models\": [{\"model_path\": \"o/m\", \"max_concurrency\": 0}]}",
+            "MULTI_MODEL_CONFIG: models[0].max_concurrency: must be a whole number of at least 1",
+        ),
+        (
+            "{\"models\": [{\"model_path\": \"o/m\", \"max_queue\": -1}]}",
+            "MULTI_MODEL_CONFIG: models[0].max_queue: must be a whole number of at least 0",
+        ),
     ];
     for (config, expected) in cases {
         assert_eq!(err(raw_with(config)), *expected, "config: {config}");
@@ -244,4 +252,29 @@ fn hugging_face_ids_are_recognised() {
     assert!(!looks_like_hf_id("a/b/c"));
     assert!(!looks_like_hf_id("../x"));
     assert!(!looks_like_hf_id("plain"));
+}
+
+#[test]
+fn concurrency_limits_and_their_queue() {
+    let c = ok(raw_with(
+        r#"{"models": [
+            {"model_path": "o/a", "max_concurrency": 2},
+            {"model_path": "o/b", "max_concurrency": "3", "max_queue": 0},
+            {"model_path": "o/c", "max_queue": 5}
+        ]}"#,
+    ));
+    let limits: Vec<_> = c
+        .models
+        .iter()
+        .map(|m| (m.max_concurrency, m.max_queue))
+        .collect();
+    assert_eq!(limits, [(Some(2), 8), (Some(3), 0), (None, 0)]);
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w
+                == "models[2]: max_queue is ignored without max_concurrency (no limit, no queue)"),
+        "{:?}",
+        c.warnings
+    );
 }

@@ -1,44 +1,82 @@
-//! The HTTP front: routing by model, the proxy hot path, OCI's `/predict`, errors, auth,
-//! health and metrics. It never touches a process; it reads [`crate::state`] only.
+//! The HTTP front: one OpenAI-compatible port that routes each request by its JSON
+//! `"model"` to the right engine. It never touches a process; it reads [`crate::state`].
 //!
-//! - [`conn`]: connections; the pass-through path for the common request, hyper for the rest.
-//! - [`proxy`]: the general proxy (every rule and error), behind hyper and the router.
-//! - [`body`]: size-limited reads and the metered pass-through response body.
-//! - [`upstream`]: connections to the engines, driven by the response body.
+//! The rules live in one place and the wires only move bytes:
+//!
+//! - [`policy`]: request facts in, "admit" or a typed [`refusal::Refusal`] out (auth,
+//!   local paths, engine control paths, lookup, `/predict`, readiness, the queue).
+//! - [`refusal`]: refusals rendered as hyper responses and as raw bytes.
+//! - [`headers`]: the hop-by-hop rule set for both directions; request ids.
+//! - [`access`]: one record per request: in-flight gauge, access line, metrics.
+//! - [`local`]: the paths the front answers itself, and the engine control paths.
+//! - [`queue`]: per-model concurrency slots and their FIFO queue.
+//! - [`wire`]: the pass-through HTTP/1.1 wire (the common request, fast).
+//! - [`general`]: hyper for everything the pass-through wire hands over, and the health
+//!   listener; hyper-util's client to the engines.
 //! - [`workers`]: one single-threaded runtime per core accepting on the front's socket.
-//! - [`route`]: the `route` header rules of `/predict`.
 //! - [`health`]: `/health`, `/livez`, `/metrics`, `/v1/models`.
 //! - [`page`]: the status page at `/` for browsers, and its JSON at `/status`.
-//! - [`auth`], [`errors`]: API key and OpenAI-shaped errors.
+//! - [`auth`], [`errors`], [`sse`]: the API key, OpenAI-shaped errors, SSE keepalives.
 
+pub mod access;
 pub mod auth;
-pub mod body;
-pub mod conn;
 pub mod errors;
+pub mod general;
+pub mod headers;
 pub mod health;
+pub mod local;
 pub mod page;
-pub mod proxy;
-pub mod route;
-pub mod upstream;
+pub mod policy;
+pub mod queue;
+pub mod refusal;
+pub mod sse;
+pub mod wire;
 pub mod workers;
 
-use axum::Router;
-use axum::http::HeaderValue;
-use axum::routing::{any, get};
-use axum::serve::ListenerExt;
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::observability::metrics::Metrics;
 use crate::plan::LaunchPlan;
-use crate::state::{RoutingTable, StateRx};
+use crate::state::{MAX_MODELS, RoutingTable, StateRx};
 
-/// How long a request waits for an on-demand model to load (`MODELMUX_QUEUE_TIMEOUT` once
-/// the front's queue has it).
-pub const ON_DEMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The front's limits (SPEC §2).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time a client may take to send a request's head.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+    /// Time a client may pause while sending a body.
+    pub body_timeout: Duration,
+    /// Client connections held at once.
+    pub max_connections: usize,
+    /// Time a request may wait for a concurrency slot.
+    pub queue_timeout: Duration,
+    /// Silence in a stream after which an SSE comment goes out; `None` when off.
+    pub sse_keepalive: Option<Duration>,
+}
+
+impl Limits {
+    /// The limits `settings` give.
+    pub fn from_settings(s: &Settings) -> Self {
+        Limits {
+            header_timeout: s.header_timeout,
+            idle_timeout: s.idle_timeout,
+            body_timeout: s.body_timeout,
+            max_connections: s.max_connections,
+            queue_timeout: s.queue_timeout,
+            sse_keepalive: s.sse_keepalive,
+        }
+    }
+}
 
 /// Everything the handlers share.
 pub struct App {
@@ -46,20 +84,26 @@ pub struct App {
     pub state: StateRx,
     /// Request metrics.
     pub metrics: Metrics,
-    /// Keep-alive HTTP/1.1 connections to the engines (never through an HTTP proxy).
-    pub upstream: Arc<upstream::Upstream>,
     /// Required bearer key, if any.
     pub api_key: Option<String>,
     /// Largest accepted body.
     pub max_body: usize,
     /// `created` of `/v1/models` entries (start time).
     pub created: u64,
+    /// `MODEL_DEPLOY_HEALTH_ENDPOINT`.
+    pub health_endpoint: String,
+    /// Time limits and the connection limit.
+    pub limits: Limits,
+    /// Per model (by its index in the snapshot, made when first used): its queue.
+    queues: Box<[OnceLock<Option<queue::Queue>>]>,
+    /// hyper-util's pooled client to the engines (the general wire).
+    pub engines: general::EngineClient,
+    /// Request id generator.
+    pub ids: headers::RequestIds,
     /// The admin API (`/admin/...`).
     pub admin: Arc<AdminApi>,
     /// On-demand loads go through it.
     pub control: crate::supervisor::Control,
-    id_prefix: u32,
-    id_counter: AtomicU64,
 }
 
 impl App {
@@ -71,144 +115,85 @@ impl App {
         admin: Arc<AdminApi>,
     ) -> Self {
         let metrics = Metrics::new(plan.models.iter().map(|m| m.name.as_str()));
-        let upstream = upstream::Upstream::new(crate::state::MAX_MODELS);
         let control = admin.runtime().control().clone();
-        let now = std::time::SystemTime::now()
+        let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .as_secs();
         App {
             admin,
             control,
             state,
             metrics,
-            upstream,
             api_key: settings.api_key.clone(),
             max_body: settings.max_body_bytes,
-            created: now.as_secs(),
-            id_prefix: now.subsec_nanos() ^ std::process::id().rotate_left(16),
-            id_counter: AtomicU64::new(0),
+            created,
+            health_endpoint: settings.health_endpoint.clone(),
+            limits: Limits::from_settings(settings),
+            queues: (0..MAX_MODELS).map(|_| OnceLock::new()).collect(),
+            engines: general::engine_client(),
+            ids: headers::RequestIds::new(),
         }
     }
 
-    /// The routing table now.
+    /// The routing table now (the live runtime's: reloads and run-time adapters included).
     pub fn table(&self) -> Arc<RoutingTable> {
         self.state.borrow().table.clone()
     }
 
-    /// A fresh request id: unique within this process, cheap to make.
-    pub fn new_request_id(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.make_request_id()).expect("ascii")
+    /// The name of the model at `index`, for messages and logs.
+    pub fn model_name(&self, index: usize) -> String {
+        self.state
+            .borrow()
+            .models
+            .get(index)
+            .map_or_else(|| "-".to_string(), |m| m.name.clone())
     }
 
-    /// A fresh request id as bytes, `mmx-PPPPPPPP-NNNNNNNNNNNN` (process prefix, counter).
-    pub fn make_request_id(&self) -> [u8; 25] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        let mut id = *b"mmx-00000000-000000000000";
-        for i in 0..8 {
-            id[11 - i] = HEX[(self.id_prefix >> (4 * i)) as usize & 0xf];
-        }
-        for i in 0..12 {
-            id[24 - i] = HEX[(n >> (4 * i)) as usize & 0xf];
-        }
-        id
+    /// Model `index`'s queue, when it has `max_concurrency`. Made when first asked for: a
+    /// model a reload adds or changes gets a new index, so an index's limits never change.
+    pub fn queue(&self, index: usize) -> Option<&queue::Queue> {
+        let cell = self.queues.get(index)?;
+        cell.get_or_init(|| {
+            let snapshot = self.state.borrow();
+            let m = snapshot.models.get(index)?;
+            let q = queue::Queue::new(m.max_concurrency? as usize, m.max_queue as usize);
+            self.metrics.track_queue(index, q.waiting_gauge());
+            Some(q)
+        })
+        .as_ref()
     }
 }
 
-/// The routes of the health listener (a subset of the front's).
-fn health_routes(health_endpoint: &str) -> Router<Arc<App>> {
-    let mut r = Router::new()
-        .route("/health", get(health::health))
-        .route("/livez", get(health::livez))
-        .route("/metrics", get(health::metrics));
-    if health_endpoint != "/health" && health_endpoint != "/livez" && health_endpoint != "/metrics"
-    {
-        r = r.route(health_endpoint, get(health::health));
-    }
-    r
+/// Resolves once `stop` turns true (never holding its lock across an await).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
-/// The front's router.
-pub fn router(app: Arc<App>, health_endpoint: &str) -> Router {
-    health_routes(health_endpoint)
-        .route("/v1/models", get(health::list_models))
-        .route("/v1/models/{*id}", get(health::get_model))
-        .route("/", any(page::root))
-        .route("/status", any(page::status))
-        .route("/admin", any(admin_call))
-        .route("/admin/{*rest}", any(admin_call))
-        .fallback(proxy::handle)
-        .with_state(app)
-}
-
-/// The admin API's calls, handed to [`crate::admin`].
-async fn admin_call(
-    axum::extract::State(app): axum::extract::State<Arc<App>>,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    use http_body_util::BodyExt;
-    let (parts, body) = req.into_parts();
-    let auth = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)
-        .map(|v| v.as_bytes().to_vec());
-    let body = match http_body_util::Limited::new(body, app.max_body)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return errors::error(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-        }
-    };
-    let reply = app
-        .admin
-        .handle(
-            parts.method.as_str(),
-            parts.uri.path(),
-            auth.as_deref(),
-            &body,
-        )
-        .await;
-    let status = axum::http::StatusCode::from_u16(reply.status)
-        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = axum::response::Response::builder().status(status);
-    if reply.body.is_some() {
-        resp = resp.header(axum::http::header::CONTENT_TYPE, "application/json");
+/// Serves the health listener (`HEALTH_CHECK_PORT` when it differs from `PORT`): health,
+/// liveness and metrics only, until `stop` turns true.
+pub async fn serve_health(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            () = stopped(&mut stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("accepting a health connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let clock = general::io::Clock::new(None);
+            let io = general::io::Rewind::new(bytes::Bytes::new(), stream, clock.clone());
+            general::conn::serve(io, clock, app, true, stop).await;
+        });
     }
-    if let Some(allow) = reply.allow {
-        resp = resp.header(axum::http::header::ALLOW, allow);
-    }
-    resp.body(axum::body::Body::from(reply.body_bytes()))
-        .expect("valid response")
 }
 
 /// The admin API as the front holds it.
 pub type AdminApi = crate::admin::Admin<Arc<crate::admin::live::Live>>;
-
-/// The health listener's router: health, liveness and metrics only.
-pub fn health_router(app: Arc<App>, health_endpoint: &str) -> Router {
-    health_routes(health_endpoint)
-        .fallback(|| async {
-            errors::error(
-                axum::http::StatusCode::NOT_FOUND,
-                "the health port serves /health, /livez and /metrics",
-            )
-        })
-        .with_state(app)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves, then lets in-flight requests
-/// finish (the caller bounds how long).
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}

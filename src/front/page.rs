@@ -1,27 +1,25 @@
 //! The status page (SPEC §6): `GET /` with `Accept: text/html` answers one self-contained
 //! HTML page (inline CSS and script, no outside asset) that polls `GET /status` every two
-//! seconds. Other clients keep today's behaviour at `/`, and every other method on either
-//! path goes to the proxy as before.
+//! seconds. Other clients, and other methods, get the policy's usual answers at `/`.
 //!
 //! `/status` is the page's JSON, and a handy one for people: per model, everything the
 //! supervisor publishes in its snapshot (name, state, `since`, GPUs, port, pid, restarts,
-//! last exit, and whatever it adds later such as `last_log` or `gpu_share`), plus the
-//! front's view: served names, adapters, `requests_total`, `inflight` and `queue_length`
-//! (`null` until the front has queues). Requests per second are worked out by the page
+//! last exit, `last_log`, `gpu_share`, ...), plus the front's view: served names, adapters,
+//! `requests_total`, `inflight` and `queue_length` (`null` for a model without
+//! `max_concurrency`, which has no queue). Requests per second are worked out by the page
 //! from `requests_total` over its last ten seconds of polls. Like `/health`, both stay open
-//! when `MODELMUX_API_KEY` is set.
+//! when `MODELMUX_API_KEY` is set. Both are [`super::local::Local`] paths, so the two wires
+//! answer them alike.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::App;
 use super::errors::json as json_response;
-use super::{App, proxy};
 use crate::state::now_unix;
 
 /// The page, compiled into the binary.
@@ -32,24 +30,13 @@ const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'un
                    img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
                    frame-ancestors 'none'";
 
-/// `GET /`: the page for browsers; anything else goes where it went before.
-pub async fn root(State(app): State<Arc<App>>, req: Request) -> Response {
-    let read = matches!(*req.method(), Method::GET | Method::HEAD);
-    if read && accepts_html(req.headers()) {
-        return page();
-    }
-    proxy::handle(State(app), req).await
+/// `GET /status`: the page's JSON.
+pub fn status(app: &App) -> Response {
+    json_response(StatusCode::OK, &status_json(app))
 }
 
-/// `GET /status`: the page's JSON; other methods go to the proxy as before.
-pub async fn status(State(app): State<Arc<App>>, req: Request) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
-        return json_response(StatusCode::OK, &status_json(&app));
-    }
-    proxy::handle(State(app), req).await
-}
-
-fn page() -> Response {
+/// `GET /` for a browser: the page.
+pub fn page() -> Response {
     let mut resp = Response::new(Body::from(PAGE));
     let h = resp.headers_mut();
     h.insert(
@@ -77,19 +64,25 @@ pub fn accepts_html(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|item| {
-            let mut parts = item.split(';');
-            let media = parts.next().unwrap_or("").trim();
-            media.eq_ignore_ascii_case("text/html")
-                && !parts.any(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.trim().parse::<f32>().ok())
-                        == Some(0.0)
-                })
-        })
+        .any(|v| accepts_html_value(v.as_bytes()))
+}
+
+/// [`accepts_html`] for one `Accept` header's value, as bytes (the pass-through wire's).
+pub fn accepts_html_value(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    value.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("text/html")
+            && !parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            })
+    })
 }
 
 /// The document `/status` answers.
@@ -114,9 +107,11 @@ pub fn status_json(app: &App) -> Value {
                 let metrics = app.metrics.model(Some(i));
                 fields.insert("requests_total".into(), json!(metrics.answered()));
                 fields.insert("inflight".into(), json!(metrics.inflight.load(Relaxed)));
+                let queue_length = app.queue(i).map(|q| q.waiting());
+                fields.insert("queue_length".into(), json!(queue_length));
                 // Published by other parts as they come; present (null) from the start so
                 // that clients can rely on the keys.
-                for key in ["queue_length", "gpu_share", "last_log"] {
+                for key in ["gpu_share", "last_log"] {
                     fields.entry(key).or_insert(Value::Null);
                 }
             }

@@ -4,10 +4,8 @@
 //! on the proxy path. Supervision stays on the main runtime.
 
 use std::io;
-
 use std::sync::Arc;
 
-use axum::Router;
 use tokio::sync::{mpsc, watch};
 
 use super::App;
@@ -18,22 +16,18 @@ pub struct FrontWorkers {
     running: usize,
 }
 
-/// Starts `threads` threads serving the front on `listener` until `stop` turns true
-/// (see [`super::conn::serve`] for `app`, `router` and `health_endpoint`).
+/// Starts `threads` threads serving the front on `listener` until `stop` turns true.
 pub fn spawn(
     listener: std::net::TcpListener,
     threads: usize,
     app: Arc<App>,
-    router: Router,
-    health_endpoint: &str,
     stop: watch::Receiver<bool>,
 ) -> io::Result<FrontWorkers> {
     let (tx, exits) = mpsc::unbounded_channel();
-    let seats = super::conn::balance::Balance::seats(threads.max(1));
+    let seats = super::wire::balance::Balance::seats(threads.max(1));
     for (i, seat) in seats.into_iter().enumerate() {
         let listener = listener.try_clone()?;
-        let (app, router) = (app.clone(), router.clone());
-        let health_endpoint = health_endpoint.to_string();
+        let app = app.clone();
         let mut stop = stop.clone();
         let tx = tx.clone();
         std::thread::Builder::new()
@@ -48,8 +42,7 @@ pub fn spawn(
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            let health = &health_endpoint;
-                            super::conn::serve(listener, seat, app, router, health, stopped).await
+                            super::wire::serve(listener, seat, app, stopped).await
                         })
                     });
                 let _ = tx.send(result);

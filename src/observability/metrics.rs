@@ -2,8 +2,8 @@
 //! Model state and restarts are read from the state snapshot at scrape time.
 
 use std::fmt::Write;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::state::{MAX_MODELS, Phase, Snapshot};
@@ -95,6 +95,8 @@ pub struct ModelMetrics {
     pub ttfb: Histogram,
     /// Requests under way.
     pub inflight: AtomicI64,
+    /// Requests waiting for a concurrency slot (the model's queue keeps it).
+    queued: OnceLock<Arc<AtomicUsize>>,
 }
 
 impl Default for ModelMetrics {
@@ -104,6 +106,7 @@ impl Default for ModelMetrics {
             duration: Histogram::default(),
             ttfb: Histogram::default(),
             inflight: AtomicI64::new(0),
+            queued: OnceLock::new(),
         }
     }
 }
@@ -146,6 +149,11 @@ impl Metrics {
             unrouted: ModelMetrics::default(),
             engine_scrape_errors: super::scrape::ScrapeErrors::new(names),
         }
+    }
+
+    /// Reports the length of model `index`'s queue from `waiting` (kept by the queue).
+    pub fn track_queue(&self, index: usize, waiting: Arc<AtomicUsize>) {
+        let _ = self.model(Some(index)).queued.set(waiting);
     }
 
     /// The metrics of the model at `index`, or of "no model".
@@ -206,6 +214,14 @@ impl Metrics {
                 "modelmux_inflight_requests{{model=\"{name}\"}} {}",
                 m.inflight.load(Relaxed)
             );
+        }
+        out.push_str(
+            "# HELP modelmux_queue_length Requests waiting for a concurrency slot (max_concurrency).\n",
+        );
+        out.push_str("# TYPE modelmux_queue_length gauge\n");
+        for (name, m, _) in &live {
+            let queued = m.queued.get().map_or(0, |q| q.load(Relaxed));
+            let _ = writeln!(out, "modelmux_queue_length{{model=\"{name}\"}} {queued}");
         }
         out.push_str("# HELP modelmux_model_state 1 for the state each model is in.\n");
         out.push_str("# TYPE modelmux_model_state gauge\n");

@@ -15,6 +15,8 @@ const LIMIT: usize = 1 << 20;
 #[derive(Default)]
 struct Shared {
     buf: Mutex<Vec<u8>>,
+    /// Held from taking a batch to having written it, so that batches keep their order.
+    writing: Mutex<()>,
     flushed: Condvar,
 }
 
@@ -27,9 +29,10 @@ fn shared() -> &'static Arc<Shared> {
         let spawned = std::thread::Builder::new()
             .name("modelmux-log".into())
             .spawn(move || {
+                let mut spare = Vec::new();
                 loop {
                     std::thread::sleep(INTERVAL);
-                    write_out(&bg);
+                    write_out(&bg, &mut spare);
                 }
             });
         if spawned.is_err() {
@@ -39,11 +42,24 @@ fn shared() -> &'static Arc<Shared> {
     })
 }
 
-fn write_out(shared: &Shared) {
-    let mut buf = shared.buf.lock().unwrap_or_else(|e| e.into_inner());
-    if !buf.is_empty() {
-        let _ = std::io::stderr().lock().write_all(&buf);
-        buf.clear();
+/// Swaps the buffer for `spare` under the lock and writes it out after letting go: a
+/// slow stderr (a pipe nobody reads fast enough) never holds up the threads that log, and
+/// so never the requests they serve.
+fn write_out(shared: &Shared, spare: &mut Vec<u8>) {
+    let _writing = shared.writing.lock().unwrap_or_else(|e| e.into_inner());
+    {
+        let mut buf = shared.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.is_empty() {
+            drop(buf);
+            shared.flushed.notify_all();
+            return;
+        }
+        std::mem::swap(&mut *buf, spare);
+    }
+    let _ = std::io::stderr().lock().write_all(spare);
+    spare.clear();
+    if spare.capacity() > LIMIT {
+        *spare = Vec::new();
     }
     shared.flushed.notify_all();
 }
@@ -51,8 +67,13 @@ fn write_out(shared: &Shared) {
 /// Writes everything buffered so far. Call before the process exits.
 pub fn flush() {
     if let Some(s) = SINK.get() {
-        write_out(s);
+        write_out(s, &mut Vec::new());
     }
+}
+
+/// Appends a whole line (or lines) to the batch.
+pub fn append(bytes: &[u8]) {
+    let _ = BatchedStderr.write(bytes);
 }
 
 /// The writer handed to tracing-subscriber: one per event.
@@ -62,11 +83,14 @@ pub struct BatchedStderr;
 impl Write for BatchedStderr {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let s = shared();
-        let mut buf = s.buf.lock().unwrap_or_else(|e| e.into_inner());
-        buf.extend_from_slice(bytes);
-        if buf.len() >= LIMIT {
-            let _ = std::io::stderr().lock().write_all(&buf);
-            buf.clear();
+        let full = {
+            let mut buf = s.buf.lock().unwrap_or_else(|e| e.into_inner());
+            buf.extend_from_slice(bytes);
+            buf.len() >= LIMIT
+        };
+        // The log thread fell behind: this thread writes the batch itself (back-pressure).
+        if full {
+            write_out(s, &mut Vec::new());
         }
         Ok(bytes.len())
     }

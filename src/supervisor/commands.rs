@@ -131,6 +131,13 @@ pub struct Control {
 }
 
 impl Control {
+    /// A control that no supervisor listens to (front tests without processes).
+    #[cfg(test)]
+    pub(crate) fn detached(state: StateRx) -> Control {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Control { tx, state }
+    }
+
     /// The published state.
     pub fn state(&self) -> &StateRx {
         &self.state

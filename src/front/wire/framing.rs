@@ -18,6 +18,8 @@ pub enum Framing {
     UntilClose,
 }
 
+use crate::front::sse::EventBoundary;
+
 /// A chunked body was malformed.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed;
@@ -42,13 +44,28 @@ impl Framing {
     pub fn ends_at_close(&self) -> bool {
         matches!(self, Framing::UntilClose)
     }
+
+    /// True when a chunk of our own can be put in here without splitting an engine's
+    /// chunk or an event of the stream (SSE keepalive comments).
+    pub fn between_events(&self) -> bool {
+        matches!(self, Framing::Chunked(c) if c.between_events())
+    }
 }
 
 /// The state of a chunked-body scanner (RFC 9112 §7.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Chunked {
     state: State,
+    events: EventBoundary,
 }
+
+impl PartialEq for Chunked {
+    fn eq(&self, other: &Self) -> bool {
+        self.state == other.state
+    }
+}
+
+impl Eq for Chunked {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -84,6 +101,7 @@ impl Default for Chunked {
                 size: 0,
                 digits: false,
             },
+            events: EventBoundary::default(),
         }
     }
 }
@@ -98,6 +116,7 @@ impl Chunked {
             }
             if let State::Data(left) = self.state {
                 let take = left.min((data.len() - i) as u64);
+                self.events.feed(&data[i..i + take as usize]);
                 i += take as usize;
                 self.state = if left == take {
                     State::DataCr
@@ -110,6 +129,16 @@ impl Chunked {
             i += 1;
         }
         Ok((i, self.state == State::Done))
+    }
+
+    /// True at the start of a chunk-size line, after a whole event.
+    pub fn between_events(&self) -> bool {
+        self.state
+            == (State::Size {
+                size: 0,
+                digits: false,
+            })
+            && self.events.at_boundary()
     }
 }
 
@@ -187,6 +216,20 @@ mod tests {
         ] {
             assert_eq!(Chunked::default().feed(bad), Err(Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn keepalives_only_fit_between_chunks_that_end_events() {
+        let mut c = Chunked::default();
+        assert!(c.between_events(), "before the first chunk");
+        c.feed(b"7\r\ndata: a").unwrap();
+        assert!(!c.between_events(), "inside a chunk");
+        c.feed(b"\r\n").unwrap();
+        assert!(!c.between_events(), "the event is not over");
+        c.feed(b"2\r\n\n\n\r\n").unwrap();
+        assert!(c.between_events());
+        c.feed(b"3").unwrap();
+        assert!(!c.between_events(), "inside a size line");
     }
 
     #[test]

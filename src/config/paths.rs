@@ -1,5 +1,5 @@
-//! Path rules for OCI's `/predict`: the `route` header must be a plain path, so that the
-//! front never becomes an open proxy.
+//! Path rules: what counts as a plain path (configured endpoints, OCI's `route` header), so
+//! that neither a setting nor a request header can make the front an open proxy.
 
 /// True for a plain absolute path: `/` then segments of letters, digits, `-`, `_`, `.`, `~`;
 /// no scheme, host, `//`, `.` or `..` segment, query, fragment or percent-escape.

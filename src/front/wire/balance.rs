@@ -87,6 +87,11 @@ impl Seat {
         Some((stream, self.counted()))
     }
 
+    /// Connections open on every thread together.
+    pub fn open_total(&self) -> usize {
+        self.balance.open.iter().map(|n| n.load(Relaxed)).sum()
+    }
+
     /// The next connection another thread handed to this one (already counted here).
     /// Pends forever once no thread can hand over any more.
     pub async fn handed(&mut self) -> Option<(TcpStream, Open)> {

@@ -3,7 +3,8 @@
 //! framing is kept as the engine sent it.
 
 use super::framing::{Chunked, Framing, Malformed};
-use super::request::push_decimal;
+use super::push_decimal;
+use crate::front::headers::{self, ConnectionTokens, Direction};
 
 /// Largest response head accepted from an engine.
 const MAX_HEAD: usize = 64 * 1024;
@@ -35,21 +36,6 @@ pub struct Head {
     pub close: bool,
 }
 
-/// Headers about this hop only, and those replaced here. Unlike on the request side,
-/// `Transfer-Encoding`, `Trailer` and `Content-Length` stay: the body passes through as framed.
-fn dropped(name: &str) -> bool {
-    const DROP: [&str; 7] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-        "x-request-id",
-        "x-accel-buffering",
-    ];
-    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
-}
-
 /// Parses the engine's response at the start of `buf`. For a final head, writes the
 /// client's head into `out`; `close` asks for `Connection: close` towards the client.
 pub fn parse(buf: &[u8], id: &[u8], close: bool, out: &mut Vec<u8>) -> Result<Parsed, Malformed> {
@@ -68,7 +54,7 @@ pub fn parse(buf: &[u8], id: &[u8], close: bool, out: &mut Vec<u8>) -> Result<Pa
     }
     let mut reusable = resp.version == Some(1);
     let (mut length, mut chunked, mut encoded, mut streamed) = (None, false, false, false);
-    let mut listed: Vec<&[u8]> = Vec::new();
+    let mut connection = ConnectionTokens::default();
     for h in resp.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -86,13 +72,7 @@ pub fn parse(buf: &[u8], id: &[u8], close: bool, out: &mut Vec<u8>) -> Result<Pa
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
-                } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                    listed.push(token);
-                }
-            }
+            connection.add(h.value);
         } else if name.eq_ignore_ascii_case("content-type") {
             streamed = h.value.starts_with(b"text/event-stream");
         }
@@ -103,7 +83,7 @@ pub fn parse(buf: &[u8], id: &[u8], close: bool, out: &mut Vec<u8>) -> Result<Pa
         (_, true, _) | (_, false, None) => Framing::UntilClose,
         (_, false, Some(n)) => Framing::Length(n),
     };
-    if framing.ends_at_close() {
+    if framing.ends_at_close() || connection.close() {
         reusable = false;
     }
     let close = close || framing.ends_at_close();
@@ -116,12 +96,14 @@ pub fn parse(buf: &[u8], id: &[u8], close: bool, out: &mut Vec<u8>) -> Result<Pa
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         let name = h.name;
-        let skip = dropped(name)
-            || (encoded && name.eq_ignore_ascii_case("content-length"))
-            || listed
-                .iter()
-                .any(|l| l.eq_ignore_ascii_case(name.as_bytes()));
-        if !skip {
+        // The body passes through as the engine framed it, so its framing headers stay
+        // (a length next to a transfer coding does not: RFC 9112 §6.3).
+        let keep = if headers::is_framing(name) {
+            !(encoded && name.eq_ignore_ascii_case("content-length"))
+        } else {
+            headers::passes(Direction::ToClient, name, &connection)
+        };
+        if keep {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
