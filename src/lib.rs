@@ -23,16 +23,21 @@
 //! - [`placement`]: estimates and GPUs joined: shares, start order, the per-GPU table.
 //! - [`plan`]: the launch plan, one [`plan::ModelLaunch`] per model.
 //! - [`supervisor`]: engine processes: spawn, logs, readiness, restarts, shutdown, reaping.
-//! - [`state`]: the snapshot of model states the front reads.
+//! - [`state`]: the snapshot of model states and the routing table the front reads.
+//! - [`demand`]: a request's admission to its model: at once, or after an on-demand load.
+//! - [`usage`]: requests in flight per model (leases), which unloads and stops wait for.
 //! - [`front`]: the OpenAI-compatible HTTP front: one policy, two wires (a pass-through
 //!   HTTP/1.1 wire for the common request, hyper for the rest).
 //! - [`observability`]: logging and metrics.
+//! - [`admin`]: the admin API and reloads (SIGHUP too), as supervisor commands.
 //! - [`resolve`]: configuration, GPUs and plan, resolved the same way for `plan` and `serve`.
 //! - [`serve`] and [`cli`]: the commands that tie it together.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod cpus;
+pub mod demand;
 pub mod engines;
 pub mod front;
 pub mod gpu;
@@ -43,4 +48,5 @@ pub mod resolve;
 pub mod serve;
 pub mod state;
 pub mod supervisor;
+pub mod usage;
 pub mod weights;

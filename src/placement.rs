@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::config::{Config, ModelSpec};
+use crate::config::{Config, LoadMode, ModelSpec, UnloadMode};
 use crate::gpu::{
     self, GpuError, GpuTenant, GpuUse, Inventory, MemDemand, VLLM_DEFAULT_UTILIZATION, gib,
 };
@@ -50,6 +50,9 @@ pub struct ModelPlacement {
     /// Models that must be ready before this engine starts (they share its GPU and come
     /// first in the configuration).
     pub start_after: Vec<String>,
+    /// An on-demand model that does not fit beside every other model: it is loaded only
+    /// while there is room, unloading the least recently used idle on-demand model first.
+    pub takes_turns: bool,
 }
 
 fn estimate(m: &ModelSpec) -> Result<Option<MemoryEstimate>, ModelFilesError> {
@@ -104,12 +107,11 @@ fn estimate_all(models: &[ModelSpec]) -> Result<Vec<Option<MemoryEstimate>>, Mod
         .collect()
 }
 
-/// Places every model; returns the per-model placement and the per-GPU table.
-pub fn place(
+/// Every model's memory estimate (`None` without one) and its demand for the packer.
+pub fn demands(
     config: &Config,
     inv: &Inventory,
-) -> Result<(Vec<ModelPlacement>, Vec<GpuUse>), PlacementError> {
-    let limit = config.settings.gpu_memory_limit;
+) -> Result<(Vec<MemDemand>, Vec<Option<MemoryEstimate>>), ModelFilesError> {
     let estimates: Vec<Option<MemoryEstimate>> = if inv.disabled {
         vec![None; config.models.len()]
     } else {
@@ -131,7 +133,35 @@ pub fn place(
             },
         })
         .collect();
-    let placed = gpu::place(&demands, inv, limit)?;
+    Ok((demands, estimates))
+}
+
+/// Places every model; returns the per-model placement and the per-GPU table.
+pub fn place(
+    config: &Config,
+    inv: &Inventory,
+) -> Result<(Vec<ModelPlacement>, Vec<GpuUse>), PlacementError> {
+    let limit = config.settings.gpu_memory_limit;
+    let (demands, estimates) = demands(config, inv)?;
+    let on_demand: Vec<bool> = config
+        .models
+        .iter()
+        .map(|m| m.loading.load == LoadMode::OnDemand)
+        .collect();
+    let (placed, turns) = match gpu::place(&demands, inv, limit) {
+        Ok(placed) => (placed, vec![false; demands.len()]),
+        Err(e) if !on_demand.contains(&true) => return Err(e.into()),
+        // On-demand models that do not all fit take turns (SPEC §9).
+        Err(_) => {
+            let sleeps: Vec<bool> = config
+                .models
+                .iter()
+                .map(|m| m.loading.unload == UnloadMode::Sleep)
+                .collect();
+            let placed = place_with_turns(&demands, &on_demand, &sleeps, inv, limit)?;
+            (placed, on_demand.clone())
+        }
+    };
 
     let mut tenants: Vec<Vec<usize>> = vec![Vec::new(); inv.gpus.len()];
     for (i, p) in placed.iter().enumerate() {
@@ -143,10 +173,13 @@ pub fn place(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let start_after = match (p.shared, p.gpus.first()) {
+            // Engines that start with modelmux start one after another on a shared GPU;
+            // on-demand ones start when a request comes and room is made for them.
+            let start_after = match (p.shared && !on_demand[i], p.gpus.first()) {
                 (true, Some(&g)) => tenants[g]
                     .iter()
                     .take_while(|&&j| j != i)
+                    .filter(|&&j| !on_demand[j])
                     .map(|&j| demands[j].name.clone())
                     .collect(),
                 _ => Vec::new(),
@@ -163,6 +196,7 @@ pub fn place(
                     && demands[i].fraction_flag.is_some(),
                 memory_estimate: estimates[i].clone(),
                 start_after,
+                takes_turns: turns[i],
             }
         })
         .collect();
@@ -172,21 +206,30 @@ pub fn place(
         .zip(&tenants)
         .map(|(g, members)| {
             let size = g.memory_total as f64;
-            let planned: f64 = members
+            let bytes = |i: usize| {
+                let outside = demands[i]
+                    .need
+                    .map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside);
+                let inside = match (placed[i].share, demands[i].need) {
+                    (Some(util), _) => util * size,
+                    // No fraction flag: it takes what it needs.
+                    (None, Some(n)) if demands[i].fraction_flag.is_none() => n.inside as f64,
+                    (None, _) => VLLM_DEFAULT_UTILIZATION * size,
+                };
+                inside + outside as f64
+            };
+            // Models that take turns are there one at a time: the largest counts.
+            let resident: f64 = members
                 .iter()
-                .map(|&i| {
-                    let outside = demands[i]
-                        .need
-                        .map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside);
-                    let inside = match (placed[i].share, demands[i].need) {
-                        (Some(util), _) => util * size,
-                        // No fraction flag: it takes what it needs.
-                        (None, Some(n)) if demands[i].fraction_flag.is_none() => n.inside as f64,
-                        (None, _) => VLLM_DEFAULT_UTILIZATION * size,
-                    };
-                    inside + outside as f64
-                })
+                .filter(|&&i| !turns[i])
+                .map(|&i| bytes(i))
                 .sum();
+            let turn = members
+                .iter()
+                .filter(|&&i| turns[i])
+                .map(|&i| bytes(i))
+                .fold(0.0, f64::max);
+            let planned = resident + turn;
             GpuUse {
                 index: g.index,
                 id: g.visible_id.clone(),
@@ -202,6 +245,7 @@ pub fn place(
                 models: members
                     .iter()
                     .map(|&i| GpuTenant {
+                        takes_turns: turns[i],
                         name: demands[i].name.clone(),
                         share: placed[i].share,
                         estimate_bytes: estimates[i].as_ref().map(|e| e.per_gpu_bytes),
@@ -211,6 +255,102 @@ pub fn place(
         })
         .collect();
     Ok((models, table))
+}
+
+/// Plans models when the on-demand ones do not all fit beside the others: the always-loaded
+/// models are placed together with the largest on-demand model (which keeps room for one at
+/// a time), then each on-demand model is placed beside the always-loaded ones alone. At run
+/// time the supervisor loads an on-demand model only while it fits beside the engines that
+/// hold memory, unloading idle on-demand models first.
+fn place_with_turns(
+    demands: &[MemDemand],
+    on_demand: &[bool],
+    sleeps: &[bool],
+    inv: &Inventory,
+    limit: f64,
+) -> Result<Vec<gpu::Placement>, GpuError> {
+    let size = inv.gpus.iter().map(|g| g.memory_total).max().unwrap_or(0);
+    // Whole GPUs (several, or no estimate) first, then by the room it takes.
+    let key = |i: usize| {
+        let d = &demands[i];
+        let whole = d.gpus > 1 || d.need.is_none() || size == 0;
+        let bytes = if whole { u64::MAX } else { d.weight_on(size) };
+        (whole, d.gpus, bytes, std::cmp::Reverse(i))
+    };
+    let largest = (0..demands.len())
+        .filter(|&i| on_demand[i])
+        .max_by_key(|&i| key(i))
+        .expect("some model is on demand");
+    let always: Vec<usize> = (0..demands.len()).filter(|&i| !on_demand[i]).collect();
+    let mut with_largest: Vec<MemDemand> = always.iter().map(|&i| demands[i].clone()).collect();
+    with_largest.push(demands[largest].clone());
+    let resident = gpu::place(&with_largest, inv, limit)?;
+    let mut placed: Vec<Option<gpu::Placement>> = vec![None; demands.len()];
+    for (k, &i) in always.iter().enumerate() {
+        placed[i] = Some(resident[k].clone());
+    }
+    let fixed: Vec<(&MemDemand, &gpu::Placement)> = always
+        .iter()
+        .zip(&resident)
+        .map(|(&i, p)| (&demands[i], p))
+        .collect();
+    let mut turns = Vec::new();
+    for i in (0..demands.len()).filter(|&i| on_demand[i]) {
+        turns.push((i, gpu::place_beside(&fixed, &demands[i], inv, limit)?));
+    }
+    // A model that sleeps keeps its CUDA context on the GPU while another takes its turn:
+    // leave room for that, so that a turn puts the others to sleep rather than stopping
+    // them. Where that room cannot be spared, the plan stays and sleepers are stopped.
+    let residues: Vec<(usize, MemDemand, gpu::Placement)> = turns
+        .iter()
+        .filter(|(j, _)| sleeps[*j])
+        .map(|(j, p)| (*j, residue(&demands[*j]), residue_at(p)))
+        .collect();
+    for (i, p) in turns.iter_mut() {
+        let mut beside = fixed.clone();
+        beside.extend(
+            residues
+                .iter()
+                .filter(|(j, _, _)| j != i)
+                .map(|(_, d, r)| (d, r)),
+        );
+        if beside.len() > fixed.len()
+            && let Ok(roomier) = gpu::place_beside(&beside, &demands[*i], inv, limit)
+        {
+            *p = roomier;
+        }
+    }
+    for (i, p) in turns {
+        placed[i] = Some(p);
+    }
+    Ok(placed
+        .into_iter()
+        .map(|p| p.expect("every model placed"))
+        .collect())
+}
+
+/// What a sleeping engine keeps on its GPU, as a demand: its CUDA context and graphs.
+pub fn residue(d: &MemDemand) -> MemDemand {
+    MemDemand {
+        name: format!("{} (asleep)", d.name),
+        gpus: d.gpus,
+        need: Some(gpu::Need {
+            inside: 0,
+            outside: d.need.map_or(CUDA_CONTEXT + CUDA_GRAPHS, |n| n.outside),
+        }),
+        fixed_share: None,
+        fraction_flag: d.fraction_flag,
+        summary: d.summary.clone(),
+    }
+}
+
+/// Where a sleeping engine keeps its residue: its GPUs, no share.
+pub fn residue_at(p: &gpu::Placement) -> gpu::Placement {
+    gpu::Placement {
+        gpus: p.gpus.clone(),
+        share: Some(0.0),
+        shared: true,
+    }
 }
 
 /// A share as engines get it: up to three decimals, no trailing zeros.
@@ -243,9 +383,10 @@ pub fn render_table(table: &[GpuUse], limit: f64) -> String {
                 let share = t.share.map_or("whole GPU".to_string(), |s| {
                     format!("share {}", share_text(s))
                 });
+                let turns = if t.takes_turns { ", takes turns" } else { "" };
                 match t.estimate_bytes {
-                    Some(b) => format!("{} ({share}, needs {})", t.name, gib(b)),
-                    None => format!("{} ({share})", t.name),
+                    Some(b) => format!("{} ({share}, needs {}{turns})", t.name, gib(b)),
+                    None => format!("{} ({share}{turns})", t.name),
                 }
             })
             .collect();

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, ConfigSource, Settings};
+use crate::config::{Config, ConfigError, ConfigSource, LoadMode, ModelSpec, Settings, UnloadMode};
 use crate::engines::{self, Concept, Engine, ModelsList};
 use crate::gpu::{GpuError, GpuSource, GpuUse, Inventory};
-use crate::placement::{self, PlacementError};
+use crate::placement::{self, ModelPlacement, PlacementError};
 use crate::weights::MemoryEstimate;
 
 /// Everything that stops a plan from being made. All of them mean "invalid configuration".
@@ -89,7 +89,27 @@ pub struct ModelLaunch {
     pub memory_estimate: Option<MemoryEstimate>,
     /// Names of the models that must be ready before this engine starts (they share its GPU).
     pub start_after: Vec<String>,
+    /// `always` or `on_demand` (SPEC §9).
+    pub load: LoadMode,
+    /// How an idle on-demand model is unloaded: `stop` or `sleep`.
+    pub unload: UnloadMode,
+    /// Seconds without requests before an on-demand model is unloaded.
+    pub idle_unload: f64,
+    /// An on-demand model that does not fit beside every other model: it is loaded while
+    /// there is room, unloading the least recently used idle on-demand model first.
+    pub takes_turns: bool,
+    /// True when the engine can load LoRA adapters at run time (a vLLM engine with
+    /// `--enable-lora`; modelmux sets `VLLM_ALLOW_RUNTIME_LORA_UPDATING` for it).
+    pub runtime_lora: bool,
+    /// The cores its engine was bound to (`MODELMUX_GPUS=none`), as the planner gave them.
+    #[serde(skip)]
+    pub cpu_bind: Option<String>,
 }
+
+/// The variable that lets vLLM load and unload LoRA adapters at run time.
+pub const RUNTIME_LORA_VAR: &str = "VLLM_ALLOW_RUNTIME_LORA_UPDATING";
+/// The variable that turns on vLLM's development endpoints (`/sleep`, `/wake_up`, ...).
+pub const DEV_MODE_VAR: &str = "VLLM_SERVER_DEV_MODE";
 
 /// The whole plan.
 #[derive(Debug, Clone, Serialize)]
@@ -135,7 +155,7 @@ pub fn engine_ports(n: usize, base: u16, avoid: &[u16]) -> Result<Vec<u16>, Plan
 /// ranks separated by `|`), for the engines whose profile can be told them (vLLM's
 /// `VLLM_CPU_OMP_THREADS_BIND`, llama.cpp's `--cpu-mask` and `--threads`); `None` for the
 /// others and for a model that sets its own (it keeps them and takes no share).
-fn cpu_binds(config: &Config) -> Vec<Option<String>> {
+pub fn cpu_binds(config: &Config) -> Vec<Option<String>> {
     let ranks: Vec<Option<usize>> = config
         .models
         .iter()
@@ -215,59 +235,7 @@ pub fn build_with_ports(
     {
         let (extra, rest) = extra_pool.split_at(extra_ports_needed(m));
         extra_pool = rest;
-        let gpus = placed.gpus.clone();
-        let profile = m.engine.profile();
-        let mut args = m.args.clone();
-        if let (true, Some(share)) = (placed.adds_share_flag, placed.gpu_share) {
-            let text = placement::share_text(share);
-            engines::set_concept(m.engine, &mut args, Concept::GpuMemoryFraction, &text);
-        }
-        let mut env = BTreeMap::new();
-        env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
-        env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
-        if let Some(cores) = cpu_bind {
-            engines::bind_cpus(m.engine, &cores, &mut args, &mut env);
-        }
-        env.extend(m.env.clone());
-        env.extend(engines::launch_env(m.engine, port));
-        let argv = engines::argv(
-            m.engine,
-            &m.engine_cmd,
-            &m.resolved_path,
-            port,
-            extra,
-            &args,
-        );
-        let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
-            "/v1/embeddings".to_string()
-        } else {
-            s.predict_endpoint.clone()
-        };
-        models.push(ModelLaunch {
-            name: m.served_names[0].clone(),
-            served_names: m.served_names.clone(),
-            adapters: m.adapters.iter().map(|a| a.name.clone()).collect(),
-            model_path: m.resolved_path.clone(),
-            model_task: m.model_task.clone(),
-            gpus,
-            port,
-            extra_ports: extra.to_vec(),
-            argv,
-            env,
-            predict_route,
-            max_concurrency: m.max_concurrency,
-            max_queue: m.max_queue,
-            engine: m.engine,
-            health_path: profile.health_path.to_string(),
-            metrics_path: profile.metrics.map(|x| x.path.to_string()),
-            metrics_prefix: profile.metrics.map(|x| x.prefix.to_string()),
-            models_list: profile.models_list,
-            request_model: profile.request_model.map(str::to_string),
-            uuid_request_ids: profile.uuid_request_ids,
-            gpu_share: placed.gpu_share,
-            memory_estimate: placed.memory_estimate,
-            start_after: placed.start_after,
-        });
+        models.push(launch(m, placed, port, extra, cpu_bind, s));
     }
     Ok(LaunchPlan {
         source: config.source.clone(),
@@ -278,6 +246,86 @@ pub fn build_with_ports(
         gpu_memory_limit: s.gpu_memory_limit,
         gpus: gpu_table,
     })
+}
+
+/// One model's launch entry: its command line and environment for this placement and these
+/// ports.
+pub fn launch(
+    m: &ModelSpec,
+    placed: ModelPlacement,
+    port: u16,
+    extra: &[u16],
+    cpu_bind: Option<String>,
+    s: &Settings,
+) -> ModelLaunch {
+    let gpus = placed.gpus.clone();
+    let profile = m.engine.profile();
+    let mut args = m.args.clone();
+    if let (true, Some(share)) = (placed.adds_share_flag, placed.gpu_share) {
+        let text = placement::share_text(share);
+        engines::set_concept(m.engine, &mut args, Concept::GpuMemoryFraction, &text);
+    }
+    let mut env = BTreeMap::new();
+    env.insert("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(","));
+    env.insert("CUDA_DEVICE_ORDER".to_string(), "PCI_BUS_ID".to_string());
+    if let Some(cores) = &cpu_bind {
+        engines::bind_cpus(m.engine, cores, &mut args, &mut env);
+    }
+    // vLLM's run-time LoRA and sleep endpoints: only modelmux calls them, on loopback; the
+    // front refuses them.
+    let runtime_lora = m.engine == Engine::Vllm && args.has("--enable-lora");
+    if runtime_lora {
+        env.insert(RUNTIME_LORA_VAR.to_string(), "True".to_string());
+    }
+    if m.engine == Engine::Vllm && args.has("--enable-sleep-mode") {
+        env.insert(DEV_MODE_VAR.to_string(), "1".to_string());
+    }
+    env.extend(m.env.clone());
+    env.extend(engines::launch_env(m.engine, port));
+    let argv = engines::argv(
+        m.engine,
+        &m.engine_cmd,
+        &m.resolved_path,
+        port,
+        extra,
+        &args,
+    );
+    let predict_route = if m.model_task.as_deref() == Some("text_embedding") {
+        "/v1/embeddings".to_string()
+    } else {
+        s.predict_endpoint.clone()
+    };
+    ModelLaunch {
+        name: m.served_names[0].clone(),
+        served_names: m.served_names.clone(),
+        adapters: m.adapters.iter().map(|a| a.name.clone()).collect(),
+        model_path: m.resolved_path.clone(),
+        model_task: m.model_task.clone(),
+        gpus,
+        port,
+        extra_ports: extra.to_vec(),
+        argv,
+        env,
+        predict_route,
+        max_concurrency: m.max_concurrency,
+        max_queue: m.max_queue,
+        engine: m.engine,
+        health_path: profile.health_path.to_string(),
+        metrics_path: profile.metrics.map(|x| x.path.to_string()),
+        metrics_prefix: profile.metrics.map(|x| x.prefix.to_string()),
+        models_list: profile.models_list,
+        request_model: profile.request_model.map(str::to_string),
+        uuid_request_ids: profile.uuid_request_ids,
+        gpu_share: placed.gpu_share,
+        memory_estimate: placed.memory_estimate,
+        start_after: placed.start_after,
+        load: m.loading.load,
+        unload: m.loading.unload,
+        idle_unload: m.loading.idle_unload.as_secs_f64(),
+        takes_turns: placed.takes_turns,
+        runtime_lora,
+        cpu_bind,
+    }
 }
 
 /// Shell-quotes a command line for display.
@@ -352,6 +400,19 @@ impl std::fmt::Display for LaunchPlan {
                     m.start_after.join(", ")
                 )?;
             }
+            if m.load == LoadMode::OnDemand {
+                writeln!(
+                    f,
+                    "  load:         on demand; unloaded ({}) after {} s idle{}",
+                    m.unload.as_str(),
+                    m.idle_unload,
+                    if m.takes_turns {
+                        "; takes turns with other on-demand models"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
             writeln!(f, "  port:         127.0.0.1:{}", m.port)?;
             if !m.extra_ports.is_empty() {
                 let extra: Vec<String> = m.extra_ports.iter().map(u16::to_string).collect();
@@ -372,8 +433,43 @@ impl std::fmt::Display for LaunchPlan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A launch entry for unit tests elsewhere.
+    pub(crate) fn launch_for_tests(name: &str) -> ModelLaunch {
+        ModelLaunch {
+            name: name.into(),
+            served_names: vec![name.into()],
+            adapters: Vec::new(),
+            model_path: format!("/models/{name}"),
+            model_task: None,
+            gpus: Vec::new(),
+            port: 9000,
+            extra_ports: Vec::new(),
+            argv: vec!["vllm".into()],
+            env: BTreeMap::new(),
+            predict_route: "/v1/completions".into(),
+            max_concurrency: None,
+            max_queue: 0,
+            engine: Engine::Vllm,
+            health_path: "/health".into(),
+            metrics_path: Some("/metrics".into()),
+            metrics_prefix: Some("vllm:".into()),
+            models_list: Engine::Vllm.profile().models_list,
+            request_model: None,
+            uuid_request_ids: false,
+            gpu_share: None,
+            memory_estimate: None,
+            start_after: Vec::new(),
+            load: LoadMode::Always,
+            unload: UnloadMode::Stop,
+            idle_unload: 600.0,
+            takes_turns: false,
+            runtime_lora: false,
+            cpu_bind: None,
+        }
+    }
 
     #[test]
     fn engine_ports_follow_the_base_and_skip_the_front() {

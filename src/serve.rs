@@ -11,6 +11,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::admin::live::{Live, Loader};
+use crate::admin::{Admin, Runtime};
 use crate::config::{OnFailure, RawConfig, Settings};
 use crate::front::{self, App};
 use crate::plan::LaunchPlan;
@@ -55,9 +57,44 @@ pub fn main(raw: &RawConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run(config.settings, plan));
+    let code = runtime.block_on(run(config.settings, plan, reloader(raw.clone())));
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// Reads the configuration again for a reload: the `--config` file as it is now, else the
+/// environment as modelmux started; the GPUs as discovered again. Every model's engine
+/// program (its profile's, or its `engine_cmd`) must exist, as at start.
+fn reloader(raw: RawConfig) -> Loader {
+    Arc::new(move || {
+        let config = crate::config::load(&raw).map_err(|e| e.to_string())?;
+        check_engine_programs(&config).map_err(|e| e.to_string())?;
+        let inv = crate::gpu::inventory(config.settings.gpus.as_ref(), &crate::gpu::NvmlDiscovery);
+        Ok((config, inv))
+    })
+}
+
+/// SIGHUP does what `POST /admin/reload` does; the outcome goes to the log.
+fn reload_on_sighup(live: Arc<Live>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP; use POST /admin/reload to reload");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading the configuration again");
+            match live.reload().await {
+                Ok(r) => tracing::info!(
+                    "SIGHUP: reloaded; started [{}], stopped [{}], restarted [{}], unchanged [{}]",
+                    r.started.join(", "),
+                    r.stopped.join(", "),
+                    r.restarted.join(", "),
+                    r.unchanged.join(", ")
+                ),
+                Err(e) => tracing::error!("SIGHUP: reload refused, nothing changed: {e}"),
+            }
+        }
+    });
 }
 
 /// Each streamed request holds two sockets (client and engine): lift the soft limit on open
@@ -170,7 +207,7 @@ fn kill_all_now(state: &StateRx) {
 }
 
 /// Serves until a signal or a fatal failure; returns the exit code.
-pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
+pub async fn run(settings: Settings, plan: LaunchPlan, reload: Loader) -> ExitCode {
     let started = tokio::time::Instant::now();
     let settings = Arc::new(settings);
     let reaper = match Reaper::start() {
@@ -207,7 +244,12 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
     }
 
     let (state_tx, state_rx) = watch::channel(Snapshot::initial(&plan));
-    let app = Arc::new(App::new(&plan, &settings, state_rx.clone()));
+    // Engines start now; the front is bound already and answers 503 until they are ready.
+    let mut supervisor = Supervisor::start(&plan, settings.clone(), reaper, state_tx.clone());
+    let live = Arc::new(Live::new(supervisor.control(), reload));
+    reload_on_sighup(live.clone());
+    let admin = Arc::new(Admin::new(settings.admin_key.clone(), live));
+    let app = Arc::new(App::new(&plan, &settings, state_rx.clone(), admin));
     let (stop_front, stop_rx) = watch::channel(false);
     // The front runs on threads of its own, one per core (see front::workers).
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -229,7 +271,6 @@ pub async fn run(settings: Settings, plan: LaunchPlan) -> ExitCode {
         models = plan.models.len(),
         "modelmux is up; starting engines"
     );
-    let mut supervisor = Supervisor::start(&plan, settings.clone(), reaper, state_tx.clone());
     let serving_on = format!("http://{}", SocketAddr::new(settings.host, settings.port));
     tokio::spawn(progress::report(
         state_rx.clone(),

@@ -8,36 +8,53 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
-use crate::plan::LaunchPlan;
+use crate::config::{LoadMode, UnloadMode};
+use crate::observability::metrics::LoadStats;
+use crate::plan::{LaunchPlan, ModelLaunch};
+use crate::usage::Usage;
 
-/// A model's life cycle.
+/// A model's life cycle. Phases change only through the supervisor's state machine
+/// ([`crate::supervisor::machine`]), which holds the table of allowed transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
-    /// Not started yet: it shares a GPU with models that start before it (SPEC §3.1), and
-    /// waits until they are ready; requests get 503.
+    /// Not started yet: it waits for room on its GPU, or for the models that start before it
+    /// on a shared GPU to be ready (SPEC §3.1); requests get 503 (or wait, on demand).
     Waiting,
-    /// The engine is loading; requests get 503.
+    /// The engine is loading; requests get 503 (or wait, on demand).
     Starting,
     /// `/health` answered 200; requests are routed.
     Ready,
     /// The engine died or hung and will be started again after a back-off.
     Restarting,
-    /// It kept failing; it will not be started again.
+    /// It kept failing; it will not be started again (unless an operator starts it).
     Failed,
-    /// modelmux is shutting down.
+    /// Its engine is being stopped (shutdown, an operator's stop or restart, an unload);
+    /// requests in flight finish first.
     Stopping,
+    /// Stopped by an operator (`POST /admin/models/{name}/stop`); requests get 503.
+    Stopped,
+    /// An on-demand model without an engine: its next request starts one.
+    Unloaded,
+    /// An on-demand model whose engine sleeps (vLLM's sleep mode): its next request wakes it.
+    Sleeping,
+    /// Waking from sleep.
+    Waking,
 }
 
 impl Phase {
     /// Every phase, for metrics.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Waiting,
         Phase::Starting,
         Phase::Ready,
         Phase::Restarting,
         Phase::Failed,
         Phase::Stopping,
+        Phase::Stopped,
+        Phase::Unloaded,
+        Phase::Sleeping,
+        Phase::Waking,
     ];
 
     /// The lowercase name used in JSON and metrics.
@@ -49,6 +66,10 @@ impl Phase {
             Phase::Restarting => "restarting",
             Phase::Failed => "failed",
             Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Unloaded => "unloaded",
+            Phase::Sleeping => "sleeping",
+            Phase::Waking => "waking",
         }
     }
 }
@@ -95,6 +116,15 @@ fn serialize_rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S:
     s.serialize_str(&rfc3339(*time))
 }
 
+/// A LoRA adapter loaded into an engine at run time (`POST /admin/models/{name}/adapters`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeAdapter {
+    /// The name requests use.
+    pub name: String,
+    /// Its path, resolved like `model_path`.
+    pub path: String,
+}
+
 /// One model's published state.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelStatus {
@@ -126,51 +156,162 @@ pub struct ModelStatus {
     pub gpu_share: Option<f64>,
     /// Models that must be ready before it starts (they share its GPU).
     pub start_after: Vec<String>,
+    /// `always` or `on_demand`.
+    pub load: LoadMode,
+    /// How it is unloaded when idle (on-demand models).
+    pub unload: UnloadMode,
+    /// True for an on-demand model that takes turns with others on its GPUs.
+    pub takes_turns: bool,
+    /// Every name the engine serves the base model under.
+    #[serde(skip)]
+    pub served_names: Vec<String>,
+    /// Adapters from the configuration (`fine_tune_weights`, `--lora-modules`).
+    #[serde(skip)]
+    pub adapters: Vec<String>,
+    /// Adapters loaded at run time; loaded again after the engine restarts.
+    #[serde(skip)]
+    pub runtime_adapters: Vec<RuntimeAdapter>,
+    /// The engine's default `/predict` path.
+    #[serde(skip)]
+    pub predict_route: String,
+    /// The engine's Prometheus path (its profile's), `None` when it has none.
+    #[serde(skip)]
+    pub metrics_path: Option<String>,
+    /// The `"model"` the engine wants for its base model, when not the served name (TGI).
+    #[serde(skip)]
+    pub request_model: Option<String>,
+    /// The engine takes only UUIDs as `X-Request-Id` (llama-cpp-python).
+    #[serde(skip)]
+    pub uuid_request_ids: bool,
+    /// Requests in flight to this engine at once (`max_concurrency`); `None`: no limit.
+    #[serde(skip)]
+    pub max_concurrency: Option<u32>,
+    /// Requests that may wait for a slot (`max_queue`).
+    #[serde(skip)]
+    pub max_queue: u32,
+    /// True once a reload removed or replaced it: it is no longer served, listed or
+    /// counted, and its index is never used again.
+    #[serde(skip)]
+    pub retired: bool,
+    /// Its requests in flight and last use.
+    #[serde(skip)]
+    pub usage: Arc<Usage>,
+    /// Its loads, unloads and load times, for `/metrics`.
+    #[serde(skip)]
+    pub loads: Arc<LoadStats>,
 }
 
-/// Every model's state, in plan order.
+impl ModelStatus {
+    /// A model as its launch describes it, in `phase` (not yet started).
+    pub fn from_launch(m: &ModelLaunch, phase: Phase) -> Self {
+        ModelStatus {
+            name: m.name.clone(),
+            state: phase,
+            pid: None,
+            port: m.port,
+            gpus: m.gpus.clone(),
+            restarts: 0,
+            last_exit: None,
+            since: SystemTime::now(),
+            last_log: None,
+            engine_models: None,
+            gpu_share: m.gpu_share,
+            start_after: m.start_after.clone(),
+            load: m.load,
+            unload: m.unload,
+            takes_turns: m.takes_turns,
+            served_names: m.served_names.clone(),
+            adapters: m.adapters.clone(),
+            runtime_adapters: Vec::new(),
+            predict_route: m.predict_route.clone(),
+            metrics_path: m.metrics_path.clone(),
+            request_model: m.request_model.clone(),
+            uuid_request_ids: m.uuid_request_ids,
+            max_concurrency: m.max_concurrency,
+            max_queue: m.max_queue,
+            retired: false,
+            usage: Usage::new(),
+            loads: Arc::default(),
+        }
+    }
+
+    /// The phase a model is in before anything happened to it: `unloaded` on demand,
+    /// `waiting` after others on a shared GPU, else `starting`.
+    pub fn first_phase(m: &ModelLaunch) -> Phase {
+        if m.load == LoadMode::OnDemand {
+            Phase::Unloaded
+        } else if m.start_after.is_empty() {
+            Phase::Starting
+        } else {
+            Phase::Waiting
+        }
+    }
+
+    /// Whether it counts as ready for `/health`: a ready model, or an on-demand model that
+    /// a request can load (SPEC §9).
+    pub fn counts_as_ready(&self) -> bool {
+        match self.load {
+            LoadMode::Always => self.state == Phase::Ready,
+            LoadMode::OnDemand => !matches!(
+                self.state,
+                Phase::Failed | Phase::Stopped | Phase::Restarting
+            ),
+        }
+    }
+}
+
+/// Every model's state, in plan order, and the routing table built from it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     /// True once shutdown began: the front refuses new work.
     pub stopping: bool,
-    /// One entry per model, in plan order.
+    /// One entry per model, by index: the plan's models first, then those a reload added.
+    /// Entries are never removed (a removed model is marked `retired`), so an index names
+    /// one model for the whole run.
     pub models: Vec<ModelStatus>,
+    /// Every served name and adapter, mapped to its model; rebuilt when names change.
+    #[serde(skip)]
+    pub table: Arc<RoutingTable>,
 }
 
+/// Most models (plan and reloads together) one run can hold; a reload that would pass it is
+/// refused.
+pub const MAX_MODELS: usize = 1024;
+
 impl Snapshot {
-    /// Every model `starting`, or `waiting` when it starts after others on a shared GPU.
+    /// Every model in its first phase (see [`ModelStatus::first_phase`]).
     pub fn initial(plan: &LaunchPlan) -> Self {
-        let now = SystemTime::now();
+        let models: Vec<ModelStatus> = plan
+            .models
+            .iter()
+            .map(|m| ModelStatus::from_launch(m, ModelStatus::first_phase(m)))
+            .collect();
+        let table = Arc::new(RoutingTable::build(&models));
         Snapshot {
             stopping: false,
-            models: plan
-                .models
-                .iter()
-                .map(|m| ModelStatus {
-                    name: m.name.clone(),
-                    state: if m.start_after.is_empty() {
-                        Phase::Starting
-                    } else {
-                        Phase::Waiting
-                    },
-                    pid: None,
-                    port: m.port,
-                    gpus: m.gpus.clone(),
-                    restarts: 0,
-                    last_exit: None,
-                    since: now,
-                    last_log: None,
-                    engine_models: None,
-                    gpu_share: m.gpu_share,
-                    start_after: m.start_after.clone(),
-                })
-                .collect(),
+            models,
+            table,
         }
     }
 
-    /// True when every model is ready and shutdown has not begun.
+    /// True when every model counts as ready and shutdown has not begun.
     pub fn all_ready(&self) -> bool {
-        !self.stopping && self.models.iter().all(|m| m.state == Phase::Ready)
+        !self.stopping && self.live().all(|(_, m)| m.counts_as_ready())
+    }
+
+    /// The models that are served (not retired), with their indices.
+    pub fn live(&self) -> impl Iterator<Item = (usize, &ModelStatus)> {
+        self.models.iter().enumerate().filter(|(_, m)| !m.retired)
+    }
+
+    /// The index of the served model with this name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.live().find(|(_, m)| m.name == name).map(|(i, _)| i)
+    }
+
+    /// Rebuilds the routing table after names changed.
+    pub fn rebuild_table(&mut self) {
+        self.table = Arc::new(RoutingTable::build(&self.models));
     }
 }
 
@@ -179,16 +320,38 @@ pub type StateTx = watch::Sender<Snapshot>;
 /// The front's side: reads the latest snapshot.
 pub type StateRx = watch::Receiver<Snapshot>;
 
-/// Updates one model's entry, stamping `since` when its phase changes; `last_log` is
-/// dropped when the model leaves `starting`.
+/// Updates one model's entry (everything but its phase, which only
+/// [`crate::supervisor::machine`] changes).
 pub fn update(tx: &StateTx, index: usize, f: impl FnOnce(&mut ModelStatus)) {
     tx.send_modify(|s| {
         let m = &mut s.models[index];
         let before = m.state;
         f(m);
-        if m.state != before {
+        debug_assert_eq!(
+            before, m.state,
+            "a phase changes only through supervisor::machine"
+        );
+        m.state = before;
+    });
+}
+
+/// Sets a model's phase and updates the rest of its entry in one publication, stamping
+/// `since` when the phase changes and dropping `last_log` when it leaves `starting`. Only the
+/// state machine calls this.
+pub(crate) fn set_phase(
+    tx: &StateTx,
+    index: usize,
+    phase: Phase,
+    f: impl FnOnce(&mut ModelStatus),
+) {
+    tx.send_modify(|s| {
+        let m = &mut s.models[index];
+        let before = m.state;
+        f(m);
+        m.state = phase;
+        if phase != before {
             m.since = SystemTime::now();
-            if m.state != Phase::Starting {
+            if phase != Phase::Starting {
                 m.last_log = None;
             }
         }
@@ -218,10 +381,12 @@ pub struct Route {
 #[derive(Debug, Clone, Default)]
 pub struct RoutingTable {
     routes: HashMap<String, Route>,
-    /// Model entries in plan order (one per engine), for the single-model default.
+    /// Model entries in index order (one per engine), for the single-model default.
     pub models: Vec<Route>,
     /// Every served name and adapter name, in plan order, for `/v1/models`.
     pub names: Vec<ServedName>,
+    /// Routes by model index (`None` for a retired model).
+    by_index: Vec<Option<Route>>,
 }
 
 /// One name requests can use.
@@ -238,8 +403,19 @@ pub struct ServedName {
 impl RoutingTable {
     /// Builds the table from the plan.
     pub fn from_plan(plan: &LaunchPlan) -> Self {
+        let models: Vec<ModelStatus> = plan
+            .models
+            .iter()
+            .map(|m| ModelStatus::from_launch(m, Phase::Starting))
+            .collect();
+        RoutingTable::build(&models)
+    }
+
+    /// Builds the table from the models' entries: served names, configured and run-time
+    /// adapters of every model that is not retired.
+    pub fn build(models: &[ModelStatus]) -> Self {
         let mut table = RoutingTable::default();
-        for (index, m) in plan.models.iter().enumerate() {
+        for (index, m) in models.iter().enumerate().filter(|(_, m)| !m.retired) {
             let route = Route {
                 index,
                 model: m.name.as_str().into(),
@@ -250,24 +426,36 @@ impl RoutingTable {
                 uuid_request_ids: m.uuid_request_ids,
             };
             table.models.push(route.clone());
-            for name in &m.served_names {
-                table.routes.insert(name.clone(), route.clone());
-                table.names.push(ServedName {
-                    name: name.clone(),
-                    model: index,
-                    adapter: false,
-                });
+            if table.by_index.len() <= index {
+                table.by_index.resize(index + 1, None);
             }
-            for name in &m.adapters {
+            table.by_index[index] = Some(route.clone());
+            let names = m.served_names.iter().map(|n| (n, false));
+            let adapters = m
+                .adapters
+                .iter()
+                .chain(m.runtime_adapters.iter().map(|a| &a.name))
+                .map(|n| (n, true));
+            for (name, adapter) in names.chain(adapters) {
                 table.routes.insert(name.clone(), route.clone());
                 table.names.push(ServedName {
                     name: name.clone(),
                     model: index,
-                    adapter: true,
+                    adapter,
                 });
             }
         }
         table
+    }
+
+    /// The route of the model at `index`, unless it is retired.
+    pub fn route(&self, index: usize) -> Option<&Route> {
+        self.by_index.get(index).and_then(Option::as_ref)
+    }
+
+    /// True when a name is served (a model's or an adapter's).
+    pub fn contains(&self, name: &str) -> bool {
+        self.routes.contains_key(name)
     }
 
     /// The route for a request's `"model"`; `None` with several models is resolved by the

@@ -366,6 +366,23 @@ fn cases(wire: &str) -> Vec<Case> {
                 None,
             )
         },
+        // No MODELMUX_ADMIN_KEY: /admin/ does not exist, whatever the key.
+        case(
+            "admin-off",
+            post("/admin/reload", &with("admin-off", ""), ""),
+            404,
+            Some("not_found_error"),
+        ),
+        case(
+            "admin-off-get",
+            format!(
+                "GET /admin/models HTTP/1.1\r\nHost: f\r\n{}\r\n",
+                with("admin-off-get", "")
+            )
+            .into_bytes(),
+            404,
+            Some("not_found_error"),
+        ),
         Case {
             headers: &[("www-authenticate", "Bearer")],
             ..case(
@@ -377,6 +394,99 @@ fn cases(wire: &str) -> Vec<Case> {
                 .into_bytes(),
                 401,
                 Some("authentication_error"),
+            )
+        },
+    ]
+}
+
+const ADMIN_KEY: &str = "Authorization: Bearer adm1n\r\n";
+
+fn get(path: &str, extra_headers: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: f\r\n{extra_headers}\r\n").into_bytes()
+}
+
+/// The admin API's rules, with `MODELMUX_ADMIN_KEY` set.
+fn admin_cases(wire: &str) -> Vec<Case> {
+    let id = |name: &str| id_header(name, wire);
+    vec![
+        Case {
+            // Answered by the admin API on hyper (the pass wire hands it over).
+            logged: false,
+            headers: &[("content-type", "application/json")],
+            ..case(
+                "admin-key",
+                get("/admin/models", &format!("{ADMIN_KEY}{}", id("admin-key"))),
+                200,
+                None,
+            )
+        },
+        Case {
+            headers: &[("www-authenticate", "Bearer")],
+            ..case(
+                "admin-with-api-key",
+                get(
+                    "/admin/models",
+                    &format!("{KEY}{}", id("admin-with-api-key")),
+                ),
+                401,
+                Some("authentication_error"),
+            )
+        },
+        case(
+            "admin-without-key",
+            post("/admin/reload", &id("admin-without-key"), ""),
+            401,
+            Some("authentication_error"),
+        ),
+        Case {
+            // Answered by the admin API on hyper (the pass wire hands it over).
+            logged: false,
+            headers: &[("allow", "POST")],
+            ..case(
+                "admin-wrong-method",
+                get(
+                    "/admin/reload",
+                    &format!("{ADMIN_KEY}{}", id("admin-wrong-method")),
+                ),
+                405,
+                Some("method_not_allowed"),
+            )
+        },
+        Case {
+            logged: false,
+            ..case(
+                "admin-unknown-model",
+                post(
+                    "/admin/models/nope/restart",
+                    &format!("{ADMIN_KEY}{}", id("admin-unknown-model")),
+                    "",
+                ),
+                404,
+                Some("not_found_error"),
+            )
+        },
+        // The admin key is not the API key either.
+        case(
+            "inference-with-admin-key",
+            post(
+                "/v1/completions",
+                &format!("{ADMIN_KEY}{}", id("inference-with-admin-key")),
+                r#"{"model": "alpha"}"#,
+            ),
+            401,
+            Some("authentication_error"),
+        ),
+        Case {
+            engine: Some(("alpha", "/v1/completions")),
+            ..case(
+                "inference-with-api-key",
+                post(
+                    "/v1/completions",
+                    &format!("{KEY}{}", id("inference-with-api-key")),
+                    r#"{"model": "alpha"}"#,
+                ),
+                200,
+                None,
             )
         },
     ]
@@ -434,7 +544,22 @@ fn every_rule_answers_the_same_on_both_wires() {
             && log.contains("model=beta")
             && log.matches("ready after").count() >= 2
     });
-    for (pass, general) in cases("pass").into_iter().zip(cases("general")) {
+    check(&m, cases("pass"), cases("general"));
+}
+
+#[test]
+fn the_admin_api_answers_the_same_on_both_wires() {
+    let m = Setup::new(&[("alpha", json!({}))])
+        .env("MODELMUX_API_KEY", "k3y")
+        .env("MODELMUX_ADMIN_KEY", "adm1n")
+        .start();
+    m.wait_ready(T);
+    check(&m, admin_cases("pass"), admin_cases("general"));
+}
+
+/// Sends each case down both wires and compares the answers with each other and the table.
+fn check(m: &common::Modelmux, pass_cases: Vec<Case>, general_cases: Vec<Case>) {
+    for (pass, general) in pass_cases.into_iter().zip(general_cases) {
         let a = ask(m.port, false, &pass.request);
         let b = ask(m.port, true, &general.request);
         let name = pass.name;

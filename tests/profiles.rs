@@ -265,7 +265,7 @@ fn modelmux_engine_and_its_command_apply_to_models_that_name_none() {
 #[test]
 fn bad_engine_input_exits_2_before_anything_starts() {
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             r#"{"models": [{"model_path": "org/a", "engine": "ollama"}]}"#,
             &[],
@@ -285,6 +285,11 @@ fn bad_engine_input_exits_2_before_anything_starts() {
             r#"{"models": [{"model_path": "org/a", "engine": "llamacpp", "params": "--gpu-memory-utilization 0.5"}]}"#,
             &[],
             "models[0].params: --gpu-memory-utilization is a flag of vllm, not of llamacpp (this model's engine): llamacpp has no such flag",
+        ),
+        (
+            r#"{"models": [{"model_path": "org/a", "engine": "sglang", "load": "on_demand", "unload": "sleep"}]}"#,
+            &[],
+            "models[0].unload: \"sleep\" needs vLLM's sleep mode, which engine sglang does not have; use \"unload\": \"stop\"",
         ),
     ];
     for (config, env, expected) in cases {
@@ -743,6 +748,37 @@ fn cpu_cores_reach_vllm_and_llama_server_each_their_way() {
     assert_eq!(
         (l["cpu_mask"].as_str(), l["threads"].as_str()),
         (Some(mask.as_str()), Some(threads.as_str()))
+    );
+}
+
+#[test]
+fn vllms_run_time_switches_go_to_vllm_engines_only() {
+    // Run-time LoRA and sleep mode are vLLM's: its engine gets the variables that open
+    // those endpoints (and --enable-sleep-mode for an on-demand model that sleeps); another
+    // engine with --enable-lora and an on-demand stop gets neither.
+    let plan = plan_json(
+        &json!({"models": [
+            {"model_path": "org/v", "params": "--served-model-name v --enable-lora",
+             "load": "on_demand", "unload": "sleep"},
+            {"model_path": "org/s", "engine": "sglang",
+             "params": "--served-model-name s --enable-lora", "load": "on_demand"},
+        ]}),
+        &[("MODELMUX_GPUS", "none")],
+    );
+    let m = plan["models"].as_array().unwrap();
+    assert_eq!(m[0]["env"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"], "True");
+    assert_eq!(m[0]["env"]["VLLM_SERVER_DEV_MODE"], "1");
+    assert!(argv_after_port(&m[0]).contains(&"--enable-sleep-mode".to_string()));
+    assert_eq!(
+        (m[0]["runtime_lora"].as_bool(), m[0]["unload"].as_str()),
+        (Some(true), Some("sleep"))
+    );
+    assert_eq!(m[1]["env"].get("VLLM_ALLOW_RUNTIME_LORA_UPDATING"), None);
+    assert_eq!(m[1]["env"].get("VLLM_SERVER_DEV_MODE"), None);
+    assert!(!argv_after_port(&m[1]).contains(&"--enable-sleep-mode".to_string()));
+    assert_eq!(
+        (m[1]["runtime_lora"].as_bool(), m[1]["unload"].as_str()),
+        (Some(false), Some("stop"))
     );
 }
 

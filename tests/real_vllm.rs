@@ -16,6 +16,168 @@ use real::procs::{self, Proc, engine_tree, still_running};
 use real::{Cases, READY_TIMEOUT, Record, Run, Tier, http, lines, metric};
 use serde_json::{Value, json};
 
+/// The admin key of the runs that use the admin API.
+const ADMIN_KEY: &str = "real-admin-key";
+
+/// An admin call.
+fn admin(run: &Run, method: &str, path: &str, body: &Value) -> Result<http::Response, String> {
+    let auth = format!("Bearer {ADMIN_KEY}");
+    http::request(
+        run.port,
+        method,
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        &body.to_string(),
+    )
+    .map_err(io)
+}
+
+fn text(j: &Value) -> String {
+    j["choices"][0]["text"].as_str().unwrap_or("").to_string()
+}
+
+/// Run-time LoRA adapters (vLLM's runtime LoRA API) and reloads on real engines (SPEC §8):
+/// an adapter loaded at run time routes, lists and unloads; a bad one changes nothing; a
+/// reload that changes nothing touches nothing; a reload that changes `a` restarts it (its
+/// run-time adapter loaded again) while `b` serves on untouched.
+fn run_time_control(
+    tier: &Tier,
+    run: &Run,
+    cases: &mut Cases,
+    models: &[Value],
+    config: &std::path::Path,
+) {
+    let lora = tier.model("tiny-llama-a-lora");
+    cases.run(
+        "a LoRA adapter loaded at run time routes and is listed",
+        || {
+            let r = admin(
+                run,
+                "POST",
+                "/admin/models/a/adapters",
+                &json!({"name": "a-lora-rt", "path": lora}),
+            )?;
+            ensure!(r.status == 201, "load: {} {}", r.status, r.body);
+            let prompt = "The model routes each request";
+            let configured = completion(run, "a-lora", prompt, 12)?;
+            let loaded = completion(run, "a-lora-rt", prompt, 12)?;
+            ensure!(
+                loaded["model"] == "a-lora-rt",
+                "answered as {}",
+                loaded["model"]
+            );
+            ensure!(
+                text(&configured) == text(&loaded),
+                "the same adapter answered differently: {:?} vs {:?}",
+                text(&configured),
+                text(&loaded)
+            );
+            let list = http::get(run.port, "/v1/models").map_err(io)?.json()?;
+            let e = listed(&list, "a-lora-rt").ok_or(format!("not listed: {list}"))?;
+            ensure!(
+                e["parent"] == "a" && e["root"] == lora.as_str(),
+                "entry: {e}"
+            );
+            Ok(format!(
+                "answers {:?} like the configured adapter; listed with parent a",
+                text(&loaded)
+            ))
+        },
+    );
+
+    cases.run("a failed adapter load leaves everything as it was", || {
+        let before = http::get(run.port, "/v1/models").map_err(io)?.json()?;
+        let not_adapter = tier.model("tiny-llama-b");
+        let r = admin(
+            run,
+            "POST",
+            "/admin/models/a/adapters",
+            &json!({"name": "broken", "path": not_adapter}),
+        )?;
+        ensure!(
+            r.status == 400 || r.status == 502,
+            "a model directory as an adapter: {} {}",
+            r.status,
+            r.body
+        );
+        let refusal = r.body.clone();
+        let after = http::get(run.port, "/v1/models").map_err(io)?.json()?;
+        ensure!(
+            before == after,
+            "/v1/models changed:
+{before}
+{after}"
+        );
+        let r = http::post_json(
+            run.port,
+            "/v1/completions",
+            &json!({"model": "broken", "prompt": "x", "max_tokens": 2}),
+        )
+        .map_err(io)?;
+        ensure!(r.status == 404, "the name routes: {} {}", r.status, r.body);
+        Ok(format!(
+            "refused ({refusal}); /v1/models unchanged; the name does not route"
+        ))
+    });
+
+    cases.run("a reload that changes nothing touches nothing", || {
+        let pids = (run.engine_pid("a"), run.engine_pid("b"));
+        let r = admin(run, "POST", "/admin/reload", &json!({}))?;
+        ensure!(r.status == 200, "{} {}", r.status, r.body);
+        let j = r.json()?;
+        ensure!(
+            j["unchanged"] == json!(["a", "b"]) && j["restarted"] == json!([]),
+            "{j}"
+        );
+        ensure!(
+            (run.engine_pid("a"), run.engine_pid("b")) == pids,
+            "engines changed"
+        );
+        Ok(format!("{j}"))
+    });
+
+    cases.run("a reload restarts a changed model, loads its adapter again, the other serves on", || {
+        let (a0, b0) = (run.engine_pid("a"), run.engine_pid("b"));
+        let before = completion(run, "a-lora-rt", "Once upon a time", 8)?;
+        let mut changed = models.to_vec();
+        let params = changed[0]["params"].as_str().unwrap_or("").to_string();
+        changed[0]["params"] = json!(format!("{params} --max-num-seqs 8"));
+        std::fs::write(config, json!({"models": changed}).to_string()).map_err(io)?;
+        let r = admin(run, "POST", "/admin/reload", &json!({}))?;
+        ensure!(r.status == 200, "{} {}", r.status, r.body);
+        let j = r.json()?;
+        ensure!(j["restarted"] == json!(["a"]) && j["unchanged"] == json!(["b"]), "{j}");
+        let t0 = Instant::now();
+        let mut b_codes = Vec::new();
+        loop {
+            let r = http::post_json(run.port, "/v1/completions", &json!({"model": "b", "prompt": "hi", "max_tokens": 1})).map_err(io)?;
+            b_codes.push(r.status);
+            if run.model_health("a").is_some_and(|m| m["state"] == "ready") && run.engine_pid("a") != a0 {
+                break;
+            }
+            ensure!(t0.elapsed() < READY_TIMEOUT, "a not ready again within {READY_TIMEOUT:?}:\n{}", run.log_tail(30));
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let took = t0.elapsed();
+        ensure!(b_codes.iter().all(|c| *c == 200), "b during the reload: {b_codes:?}");
+        ensure!(run.engine_pid("b") == b0, "b's engine changed");
+        let after = completion(run, "a-lora-rt", "Once upon a time", 8)?;
+        ensure!(text(&before) == text(&after), "the adapter answers differently after the restart: {:?} vs {:?}", text(&before), text(&after));
+        let r = admin(run, "DELETE", "/admin/models/a/adapters/a-lora-rt", &json!({}))?;
+        ensure!(r.status == 204, "unload: {} {}", r.status, r.body);
+        let r = http::post_json(run.port, "/v1/completions", &json!({"model": "a-lora-rt", "prompt": "x", "max_tokens": 2})).map_err(io)?;
+        ensure!(r.status == 404, "after unload: {}", r.status);
+        Ok(format!(
+            "a ready again after {:.0} s with a new engine, its adapter loaded again; b answered {} requests meanwhile, all 200",
+            took.as_secs_f64(),
+            b_codes.len()
+        ))
+    });
+}
+
 fn io<E: std::fmt::Display>(e: E) -> String {
     format!("request failed: {e}")
 }
@@ -50,7 +212,11 @@ fn two_engines_and_an_adapter() {
         tier.spec("tiny-llama-a", "a", None, "", adapter),
         tier.spec("tiny-llama-b", "b", None, "", json!({})),
     ];
-    let mut run = tier.start("two-engines", &models, &[], false);
+    // From a file, so that the reload cases can change it; with the admin API.
+    let files = tempfile::tempdir().expect("a temporary directory");
+    let config = files.path().join("models.json");
+    let admin_env = [("MODELMUX_ADMIN_KEY", ADMIN_KEY)];
+    let mut run = tier.start_from_file("two-engines", &models, &admin_env, &config);
     let mut cases = Cases::new("two_engines_and_an_adapter");
 
     let ready = cases.run("two engines and an adapter become ready", || {
@@ -398,6 +564,8 @@ fn two_engines_and_an_adapter() {
             old_engine.len()
         ))
     });
+
+    run_time_control(&tier, &run, &mut cases, &models, &config);
 
     cases.run(
         "SIGTERM: exit 0, no process left, no ERROR or traceback",

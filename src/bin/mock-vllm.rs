@@ -37,6 +37,11 @@
 //! - `MOCK_METRICS_DELAY_MS`: `GET /metrics` (vLLM V1's metrics, see `mock-vllm/metrics.rs`)
 //!   answers after this long; `--max-num-seqs N` lets N requests run at once, the rest wait.
 //!
+//! - vLLM's control endpoints (`/sleep`, `/wake_up`, `/is_sleeping` with
+//!   `VLLM_SERVER_DEV_MODE=1`; `/v1/load_lora_adapter`, `/v1/unload_lora_adapter` with
+//!   `VLLM_ALLOW_RUNTIME_LORA_UPDATING`) and a GPU memory figure that sleep releases
+//!   (`MOCK_GPU_MEMORY_DIR`, `MOCK_GPU_MEMORY_BYTES`): see `mock-vllm/control.rs`.
+//!
 //! Per request (JSON body): `mock_chunks`, `mock_delay_ms`, `mock_die_after_chunks`,
 //! `mock_exit` (exit at once without an answer, with `mock_exit_code`, default 1),
 //! `mock_stall_after_chunks` (a hung engine, as vLLM in a decode deadlock: a stream stops
@@ -64,6 +69,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+#[path = "mock-vllm/control.rs"]
+mod control;
 #[path = "mock-vllm/metrics.rs"]
 mod metrics;
 
@@ -73,7 +80,7 @@ mod dialect;
 struct Mock {
     cli: dialect::Cli,
     names: Vec<String>,
-    loras: Vec<(String, String)>,
+    control: control::Control,
     created: u64,
     max_model_len: u64,
     started: Instant,
@@ -273,6 +280,18 @@ async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
         let _ = std::fs::write(path, report.to_string());
     }
 
+    // vLLM takes its memory before it listens; one that finds too little fails at start.
+    let util = flag_values(&args, "--gpu-memory-utilization")
+        .pop()
+        .and_then(|v| v.parse::<f64>().ok());
+    let control = match control::Control::new(&args, util, loras) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("ValueError: {why}");
+            event(&events, "oom");
+            return 1;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(format!("{host}:{port}")).await {
         Ok(l) => l,
         Err(e) => {
@@ -291,7 +310,7 @@ async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
         cli: cli.clone(),
         metrics: Arc::new(counters),
         names,
-        loras,
+        control,
         created: now_unix as u64,
         max_model_len: env_ms("MOCK_MAX_MODEL_LEN").unwrap_or(4096),
         started,
@@ -340,6 +359,46 @@ async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
     } else {
         app.route("/metrics", get(|| async { StatusCode::NOT_FOUND }))
     };
+    // vLLM's control endpoints (each answers 404 unless its switch is on, as vLLM's).
+    if cli.dialect == dialect::Dialect::Vllm {
+        app = app
+            .route(
+                "/sleep",
+                axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
+                    m.control.sleep(&uri)
+                }),
+            )
+            .route(
+                "/wake_up",
+                axum::routing::post(|State(m): State<Arc<Mock>>, uri: Uri| async move {
+                    m.control.wake_up(&uri)
+                }),
+            )
+            .route(
+                "/is_sleeping",
+                get(|State(m): State<Arc<Mock>>| async move { m.control.is_sleeping() }),
+            )
+            .route(
+                "/mock/memory",
+                get(|State(m): State<Arc<Mock>>| async move { m.control.memory() }),
+            )
+            .route(
+                "/v1/load_lora_adapter",
+                axum::routing::post(
+                    |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                        m.control.load_lora(&m.names, &headers, &body)
+                    },
+                ),
+            )
+            .route(
+                "/v1/unload_lora_adapter",
+                axum::routing::post(
+                    |State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes| async move {
+                        m.control.unload_lora(&headers, &body)
+                    },
+                ),
+            );
+    }
     let app = app
         .fallback(answer)
         // vLLM takes bodies of any size; so does the mock (axum's default stops at 2 MiB).
@@ -420,7 +479,16 @@ async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -
 /// The list as vLLM answers it: base names with `root` = the model path, adapters with
 /// `root` = the adapter path and `parent` = the base name.
 async fn models(State(m): State<Arc<Mock>>) -> Response {
-    axum::Json(dialect::models(&m.cli, m.created, m.max_model_len)).into_response()
+    axum::Json(dialect::models(&m.cli_now(), m.created, m.max_model_len)).into_response()
+}
+
+impl Mock {
+    /// The command line with the adapters loaded now (run-time ones included).
+    fn cli_now(&self) -> dialect::Cli {
+        let mut cli = self.cli.clone();
+        cli.loras = self.control.loras.read().unwrap().clone();
+        cli
+    }
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -437,12 +505,9 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
         return StatusCode::BAD_REQUEST.into_response();
     }
     let asked = req.get("model").and_then(Value::as_str);
-    let adapter = dialect::adapter_for(&m.cli, asked).map(str::to_string);
+    let adapter = dialect::adapter_for(&m.cli_now(), asked).map(str::to_string);
     let model = asked.unwrap_or(&m.names[0]).to_string();
-    if m.cli.dialect.checks_model()
-        && !m.names.contains(&model)
-        && !m.loras.iter().any(|(n, _)| *n == model)
-    {
+    if m.cli.dialect.checks_model() && !m.names.contains(&model) && !m.control.has_lora(&model) {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model `{model}` does not exist."),
@@ -456,6 +521,8 @@ async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: 
             .unwrap_or(1);
         std::process::exit(code as i32);
     }
+    // A sleeping vLLM holds requests until it is woken.
+    m.control.awake().await;
     let path = uri.to_string();
     let num = |k: &str| req.get(k).and_then(Value::as_u64);
     let mut run = m.metrics.begin().await;

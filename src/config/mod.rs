@@ -4,6 +4,7 @@
 
 mod checks;
 mod error;
+pub mod loading;
 pub mod memory_args;
 pub mod params;
 pub mod paths;
@@ -15,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use error::ConfigError;
+pub use loading::{LoadMode, Loading, UnloadMode};
 pub use memory_args::MemoryArgs;
 pub use params::{Arg, EngineArgs};
 pub use paths::{is_plain_path, route_path};
@@ -77,6 +79,8 @@ pub struct ModelSpec {
     /// The engine flags that size its GPU memory (the context length, the GPU-memory
     /// fraction in the engine's own spelling; vLLM's `--kv-cache-dtype`, ...), checked.
     pub memory: MemoryArgs,
+    /// When the engine runs: `load`, `unload`, `idle_unload` (SPEC §9).
+    pub loading: Loading,
 }
 
 /// The whole validated configuration.
@@ -252,7 +256,23 @@ fn resolve_model(
         default_name: &m.default_name,
         fine_tune,
     };
-    let r = engines::resolve(engine, input, warnings)?;
+    let mut r = engines::resolve(engine, input, warnings)?;
+    // Sleep mode is vLLM's, and needs the engine to start with it (its memory then goes
+    // through vLLM's cumem allocator, so that sleep can move the weights to CPU memory).
+    if m.loading.load == LoadMode::OnDemand && m.loading.unload == UnloadMode::Sleep {
+        if engine != Engine::Vllm {
+            return Err(ConfigError::Params {
+                origin: format!("{}.unload", m.origin),
+                problem: format!(
+                    "\"sleep\" needs vLLM's sleep mode, which engine {} does not have; use \"unload\": \"stop\"",
+                    engine.profile().name
+                ),
+            });
+        }
+        if !r.args.has("--enable-sleep-mode") {
+            r.args.args.push(Arg::new("--enable-sleep-mode", &[]));
+        }
+    }
     let memory = MemoryArgs::from_args(engine, &r.args, &params_origin, r.gpu_demand)?;
     Ok(ModelSpec {
         origin: m.origin.clone(),
@@ -271,6 +291,7 @@ fn resolve_model(
         engine_cmd,
         engine_cmd_origin,
         memory,
+        loading: m.loading,
     })
 }
 

@@ -90,6 +90,16 @@ pub struct RawConfig {
     #[arg(long, env = "MODELMUX_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// Serve the admin API (/admin/...) and require `Authorization: Bearer <key>` for it
+    /// (default: no admin API; every /admin/ path is 404).
+    #[arg(
+        long,
+        env = "MODELMUX_ADMIN_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub admin_key: Option<String>,
+
     /// Log format: text (default) or json.
     #[arg(long, env = "MODELMUX_LOG_FORMAT", global = true)]
     pub log_format: Option<String>,

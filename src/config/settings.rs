@@ -52,6 +52,8 @@ pub struct Settings {
     pub gpus: Option<GpuOverride>,
     /// Bearer key the front requires, if any.
     pub api_key: Option<String>,
+    /// Bearer key of the admin API (`MODELMUX_ADMIN_KEY`); `None`: no admin API.
+    pub admin_key: Option<String>,
     /// How long an engine may take to become ready.
     pub startup_timeout: Duration,
     /// Time between SIGTERM and SIGKILL at shutdown.
@@ -265,6 +267,23 @@ impl Settings {
             }
             other => other.map(str::to_string),
         };
+        let admin_key = match raw.admin_key.as_deref() {
+            Some(k) if k.trim().is_empty() => {
+                return Err(ConfigError::var(
+                    "MODELMUX_ADMIN_KEY",
+                    "",
+                    "is empty; unset it to turn the admin API off or give a key",
+                ));
+            }
+            Some(k) if raw.api_key.as_deref() == Some(k) => {
+                return Err(ConfigError::var(
+                    "MODELMUX_ADMIN_KEY",
+                    "(hidden)",
+                    "is the same as MODELMUX_API_KEY; the admin key must be a key of its own, which API clients do not hold",
+                ));
+            }
+            other => other.map(str::to_string),
+        };
         let on_failure = match raw.on_failure.as_deref().map(str::trim) {
             None | Some("exit") => OnFailure::Exit,
             Some("degrade") => OnFailure::Degrade,
@@ -300,6 +319,7 @@ impl Settings {
             engine_cmd,
             gpus,
             api_key,
+            admin_key,
             startup_timeout: seconds(
                 "MODELMUX_STARTUP_TIMEOUT",
                 raw.startup_timeout.as_deref(),

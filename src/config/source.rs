@@ -74,6 +74,8 @@ pub struct RawModel {
     pub engine_cmd: Option<String>,
     /// Worth a warning but not an error: unknown keys or values, with the nearest known.
     pub warnings: Vec<String>,
+    /// `load`, `unload` and `idle_unload`.
+    pub loading: super::loading::Loading,
 }
 
 /// Picks the source by precedence (`--config`, `MULTI_MODEL_CONFIG`, OCI metadata,
@@ -119,6 +121,7 @@ pub fn read_models(raw: &RawConfig) -> Result<(ConfigSource, Vec<RawModel>), Con
             engine: None,
             engine_cmd: None,
             warnings: Vec::new(),
+            loading: Default::default(),
         };
         return Ok((ConfigSource::SingleModel, vec![single]));
     }
@@ -313,6 +316,8 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         }
     };
     let default_name = model_path.trim_end_matches('/').to_string();
+    let mut warnings = checks::model_warnings(&origin, obj);
+    let loading = super::loading::read(source, obj, &origin, &mut warnings)?;
     let max_concurrency = count_field(source, obj, &origin, "max_concurrency", 1)?;
     let max_queue = count_field(source, obj, &origin, "max_queue", 0)?;
     Ok(RawModel {
@@ -321,7 +326,8 @@ fn model_from_value(source: &str, i: usize, value: &Value) -> Result<RawModel, C
         model_task: string_field(source, obj, &origin, "model_task")?,
         engine: engine_field(source, obj, &origin)?,
         engine_cmd: string_field(source, obj, &origin, "engine_cmd")?,
-        warnings: checks::model_warnings(&origin, obj),
+        warnings,
+        loading,
         origin,
         model_path,
         adapters,

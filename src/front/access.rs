@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::App;
 use crate::observability::lines::{self, Value};
+use crate::usage::Lease;
 
 /// Which wire carried a request (logged, so that tests and operators can tell).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +94,11 @@ impl Record {
             m.duration.observe(elapsed);
         }
         m.count(self.status);
-        let model = self.model.map_or("-", |i| &*app.table.models[i].model);
+        let table = self.model.map(|_| app.table());
+        let model = match (self.model, &table) {
+            (Some(i), Some(t)) => t.route(i).map_or("-", |r| &*r.model),
+            _ => "-",
+        };
         if let Some(format) = crate::observability::plain_format() {
             // The same line tracing would write, without its formatter's cost.
             if tracing::enabled!(target: "access", tracing::Level::INFO) {
@@ -129,20 +134,26 @@ impl Record {
     }
 }
 
-/// Raises a model's in-flight gauge for as long as it lives.
+/// Raises a model's in-flight gauge, and holds the request's lease on its model (an
+/// unload, stop or restart waits for it), for as long as it lives.
 pub struct Inflight<A: Deref<Target = App>> {
     app: A,
     model: usize,
+    _lease: Lease,
 }
 
 impl<A: Deref<Target = App>> Inflight<A> {
-    /// Counts one more request in flight for `model`.
-    pub fn new(app: A, model: usize) -> Self {
+    /// Counts one more request in flight for `model`, holding `lease` on it.
+    pub fn new(app: A, model: usize, lease: Lease) -> Self {
         app.metrics
             .model(Some(model))
             .inflight
             .fetch_add(1, Relaxed);
-        Inflight { app, model }
+        Inflight {
+            app,
+            model,
+            _lease: lease,
+        }
     }
 }
 

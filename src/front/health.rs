@@ -19,9 +19,8 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
     let snapshot = app.state.borrow().clone();
     let now = std::time::SystemTime::now();
     let models: Vec<Value> = snapshot
-        .models
-        .iter()
-        .map(|m| {
+        .live()
+        .map(|(_, m)| {
             json!({
                 "name": m.name, "state": m.state, "gpus": m.gpus, "port": m.port, "pid": m.pid,
                 "restarts": m.restarts, "last_exit": m.last_exit,
@@ -29,6 +28,7 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
                 "seconds_in_state": (now.duration_since(m.since).unwrap_or_default().as_secs_f64()
                     * 10.0).round() / 10.0,
                 "gpu_share": m.gpu_share, "start_after": m.start_after,
+                "load": m.load, "unload": m.unload, "takes_turns": m.takes_turns,
             })
         })
         .collect();
@@ -57,7 +57,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         let snapshot = app.state.borrow();
         (
             app.metrics.render(&snapshot),
-            scrape::targets(&app.table, &snapshot),
+            scrape::targets(&snapshot.table, &snapshot),
         )
     };
     scrape::append_engines(&mut text, engines, &app.metrics.engine_scrape_errors).await;
@@ -75,7 +75,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// made here; both with modelmux's `state` added.
 fn model_objects(app: &App) -> Vec<Value> {
     let snapshot = app.state.borrow();
-    app.table
+    let table = snapshot.table.clone();
+    table
         .names
         .iter()
         .map(|n| {
@@ -87,14 +88,14 @@ fn model_objects(app: &App) -> Vec<Value> {
             let mut entry = match own {
                 Some(e) if e.is_object() => e.clone(),
                 _ => {
-                    let base = &app.table.models[n.model].model;
+                    let base: &str = &snapshot.models[n.model].name;
                     json!({
                         "id": n.name,
                         "object": "model",
                         "created": app.created,
                         "owned_by": "modelmux",
-                        "root": if n.adapter { n.name.as_str() } else { base.as_ref() },
-                        "parent": if n.adapter { Some(base.as_ref()) } else { None },
+                        "root": if n.adapter { n.name.as_str() } else { base },
+                        "parent": if n.adapter { Some(base) } else { None },
                     })
                 }
             };
@@ -133,7 +134,7 @@ pub async fn get_model(
             StatusCode::NOT_FOUND,
             &format!(
                 "model {id:?} is not served here; available: {}",
-                app.table.available()
+                app.table().available()
             ),
         ),
     }

@@ -36,7 +36,7 @@ pub mod workers;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use crate::config::Settings;
 use crate::observability::metrics::Metrics;
 use crate::plan::LaunchPlan;
-use crate::state::{RoutingTable, StateRx};
+use crate::state::{MAX_MODELS, RoutingTable, StateRx};
 
 /// The front's limits (SPEC §2).
 #[derive(Debug, Clone)]
@@ -80,9 +80,7 @@ impl Limits {
 
 /// Everything the handlers share.
 pub struct App {
-    /// Names to engines.
-    pub table: RoutingTable,
-    /// The supervisor's latest snapshot.
+    /// The supervisor's latest snapshot (the routing table is part of it).
     pub state: StateRx,
     /// Request metrics.
     pub metrics: Metrics,
@@ -96,38 +94,35 @@ pub struct App {
     pub health_endpoint: String,
     /// Time limits and the connection limit.
     pub limits: Limits,
-    /// Per model (plan order): its concurrency queue, if it has `max_concurrency`.
-    pub queues: Vec<Option<queue::Queue>>,
+    /// Per model (by its index in the snapshot, made when first used): its queue.
+    queues: Box<[OnceLock<Option<queue::Queue>>]>,
     /// hyper-util's pooled client to the engines (the general wire).
     pub engines: general::EngineClient,
     /// Request id generator.
     pub ids: headers::RequestIds,
+    /// The admin API (`/admin/...`).
+    pub admin: Arc<AdminApi>,
+    /// On-demand loads go through it.
+    pub control: crate::supervisor::Control,
 }
 
 impl App {
     /// Builds the shared state from the plan and the settings.
-    pub fn new(plan: &LaunchPlan, settings: &Settings, state: StateRx) -> Self {
-        let table = RoutingTable::from_plan(plan);
-        let mut metrics = Metrics::new(table.models.iter().map(|r| &*r.model));
-        let queues: Vec<Option<queue::Queue>> = plan
-            .models
-            .iter()
-            .map(|m| {
-                m.max_concurrency
-                    .map(|c| queue::Queue::new(c as usize, m.max_queue as usize))
-            })
-            .collect();
-        for (i, q) in queues.iter().enumerate() {
-            if let Some(q) = q {
-                metrics.track_queue(i, q.waiting_gauge());
-            }
-        }
+    pub fn new(
+        plan: &LaunchPlan,
+        settings: &Settings,
+        state: StateRx,
+        admin: Arc<AdminApi>,
+    ) -> Self {
+        let metrics = Metrics::new(plan.models.iter().map(|m| m.name.as_str()));
+        let control = admin.runtime().control().clone();
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
         App {
-            table,
+            admin,
+            control,
             state,
             metrics,
             api_key: settings.api_key.clone(),
@@ -135,10 +130,38 @@ impl App {
             created,
             health_endpoint: settings.health_endpoint.clone(),
             limits: Limits::from_settings(settings),
-            queues,
+            queues: (0..MAX_MODELS).map(|_| OnceLock::new()).collect(),
             engines: general::engine_client(),
             ids: headers::RequestIds::new(),
         }
+    }
+
+    /// The routing table now (the live runtime's: reloads and run-time adapters included).
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.state.borrow().table.clone()
+    }
+
+    /// The name of the model at `index`, for messages and logs.
+    pub fn model_name(&self, index: usize) -> String {
+        self.state
+            .borrow()
+            .models
+            .get(index)
+            .map_or_else(|| "-".to_string(), |m| m.name.clone())
+    }
+
+    /// Model `index`'s queue, when it has `max_concurrency`. Made when first asked for: a
+    /// model a reload adds or changes gets a new index, so an index's limits never change.
+    pub fn queue(&self, index: usize) -> Option<&queue::Queue> {
+        let cell = self.queues.get(index)?;
+        cell.get_or_init(|| {
+            let snapshot = self.state.borrow();
+            let m = snapshot.models.get(index)?;
+            let q = queue::Queue::new(m.max_concurrency? as usize, m.max_queue as usize);
+            self.metrics.track_queue(index, q.waiting_gauge());
+            Some(q)
+        })
+        .as_ref()
     }
 }
 
@@ -171,3 +194,6 @@ pub async fn serve_health(listener: TcpListener, app: Arc<App>, mut stop: watch:
         });
     }
 }
+
+/// The admin API as the front holds it.
+pub type AdminApi = crate::admin::Admin<Arc<crate::admin::live::Live>>;

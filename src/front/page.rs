@@ -89,14 +89,13 @@ pub fn accepts_html_value(value: &[u8]) -> bool {
 pub fn status_json(app: &App) -> Value {
     let snapshot = app.state.borrow().clone();
     let models: Vec<Value> = snapshot
-        .models
-        .iter()
-        .enumerate()
+        .live()
         .map(|(i, status)| {
             let mut model = serde_json::to_value(status).unwrap_or_else(|_| json!({}));
             if let Value::Object(fields) = &mut model {
                 let names = |adapter: bool| -> Vec<&str> {
-                    app.table
+                    snapshot
+                        .table
                         .names
                         .iter()
                         .filter(|n| n.model == i && n.adapter == adapter)
@@ -108,11 +107,7 @@ pub fn status_json(app: &App) -> Value {
                 let metrics = app.metrics.model(Some(i));
                 fields.insert("requests_total".into(), json!(metrics.answered()));
                 fields.insert("inflight".into(), json!(metrics.inflight.load(Relaxed)));
-                let queue_length = app
-                    .queues
-                    .get(i)
-                    .and_then(Option::as_ref)
-                    .map(|q| q.waiting());
+                let queue_length = app.queue(i).map(|q| q.waiting());
                 fields.insert("queue_length".into(), json!(queue_length));
                 // Published by other parts as they come; present (null) from the start so
                 // that clients can rely on the keys.

@@ -6,7 +6,9 @@
 //!    the API key (checked before a byte of the body is read), engine control paths, the
 //!    method, the declared body size.
 //! 2. [`on_body`], once the body is in: its `"model"`, `/predict`'s `route`, readiness.
-//! 3. [`wait_turn`]: the model's concurrency slot, waiting in its queue if it has one.
+//! 3. [`wait_turn`]: the model's concurrency slot, waiting in its queue if it has one, then
+//!    its admission ([`crate::demand`]): a lease on a ready model, after an on-demand load
+//!    or wake when it is unloaded or asleep, all within one `MODELMUX_QUEUE_TIMEOUT`.
 
 use std::borrow::Cow;
 
@@ -16,8 +18,10 @@ use super::local::{self, Local};
 use super::queue::{QueueRefusal, Slot};
 use super::refusal::{Refusal, clip};
 use super::{App, auth};
-use crate::config::route_path;
-use crate::state::{Lookup, Phase, Route};
+use crate::config::{LoadMode, route_path};
+use crate::demand::{self, Refused};
+use crate::state::{Lookup, Phase, Route, RoutingTable};
+use crate::usage::Lease;
 
 /// How many times a header appeared: more than once is ambiguous for the headers that
 /// decide where a request goes or who sent it.
@@ -74,6 +78,9 @@ pub struct Head<'a> {
 pub enum Decision {
     /// The front answers it itself.
     Local(Local),
+    /// The admin API (`/admin/...`, with the admin key): read the body, then ask
+    /// [`crate::admin`].
+    Admin,
     /// Read the body, then ask [`on_body`].
     Proxy,
 }
@@ -96,6 +103,16 @@ pub fn on_head(app: &App, head: &Head) -> Result<Decision, Refusal> {
         if *seen == Seen::Twice {
             return Err(Refusal::DuplicateHeader(name));
         }
+    }
+    // The admin API has its own key; the API key never opens it. Off, it does not exist.
+    if crate::admin::is_admin_path(head.path) {
+        return match app.admin.key() {
+            None => Err(Refusal::NoSuchPath(head.path.to_string())),
+            Some(k) if auth::authorized_value(Some(k), head.authorization.once().copied()) => {
+                Ok(Decision::Admin)
+            }
+            Some(_) => Err(Refusal::AdminUnauthorized),
+        };
     }
     let key = app.api_key.as_deref();
     let authorized = || auth::authorized_value(key, head.authorization.once().copied());
@@ -153,8 +170,8 @@ struct ModelField<'a> {
 /// Where an admitted request goes.
 #[derive(Debug)]
 pub struct Target<'a> {
-    /// The model's engine.
-    pub route: &'a Route,
+    /// The model's engine (from the live routing table).
+    pub route: Route,
     /// The engine path, with the query (origin form).
     pub path: Cow<'a, str>,
     /// The body to send instead of the client's, when the engine wants another `"model"`
@@ -192,19 +209,25 @@ pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
 /// The body the engine gets: the client's, unless the engine wants another `"model"` for
 /// its base model (TGI: `"tgi"`; any other name is an adapter id there). Adapter names and
 /// a body without `"model"` go as they are.
-fn engine_body(app: &App, route: &Route, asked: Option<&str>, body: &[u8]) -> Option<Vec<u8>> {
+fn engine_body(
+    table: &RoutingTable,
+    route: &Route,
+    asked: Option<&str>,
+    body: &[u8],
+) -> Option<Vec<u8>> {
     let wanted = route.request_model.as_deref()?;
     let asked = asked?;
-    if asked == wanted || app.table.is_adapter(asked) {
+    if asked == wanted || table.is_adapter(asked) {
         return None;
     }
     with_model(body, wanted)
 }
 
 /// The rules that need the body. `target` is the request target as received (path and
-/// query); `model` is set as soon as the model is known, for metrics.
+/// query); `model` is set as soon as the model is known, for metrics. Names are looked up
+/// in the live routing table (reloads and run-time adapters included).
 pub fn on_body<'a>(
-    app: &'a App,
+    app: &App,
     head: &Head,
     target: &'a str,
     body: &[u8],
@@ -212,17 +235,19 @@ pub fn on_body<'a>(
 ) -> Result<Target<'a>, Refusal> {
     let field = serde_json::from_slice::<ModelField>(body)
         .map_err(|e| Refusal::MalformedBody(e.to_string()))?;
-    let route = match app.table.lookup(field.model.as_deref()) {
+    let snapshot = app.state.borrow();
+    let table = &*snapshot.table;
+    let route = match table.lookup(field.model.as_deref()) {
         Lookup::Found(r) => r,
         Lookup::Unknown => {
             return Err(Refusal::UnknownModel {
                 name: clip(field.model.as_deref().unwrap_or_default()),
-                available: app.table.available(),
+                available: table.available(),
             });
         }
         Lookup::Missing => {
             return Err(Refusal::MissingModel {
-                available: app.table.available(),
+                available: table.available(),
             });
         }
     };
@@ -234,67 +259,136 @@ pub fn on_body<'a>(
                 .and_then(route_path)
                 .ok_or(Refusal::BadRoute)?
                 .into(),
-            None => (*route.predict_route).into(),
+            None => route.predict_route.to_string().into(),
         }
     } else {
         target.into()
     };
-    let snapshot = app.state.borrow();
     if snapshot.stopping {
         return Err(Refusal::ShuttingDown);
     }
     let status = &snapshot.models[route.index];
-    match status.state {
-        Phase::Ready => Ok(Target {
-            route,
-            path,
-            body: engine_body(app, route, field.model.as_deref(), body),
-        }),
+    readiness(status.load, status.state, &route.model, || {
+        status.last_exit.clone()
+    })?;
+    Ok(Target {
+        route: route.clone(),
+        path,
+        body: engine_body(table, route, field.model.as_deref(), body),
+    })
+}
+
+/// Whether a model in `state` takes a request: a ready one at once; an on-demand one in
+/// any state a request can load it from (`unloaded`, `sleeping`, loading or waking): the
+/// request waits its turn ([`wait_turn`]). Otherwise the typed refusal.
+fn readiness(
+    load: LoadMode,
+    state: Phase,
+    model: &str,
+    last_exit: impl FnOnce() -> Option<String>,
+) -> Result<(), Refusal> {
+    match state {
+        Phase::Ready => Ok(()),
         Phase::Failed => Err(Refusal::Failed {
-            model: route.model.to_string(),
-            why: status
-                .last_exit
-                .clone()
-                .unwrap_or_else(|| "no reason recorded".into()),
+            model: model.to_string(),
+            why: last_exit().unwrap_or_else(|| "no reason recorded".into()),
         }),
+        Phase::Stopped => Err(Refusal::Stopped {
+            model: model.to_string(),
+        }),
+        _ if load == LoadMode::OnDemand => Ok(()),
         state => Err(Refusal::NotReady {
-            model: route.model.to_string(),
+            model: model.to_string(),
             state: state.as_str(),
         }),
     }
 }
 
-/// A concurrency slot of the model, when it has a limit: at once if one is free, else
-/// after waiting in its queue up to `MODELMUX_QUEUE_TIMEOUT`. A request that waited is
-/// checked again: its model may have stopped being ready, or modelmux may be stopping.
-pub async fn wait_turn(app: &App, model: usize) -> Result<Option<Slot>, Refusal> {
-    let Some(queue) = &app.queues[model] else {
-        return Ok(None);
+/// An admitted request's turn: its concurrency slot (when the model has a limit) and its
+/// lease on the model (an unload or stop waits for it). Both are held until the response
+/// is over.
+#[derive(Debug)]
+pub struct Turn {
+    /// The model's concurrency slot.
+    pub slot: Option<Slot>,
+    /// The request's lease on its model.
+    pub lease: Lease,
+}
+
+/// The request's turn on model `model`: a concurrency slot when the model has a limit (at
+/// once if one is free, else after waiting in its FIFO queue), then its admission: at once
+/// for a ready model; for an on-demand model that is unloaded or asleep, after asking for
+/// the load or wake and waiting for it. One deadline, `MODELMUX_QUEUE_TIMEOUT`, bounds the
+/// whole wait: no slot in time is a 429, no load in time a 503 (SPEC §5, §9).
+pub async fn wait_turn(app: &App, model: usize) -> Result<Turn, Refusal> {
+    // The common case, a ready model with a free slot, takes no clock and no wait.
+    let mut deadline = None;
+    let slot = match app.queue(model) {
+        None => None,
+        Some(queue) => match queue.try_acquire() {
+            Some(slot) => Some(slot),
+            None => {
+                let at = *deadline.insert(Instant::now() + app.limits.queue_timeout);
+                let mut state = app.state.clone();
+                let waited = tokio::select! {
+                    waited = queue.acquire(at) => waited,
+                    _ = state.wait_for(|s| s.stopping) => return Err(Refusal::ShuttingDown),
+                };
+                match waited {
+                    Ok(slot) => Some(slot),
+                    Err(QueueRefusal::Full) => {
+                        return Err(Refusal::QueueFull {
+                            model: app.model_name(model),
+                        });
+                    }
+                    Err(QueueRefusal::TimedOut) => {
+                        return Err(Refusal::QueueTimeout {
+                            model: app.model_name(model),
+                        });
+                    }
+                }
+            }
+        },
     };
-    if let Some(slot) = queue.try_acquire() {
-        return Ok(Some(slot));
-    }
-    let deadline = Instant::now() + app.limits.queue_timeout;
-    let name = || app.table.models[model].model.to_string();
-    let mut state = app.state.clone();
-    let waited = tokio::select! {
-        waited = queue.acquire(deadline) => waited,
-        _ = state.wait_for(|s| s.stopping) => return Err(Refusal::ShuttingDown),
+    let lease = match ready_lease(app, model) {
+        Some(lease) => lease,
+        None => {
+            let at = deadline.unwrap_or_else(|| Instant::now() + app.limits.queue_timeout);
+            demand::admit(&app.state, &app.control, model, at)
+                .await
+                .map_err(|r| refused(app, model, r))?
+        }
     };
-    let slot = match waited {
-        Ok(slot) => slot,
-        Err(QueueRefusal::Full) => return Err(Refusal::QueueFull { model: name() }),
-        Err(QueueRefusal::TimedOut) => return Err(Refusal::QueueTimeout { model: name() }),
-    };
+    Ok(Turn { slot, lease })
+}
+
+/// A lease at once when the model is ready and modelmux is not stopping. The lease is taken
+/// while the snapshot is read, so a drain that comes after sees it.
+fn ready_lease(app: &App, model: usize) -> Option<Lease> {
     let snapshot = app.state.borrow();
-    let status = &snapshot.models[model];
-    match (snapshot.stopping, status.state) {
-        (true, _) => Err(Refusal::ShuttingDown),
-        (false, Phase::Ready) => Ok(Some(slot)),
-        (false, state) => Err(Refusal::NotReady {
-            model: name(),
+    let m = snapshot.models.get(model)?;
+    if snapshot.stopping || m.retired || m.state != Phase::Ready {
+        return None;
+    }
+    m.usage.lease()
+}
+
+/// The refusal for a request the admission turned away.
+fn refused(app: &App, model: usize, r: Refused) -> Refusal {
+    let name = app.model_name(model);
+    match r {
+        Refused::ShuttingDown => Refusal::ShuttingDown,
+        Refused::Removed => Refusal::Removed { model: name },
+        Refused::Failed(why) => Refusal::Failed { model: name, why },
+        Refused::Stopped => Refusal::Stopped { model: name },
+        Refused::NotReady(state) => Refusal::NotReady {
+            model: name,
             state: state.as_str(),
-        }),
+        },
+        Refused::TimedOut(state) => Refusal::LoadTimeout {
+            model: name,
+            state: state.as_str(),
+        },
     }
 }
 

@@ -54,6 +54,16 @@ pub enum Refusal {
     },
     /// An engine's control path (`/sleep`, `/collective_rpc`, ...): never passed on (404).
     ControlPath(String),
+    /// An `/admin/` path while the admin API is off (`MODELMUX_ADMIN_KEY` unset): as if it
+    /// did not exist (404).
+    NoSuchPath(String),
+    /// An `/admin/` call without the admin key (the API key does not open it) (401).
+    AdminUnauthorized,
+    /// A reload removed the model while the request waited (404).
+    Removed {
+        /// The model's name.
+        model: String,
+    },
     /// No model of that name (404).
     UnknownModel {
         /// The name asked for (cut to [`MAX_ECHO`] bytes).
@@ -108,6 +118,19 @@ pub enum Refusal {
         /// Why it failed.
         why: String,
     },
+    /// An operator stopped the model (503, `Retry-After: 30`).
+    Stopped {
+        /// The model's name.
+        model: String,
+    },
+    /// An on-demand model did not finish loading within `MODELMUX_QUEUE_TIMEOUT` (503,
+    /// `Retry-After: 5`).
+    LoadTimeout {
+        /// The model's name.
+        model: String,
+        /// Its state when the wait ended.
+        state: &'static str,
+    },
     /// modelmux is shutting down (503, `Retry-After: 5`).
     ShuttingDown,
     /// `MODELMUX_MAX_CONNECTIONS` connections are open (503, `Retry-After: 1`).
@@ -120,14 +143,23 @@ impl Refusal {
         use Refusal::*;
         match self {
             DuplicateHeader(_) | MalformedBody(_) | MissingModel { .. } | BadRoute => 400,
-            Unauthorized => 401,
-            NotServed { .. } | ControlPath(_) | UnknownModel { .. } => 404,
+            Unauthorized | AdminUnauthorized => 401,
+            NotServed { .. }
+            | ControlPath(_)
+            | NoSuchPath(_)
+            | Removed { .. }
+            | UnknownModel { .. } => 404,
             MethodNotAllowed { .. } => 405,
             BodyTimeout => 408,
             TooLarge { .. } => 413,
             QueueFull { .. } | QueueTimeout { .. } => 429,
             BadGateway { .. } => 502,
-            NotReady { .. } | Failed { .. } | ShuttingDown | TooManyConnections => 503,
+            NotReady { .. }
+            | Failed { .. }
+            | Stopped { .. }
+            | LoadTimeout { .. }
+            | ShuttingDown
+            | TooManyConnections => 503,
         }
     }
 
@@ -159,6 +191,17 @@ impl Refusal {
             ControlPath(path) => format!(
                 "{} is an engine control path; modelmux does not pass it on",
                 clip(path)
+            ),
+            NoSuchPath(path) => format!("no such path: {}", clip(path)),
+            AdminUnauthorized => {
+                "missing or wrong admin key (Authorization: Bearer <MODELMUX_ADMIN_KEY>)".into()
+            }
+            Removed { model } => format!("model {model} was removed by a reload"),
+            Stopped { model } => format!(
+                "model {model} is stopped by an operator; POST /admin/models/{model}/start starts it"
+            ),
+            LoadTimeout { model, state } => format!(
+                "model {model} is loading on demand ({state}) and was not ready within MODELMUX_QUEUE_TIMEOUT; retry shortly"
             ),
             UnknownModel { name, available } => {
                 format!("model {name:?} is not served here; available: {available}")
@@ -197,7 +240,8 @@ impl Refusal {
         use Refusal::*;
         match self {
             QueueFull { .. } | QueueTimeout { .. } | TooManyConnections => Some(1),
-            NotReady { .. } | ShuttingDown => Some(5),
+            NotReady { .. } | LoadTimeout { .. } | ShuttingDown => Some(5),
+            Stopped { .. } => Some(30),
             Failed { .. } => Some(60),
             _ => None,
         }
@@ -240,7 +284,7 @@ impl Refusal {
         if let Some(allow) = self.allow() {
             resp = resp.header(header::ALLOW, HeaderValue::from_static(allow));
         }
-        if *self == Refusal::Unauthorized {
+        if matches!(self, Refusal::Unauthorized | Refusal::AdminUnauthorized) {
             resp = resp.header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if self.closes() {
@@ -275,7 +319,7 @@ impl Refusal {
             out.extend_from_slice(b"\r\nallow: ");
             out.extend_from_slice(allow.as_bytes());
         }
-        if *self == Refusal::Unauthorized {
+        if matches!(self, Refusal::Unauthorized | Refusal::AdminUnauthorized) {
             out.extend_from_slice(b"\r\nwww-authenticate: Bearer");
         }
         if close || self.closes() {

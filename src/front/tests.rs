@@ -126,7 +126,10 @@ pub(crate) fn app(engine_port: u16) -> Arc<App> {
     state.send_modify(|s| s.models[0].state = Phase::Ready);
     // The sender lives as long as the test process: the state stays as set.
     std::mem::forget(state);
-    Arc::new(App::new(&plan, &settings, rx))
+    let control = crate::supervisor::Control::detached(rx.clone());
+    let live = crate::admin::live::Live::new(control, Arc::new(|| Err("no reloads here".into())));
+    let admin = Arc::new(crate::admin::Admin::new(None, Arc::new(live)));
+    Arc::new(App::new(&plan, &settings, rx, admin))
 }
 
 /// The fields of a vLLM model that the front's tests do not care about.
@@ -156,6 +159,7 @@ fn launch_defaults() -> ModelLaunch {
         gpu_share: None,
         memory_estimate: None,
         start_after: vec![],
+        ..crate::plan::tests::launch_for_tests("")
     }
 }
 

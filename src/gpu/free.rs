@@ -26,6 +26,10 @@ pub struct GpuTenant {
     pub share: Option<f64>,
     /// Its estimated need on this GPU in bytes, when known.
     pub estimate_bytes: Option<u64>,
+    /// True for an on-demand model that takes turns with others on this GPU (SPEC §9): it
+    /// is loaded only while there is room, unloading idle ones first.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub takes_turns: bool,
 }
 
 /// How the plan uses one GPU.
@@ -135,6 +139,7 @@ mod tests {
             measured: true,
             planned_bytes: planned,
             models: vec![GpuTenant {
+                takes_turns: false,
                 name: format!("m{index}"),
                 share: Some(0.45),
                 estimate_bytes: Some(20 * GIB),

@@ -5,6 +5,7 @@
 //! ([`check_free`]). It depends on nothing else in the crate; its errors are [`GpuError`].
 
 mod allocate;
+mod beside;
 mod error;
 mod free;
 mod nvml;
@@ -12,6 +13,7 @@ mod overrides;
 mod pack;
 
 pub use allocate::{AllocError, Demand, allocate};
+pub use beside::{Claim, fits, place_beside};
 pub use error::{GpuError, gib};
 pub use free::{GpuProcess, GpuTenant, GpuUse, check_free};
 pub use nvml::NvmlDiscovery;

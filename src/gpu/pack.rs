@@ -21,7 +21,7 @@ use super::{Demand, GpuError, Inventory, allocate};
 pub const VLLM_DEFAULT_UTILIZATION: f64 = 0.9;
 
 /// Shares are written with three decimals, rounded down.
-const SHARE_STEP: f64 = 0.001;
+pub(super) const SHARE_STEP: f64 = 0.001;
 
 /// What one model needs on each GPU it uses, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,13 +70,13 @@ pub struct Placement {
 }
 
 impl MemDemand {
-    fn packable(&self) -> bool {
+    pub(super) fn packable(&self) -> bool {
         self.gpus == 1 && self.need.is_some()
     }
 
     /// The share it reserves on a GPU of `size` where it keeps its own (its user's value, or
     /// for an engine without a fraction flag its estimate rounded up to the share step).
-    fn own_share(&self, size: u64) -> Option<f64> {
+    pub(super) fn own_share(&self, size: u64) -> Option<f64> {
         match (self.fixed_share, self.need) {
             (Some(u), _) => Some(u),
             (None, Some(need)) if self.fraction_flag.is_none() && size > 0 => {
@@ -98,7 +98,7 @@ impl MemDemand {
     }
 
     /// Bytes it takes on a GPU of `size` beside others (the rounding allowance included).
-    fn weight(&self, size: u64) -> u64 {
+    pub(super) fn weight(&self, size: u64) -> u64 {
         let need = self.need.expect("packable");
         let inside = match self.fixed_share {
             Some(u) => (u * size as f64) as u64,
@@ -107,15 +107,20 @@ impl MemDemand {
         inside + need.outside
     }
 
+    /// Bytes it takes beside others on a GPU of `size` (packable demands only).
+    pub fn weight_on(&self, size: u64) -> u64 {
+        self.weight(size)
+    }
+
     /// Whether it fits alone on GPUs of `size` with the utilization it would run at.
-    fn fits_alone(&self, size: u64, limit: f64) -> bool {
+    pub(super) fn fits_alone(&self, size: u64, limit: f64) -> bool {
         let Some(need) = self.need else { return true };
         need.inside as f64 <= self.alone_utilization(limit) * size as f64
     }
 
     /// The share it gets alone on whole GPUs: its own value, or the limit where the limit
     /// is below vLLM's default; nothing for an engine without a fraction flag.
-    fn whole_share(&self, limit: f64) -> Option<f64> {
+    pub(super) fn whole_share(&self, limit: f64) -> Option<f64> {
         match self.fixed_share {
             Some(u) => Some(u),
             None if self.fraction_flag.is_none() => None,
@@ -251,7 +256,7 @@ pub fn place(
 }
 
 /// The bytes all engines on GPU `g` may use together.
-fn capacity(inv: &Inventory, g: usize, limit: f64) -> u64 {
+pub(super) fn capacity(inv: &Inventory, g: usize, limit: f64) -> u64 {
     (limit * inv.gpus[g].memory_total as f64) as u64
 }
 
@@ -363,7 +368,7 @@ fn check_alone(
 }
 
 /// Why `d` does not fit GPU `g` even alone.
-fn alone_problem(d: &MemDemand, inv: &Inventory, g: usize, limit: f64) -> String {
+pub(super) fn alone_problem(d: &MemDemand, inv: &Inventory, g: usize, limit: f64) -> String {
     let need = d.need.map_or(0, |n| n.inside);
     let util = d.alone_utilization(limit);
     let source = match (d.fixed_share, d.fraction_flag) {
@@ -389,7 +394,12 @@ fn names(demands: &[MemDemand], items: &[usize]) -> String {
         .join(", ")
 }
 
-fn does_not_fit(demands: &[MemDemand], inv: &Inventory, limit: f64, problem: String) -> GpuError {
+pub(super) fn does_not_fit(
+    demands: &[MemDemand],
+    inv: &Inventory,
+    limit: f64,
+    problem: String,
+) -> GpuError {
     GpuError::DoesNotFit {
         problem,
         models: demands

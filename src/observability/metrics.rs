@@ -2,11 +2,11 @@
 //! Model state and restarts are read from the state snapshot at scrape time.
 
 use std::fmt::Write;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::state::{Phase, Snapshot};
+use crate::state::{MAX_MODELS, Phase, Snapshot};
 
 /// Histogram bucket bounds in seconds (requests run from milliseconds to minutes).
 const BUCKETS: [f64; 16] = [
@@ -52,9 +52,42 @@ impl Histogram {
     }
 }
 
+/// One model's loads, unloads and load times (SPEC §9): an engine started until ready, or
+/// woken; stopped or put to sleep when idle or to make room.
+#[derive(Default)]
+pub struct LoadStats {
+    /// Engines started until ready, and wakes.
+    pub loads: AtomicU64,
+    /// Unloads: stops and sleeps of an idle on-demand model.
+    pub unloads: AtomicU64,
+    /// Seconds from start (or wake) to ready.
+    pub seconds: Histogram,
+}
+
+impl std::fmt::Debug for LoadStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadStats")
+            .field("loads", &self.loads.load(Relaxed))
+            .field("unloads", &self.unloads.load(Relaxed))
+            .finish()
+    }
+}
+
+impl LoadStats {
+    /// Counts a load that took `took`.
+    pub fn loaded(&self, took: Duration) {
+        self.loads.fetch_add(1, Relaxed);
+        self.seconds.observe(took);
+    }
+
+    /// Counts an unload.
+    pub fn unloaded(&self) {
+        self.unloads.fetch_add(1, Relaxed);
+    }
+}
+
 /// Per-model request metrics.
 pub struct ModelMetrics {
-    name: String,
     by_code: Box<[AtomicU64; 600]>,
     /// Request duration, first byte sent to last byte received.
     pub duration: Histogram,
@@ -63,21 +96,22 @@ pub struct ModelMetrics {
     /// Requests under way.
     pub inflight: AtomicI64,
     /// Requests waiting for a concurrency slot (the model's queue keeps it).
-    queued: Option<Arc<AtomicUsize>>,
+    queued: OnceLock<Arc<AtomicUsize>>,
 }
 
-impl ModelMetrics {
-    fn new(name: &str) -> Self {
+impl Default for ModelMetrics {
+    fn default() -> Self {
         ModelMetrics {
-            name: escape(name),
             by_code: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             duration: Histogram::default(),
             ttfb: Histogram::default(),
             inflight: AtomicI64::new(0),
-            queued: None,
+            queued: OnceLock::new(),
         }
     }
+}
 
+impl ModelMetrics {
     /// Requests answered so far, whatever their status.
     pub fn answered(&self) -> u64 {
         self.by_code.iter().map(|c| c.load(Relaxed)).sum()
@@ -91,9 +125,10 @@ impl ModelMetrics {
     }
 }
 
-/// All metrics: one entry per model plus one for requests that reached no model.
+/// All metrics: one entry per model (by its index in the snapshot, made when first used)
+/// plus one for requests that reached no model. Names come from the snapshot.
 pub struct Metrics {
-    models: Vec<ModelMetrics>,
+    models: Box<[OnceLock<ModelMetrics>]>,
     unrouted: ModelMetrics,
     /// Failed scrapes of each engine's own metrics.
     pub engine_scrape_errors: super::scrape::ScrapeErrors,
@@ -110,64 +145,73 @@ impl Metrics {
     pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
         let names: Vec<&str> = names.into_iter().collect();
         Metrics {
-            models: names.iter().copied().map(ModelMetrics::new).collect(),
-            unrouted: ModelMetrics::new(""),
+            models: (0..MAX_MODELS).map(|_| OnceLock::new()).collect(),
+            unrouted: ModelMetrics::default(),
             engine_scrape_errors: super::scrape::ScrapeErrors::new(names),
         }
     }
 
     /// Reports the length of model `index`'s queue from `waiting` (kept by the queue).
-    pub fn track_queue(&mut self, index: usize, waiting: Arc<AtomicUsize>) {
-        if let Some(m) = self.models.get_mut(index) {
-            m.queued = Some(waiting);
-        }
+    pub fn track_queue(&self, index: usize, waiting: Arc<AtomicUsize>) {
+        let _ = self.model(Some(index)).queued.set(waiting);
     }
 
     /// The metrics of the model at `index`, or of "no model".
     pub fn model(&self, index: Option<usize>) -> &ModelMetrics {
         index
             .and_then(|i| self.models.get(i))
-            .unwrap_or(&self.unrouted)
+            .map_or(&self.unrouted, |m| m.get_or_init(ModelMetrics::default))
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition, for the models the snapshot serves.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let mut out = String::with_capacity(8192);
+        let empty = ModelMetrics::default();
+        let live: Vec<(String, &ModelMetrics, &crate::state::ModelStatus)> = snapshot
+            .live()
+            .map(|(i, s)| {
+                let m = self.models.get(i).and_then(OnceLock::get).unwrap_or(&empty);
+                (escape(&s.name), m, s)
+            })
+            .collect();
         out.push_str(
             "# HELP modelmux_requests_total Requests answered, by model and status code.\n",
         );
         out.push_str("# TYPE modelmux_requests_total counter\n");
-        for m in self.models.iter().chain([&self.unrouted]) {
+        let unrouted = (String::new(), &self.unrouted);
+        for (name, m) in live
+            .iter()
+            .map(|(n, m, _)| (n.clone(), *m))
+            .chain([unrouted])
+        {
             for (code, c) in m.by_code.iter().enumerate() {
                 let n = c.load(Relaxed);
                 if n > 0 {
                     let _ = writeln!(
                         out,
-                        "modelmux_requests_total{{model=\"{}\",code=\"{code}\"}} {n}",
-                        m.name
+                        "modelmux_requests_total{{model=\"{name}\",code=\"{code}\"}} {n}"
                     );
                 }
             }
         }
         out.push_str("# HELP modelmux_request_duration_seconds Time from request to the end of the response.\n");
         out.push_str("# TYPE modelmux_request_duration_seconds histogram\n");
-        for m in &self.models {
+        for (name, m, _) in &live {
             m.duration
-                .render(&mut out, "modelmux_request_duration_seconds", &m.name);
+                .render(&mut out, "modelmux_request_duration_seconds", name);
         }
         out.push_str("# HELP modelmux_time_to_first_byte_seconds Time to the first body byte of streamed responses.\n");
         out.push_str("# TYPE modelmux_time_to_first_byte_seconds histogram\n");
-        for m in &self.models {
+        for (name, m, _) in &live {
             m.ttfb
-                .render(&mut out, "modelmux_time_to_first_byte_seconds", &m.name);
+                .render(&mut out, "modelmux_time_to_first_byte_seconds", name);
         }
         out.push_str("# HELP modelmux_inflight_requests Requests under way.\n");
         out.push_str("# TYPE modelmux_inflight_requests gauge\n");
-        for m in &self.models {
+        for (name, m, _) in &live {
             let _ = writeln!(
                 out,
-                "modelmux_inflight_requests{{model=\"{}\"}} {}",
-                m.name,
+                "modelmux_inflight_requests{{model=\"{name}\"}} {}",
                 m.inflight.load(Relaxed)
             );
         }
@@ -175,35 +219,57 @@ impl Metrics {
             "# HELP modelmux_queue_length Requests waiting for a concurrency slot (max_concurrency).\n",
         );
         out.push_str("# TYPE modelmux_queue_length gauge\n");
-        for m in &self.models {
-            let queued = m.queued.as_ref().map_or(0, |q| q.load(Relaxed));
-            let _ = writeln!(
-                out,
-                "modelmux_queue_length{{model=\"{}\"}} {queued}",
-                m.name
-            );
+        for (name, m, _) in &live {
+            let queued = m.queued.get().map_or(0, |q| q.load(Relaxed));
+            let _ = writeln!(out, "modelmux_queue_length{{model=\"{name}\"}} {queued}");
         }
         out.push_str("# HELP modelmux_model_state 1 for the state each model is in.\n");
         out.push_str("# TYPE modelmux_model_state gauge\n");
-        for (m, s) in self.models.iter().zip(&snapshot.models) {
+        for (name, _, s) in &live {
             for phase in Phase::ALL {
                 let v = u8::from(s.state == phase);
                 let _ = writeln!(
                     out,
-                    "modelmux_model_state{{model=\"{}\",state=\"{}\"}} {v}",
-                    m.name,
+                    "modelmux_model_state{{model=\"{name}\",state=\"{}\"}} {v}",
                     phase.as_str()
                 );
             }
         }
         out.push_str("# HELP modelmux_model_restarts_total Engine restarts.\n");
         out.push_str("# TYPE modelmux_model_restarts_total counter\n");
-        for (m, s) in self.models.iter().zip(&snapshot.models) {
+        for (name, _, s) in &live {
             let _ = writeln!(
                 out,
-                "modelmux_model_restarts_total{{model=\"{}\"}} {}",
-                m.name, s.restarts
+                "modelmux_model_restarts_total{{model=\"{name}\"}} {}",
+                s.restarts
             );
+        }
+        out.push_str("# HELP modelmux_model_loads_total Engines started until ready, and woken from sleep.\n");
+        out.push_str("# TYPE modelmux_model_loads_total counter\n");
+        for (name, _, s) in &live {
+            let _ = writeln!(
+                out,
+                "modelmux_model_loads_total{{model=\"{name}\"}} {}",
+                s.loads.loads.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP modelmux_model_unloads_total On-demand models unloaded (stopped or put to sleep) when idle or to make room.\n");
+        out.push_str("# TYPE modelmux_model_unloads_total counter\n");
+        for (name, _, s) in &live {
+            let _ = writeln!(
+                out,
+                "modelmux_model_unloads_total{{model=\"{name}\"}} {}",
+                s.loads.unloads.load(Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP modelmux_model_load_seconds Time from an engine's start (or wake) to ready.\n",
+        );
+        out.push_str("# TYPE modelmux_model_load_seconds histogram\n");
+        for (name, _, s) in &live {
+            s.loads
+                .seconds
+                .render(&mut out, "modelmux_model_load_seconds", name);
         }
         out
     }

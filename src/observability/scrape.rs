@@ -50,9 +50,13 @@ pub fn targets(table: &RoutingTable, snapshot: &Snapshot) -> Vec<Target> {
     table
         .models
         .iter()
-        .zip(&snapshot.models)
-        .filter(|(_, status)| status.state == Phase::Ready)
-        .filter_map(|(route, _)| {
+        .filter(|route| {
+            snapshot
+                .models
+                .get(route.index)
+                .is_some_and(|m| m.state == Phase::Ready)
+        })
+        .filter_map(|route| {
             Some(Target {
                 index: route.index,
                 model: route.model.to_string(),

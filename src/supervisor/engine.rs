@@ -8,31 +8,34 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
-use super::control::{Event, Guarded};
-use super::logs::{Excerpt, Stream, Tail, pump};
+use super::calls::EngineCalls;
+use super::control::{Event as GuardianEvent, Guarded};
+use super::logs::{Excerpt, Tail};
+use super::machine::{self, Event};
+use super::orders::{AdapterError, Order, Rest};
 use super::probe::Prober;
-use super::reaper::{Exit, Reaper, SpawnRequest, Spawned};
+use super::reaper::{Exit, Reaper};
 use super::restart::RestartPolicy;
 use super::stall::{ProgressMetrics, StallWatch};
 use crate::config::{OnFailure, Settings};
 use crate::engines;
 use crate::observability::scrape;
 use crate::plan::ModelLaunch;
-use crate::state::{Phase, StateTx, update};
+use crate::state::StateTx;
 
 /// Interval between readiness probes while an engine loads.
-const STARTUP_PROBE: Duration = Duration::from_millis(200);
+pub(super) const STARTUP_PROBE: Duration = Duration::from_millis(200);
 /// Consecutive failed probes of a ready engine before it counts as hung.
-const HUNG_AFTER: u32 = 3;
+pub(super) const HUNG_AFTER: u32 = 3;
 /// Error lines and other last lines repeated when an engine fails.
 const ERRORS_IN_FAILURE: usize = 12;
 const OTHERS_IN_FAILURE: usize = 15;
 /// Longest line repeated in a failure message.
 const LINE_IN_FAILURE: usize = 500;
 /// Time the guardian gets past the grace period to report that everything is gone.
-const CLEANUP_SLACK: Duration = Duration::from_secs(5);
+pub(super) const CLEANUP_SLACK: Duration = Duration::from_secs(5);
 
 /// A model that failed for good, reported to `serve`.
 #[derive(Debug, Clone)]
@@ -80,7 +83,7 @@ impl std::fmt::Display for Failure {
 
 /// Everything one engine task needs.
 pub struct EngineTask {
-    /// Position of the model in the plan and the snapshot.
+    /// Position of the model in the snapshot.
     pub index: usize,
     /// The model's launch entry.
     pub launch: ModelLaunch,
@@ -96,17 +99,30 @@ pub struct EngineTask {
     pub failures: mpsc::UnboundedSender<Failure>,
     /// Health probes.
     pub prober: Prober,
+    /// Control calls (sleep, wake, adapters).
+    pub calls: EngineCalls,
     /// The engine's metric names for the progress check (`MODELMUX_STALL_TIMEOUT`), from
     /// its profile; `None` for an engine without metrics, which is not checked.
     pub progress: Option<ProgressMetrics>,
+    /// Orders from the controller.
+    pub orders: mpsc::UnboundedReceiver<Order>,
+    /// Start at once (an always-loaded model of the first plan); otherwise wait for
+    /// [`Order::Start`].
+    pub autostart: bool,
 }
 
-type Pumps = Vec<std::io::Result<JoinHandle<()>>>;
+pub(super) type Pumps = Vec<std::io::Result<JoinHandle<()>>>;
 
 /// How one run of the engine ended.
-enum RunEnd {
+pub(super) enum RunEnd {
     /// modelmux is shutting down; the engine has been stopped.
     Shutdown,
+    /// The engine was stopped by an order and rests (`stopped` or `unloaded`).
+    Parked,
+    /// The engine was stopped by a reload that removed or replaced the model.
+    Retired,
+    /// The engine was stopped by an operator's restart: start it again at once.
+    Again,
     /// The run is over (the engine exited, hung, was not ready in time, or did not start).
     /// `engine` may still have processes that its guardian is stopping.
     Ended {
@@ -119,8 +135,18 @@ enum RunEnd {
     },
 }
 
+/// What to do next.
+enum Step {
+    /// Run the engine.
+    Run,
+    /// No engine: wait for an order.
+    Idle,
+    /// The task ends.
+    Exit,
+}
+
 impl EngineTask {
-    /// Runs the engine until shutdown or final failure.
+    /// Runs the model until shutdown, final failure (without degrade) or retirement.
     pub async fn run(mut self) {
         let name: Arc<str> = self.launch.name.as_str().into();
         let mut policy =
@@ -128,92 +154,210 @@ impl EngineTask {
         let tail = Tail::default();
         let mut restarts = 0u32;
         let mut ever_ready = false;
-        // Engines that share a GPU start one after another (stage.rs).
-        let after = self.launch.start_after.clone();
-        if super::stage::wait_turn(&name, &after, &self.state, &mut self.shutdown).await
-            == super::stage::Turn::Shutdown
-        {
-            return;
-        }
-        loop {
-            tail.clear();
-            let (reason, exit, ready_for, engine, pumps) = match self.run_once(&name, &tail).await {
-                RunEnd::Shutdown => return,
-                RunEnd::Ended {
-                    reason,
-                    exit,
-                    ready_for,
-                    engine,
-                    pumps,
-                } => (reason, exit, ready_for, engine, pumps),
-            };
-            ever_ready |= ready_for.is_some();
-            // argparse exits 2: the same command line would fail the same way again.
-            let usage_error = exit == Some(Exit::Code(2)) && !ever_ready;
-            let delay = if usage_error {
-                None
-            } else {
-                policy.next_delay(Instant::now(), ready_for.unwrap_or_default())
-            };
-            // Published now, before the leftovers are cleaned up: requests get 503, not 502.
-            update(&self.state, self.index, |m| {
-                m.state = if delay.is_some() {
-                    Phase::Restarting
-                } else {
-                    Phase::Failed
-                };
-                m.pid = None;
-                m.last_exit = Some(reason.clone());
-                if delay.is_some() {
-                    m.restarts = restarts + 1;
-                }
-            });
-            if let Some(delay) = delay {
-                restarts += 1;
-                tracing::warn!(model = %name, "engine {reason}; restart {restarts} in {:.1} s", delay.as_secs_f64());
+        let mut step = if self.autostart {
+            // Engines that share a GPU start one after another (stage.rs).
+            let after = self.launch.start_after.clone();
+            match super::stage::wait_turn(&name, &after, &self.state, &mut self.shutdown).await {
+                super::stage::Turn::Shutdown => Step::Exit,
+                super::stage::Turn::Go => Step::Run,
             }
-            self.clean_up(engine, pumps).await;
-            match delay {
-                Some(delay) => {
-                    if self.wait_or_shutdown(delay).await {
-                        return;
-                    }
-                }
-                None => {
-                    let why = if usage_error {
-                        // VLLM_PARAMS reaches vLLM models only.
-                        let check = match self.launch.engine {
-                            engines::Engine::Vllm => "the model's params and VLLM_PARAMS",
-                            _ => "the model's params",
+        } else {
+            Step::Idle
+        };
+        loop {
+            step = match step {
+                Step::Exit => return,
+                Step::Idle => self.idle().await,
+                Step::Run => {
+                    tail.clear();
+                    let (reason, exit, ready_for, engine, pumps) =
+                        match self.run_once(&name, &tail).await {
+                            RunEnd::Shutdown | RunEnd::Retired => return,
+                            RunEnd::Parked => {
+                                step = Step::Idle;
+                                continue;
+                            }
+                            RunEnd::Again => {
+                                step = Step::Run;
+                                continue;
+                            }
+                            RunEnd::Ended {
+                                reason,
+                                exit,
+                                ready_for,
+                                engine,
+                                pumps,
+                            } => (reason, exit, ready_for, engine, pumps),
                         };
-                        format!(
-                            "{reason}: a usage error before it was ever ready, so it is not restarted (check {check})"
-                        )
+                    ever_ready |= ready_for.is_some();
+                    // argparse exits 2: the same command line would fail the same way again.
+                    let usage_error = exit == Some(Exit::Code(2)) && !ever_ready;
+                    let delay = if usage_error {
+                        None
                     } else {
-                        format!(
-                            "{reason}; {restarts} restarts within 10 minutes used the budget (MODELMUX_MAX_RESTARTS={})",
-                            self.settings.max_restarts
-                        )
+                        policy.next_delay(Instant::now(), ready_for.unwrap_or_default())
                     };
-                    let failure = Failure {
-                        model: name.to_string(),
-                        reason: why,
-                        output: tail.excerpt(ERRORS_IN_FAILURE, OTHERS_IN_FAILURE),
+                    // Published now, before the leftovers are cleaned up: requests get 503,
+                    // not 502.
+                    let event = if delay.is_some() {
+                        Event::Crash
+                    } else {
+                        Event::GiveUp
                     };
-                    // With `exit`, serve prints the failure once, as its last word.
-                    if self.settings.on_failure == OnFailure::Degrade {
-                        tracing::error!(model = %name, "{failure}");
+                    let _ = machine::apply(&self.state, self.index, event, |m| {
+                        m.pid = None;
+                        m.last_exit = Some(reason.clone());
+                        if delay.is_some() {
+                            m.restarts = restarts + 1;
+                        }
+                    });
+                    if let Some(delay) = delay {
+                        restarts += 1;
+                        tracing::warn!(model = %name, "engine {reason}; restart {restarts} in {:.1} s", delay.as_secs_f64());
                     }
-                    let _ = self.failures.send(failure);
-                    return;
+                    self.clean_up(engine, pumps).await;
+                    match delay {
+                        Some(delay) => self.back_off(delay).await,
+                        None => {
+                            self.give_up(&name, &reason, usage_error, restarts, &tail);
+                            // With degrade, an operator may start it again.
+                            Step::Idle
+                        }
+                    }
                 }
+            };
+        }
+    }
+
+    /// Reports a model that failed for good.
+    fn give_up(&self, name: &str, reason: &str, usage_error: bool, restarts: u32, tail: &Tail) {
+        let why = if usage_error {
+            // VLLM_PARAMS reaches vLLM models only.
+            let check = match self.launch.engine {
+                engines::Engine::Vllm => "the model's params and VLLM_PARAMS",
+                _ => "the model's params",
+            };
+            format!(
+                "{reason}: a usage error before it was ever ready, so it is not restarted (check {check})"
+            )
+        } else {
+            format!(
+                "{reason}; {restarts} restarts within 10 minutes used the budget (MODELMUX_MAX_RESTARTS={})",
+                self.settings.max_restarts
+            )
+        };
+        let failure = Failure {
+            model: name.to_string(),
+            reason: why,
+            output: tail.excerpt(ERRORS_IN_FAILURE, OTHERS_IN_FAILURE),
+        };
+        // With `exit`, serve prints the failure once, as its last word.
+        if self.settings.on_failure == OnFailure::Degrade {
+            tracing::error!(model = %name, "{failure}");
+        }
+        let _ = self.failures.send(failure);
+    }
+
+    /// Waits for the back-off before a restart; an order may cut it short.
+    async fn back_off(&mut self, delay: Duration) -> Step {
+        let mut sd = self.shutdown.clone();
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = sleep_until(until) => return if *sd.borrow() { Step::Exit } else { Step::Run },
+                _ = stopping(&mut sd) => return Step::Exit,
+                order = self.orders.recv() => match order {
+                    None => return Step::Exit,
+                    Some(order) => {
+                        if let Some(step) = self.order_without_engine(order) {
+                            return step;
+                        }
+                    }
+                },
             }
         }
     }
 
+    /// No engine runs (stopped, unloaded, failed): waits for an order.
+    async fn idle(&mut self) -> Step {
+        let mut sd = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = stopping(&mut sd) => return Step::Exit,
+                order = self.orders.recv() => match order {
+                    None => return Step::Exit,
+                    Some(order) => {
+                        if let Some(step) = self.order_without_engine(order) {
+                            return step;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// An order while no engine runs; the next step, or `None` to keep waiting.
+    fn order_without_engine(&mut self, order: Order) -> Option<Step> {
+        let phase = self.state.borrow().models[self.index].state;
+        match order {
+            Order::Start | Order::Restart => Some(Step::Run),
+            Order::Wake | Order::Sleep => {
+                // Stale: the engine it was meant for is gone.
+                self.usage().undrain();
+                None
+            }
+            Order::Stop(rest) => {
+                let event = match rest {
+                    Rest::Unloaded => Event::Unload,
+                    Rest::Stopped | Rest::Retired => Event::Halt,
+                };
+                if machine::next(phase, event).is_some() {
+                    let _ = machine::apply(&self.state, self.index, event, |_| {});
+                }
+                if rest == Rest::Retired {
+                    return Some(Step::Exit);
+                }
+                self.usage().undrain();
+                Some(Step::Idle)
+            }
+            Order::AddAdapter(_, reply) => {
+                let _ = reply.send(Err(AdapterError::NotRunning(phase)));
+                None
+            }
+            Order::RemoveAdapter(name, reply) => {
+                let _ = reply.send(self.forget_adapter(&name));
+                None
+            }
+        }
+    }
+
+    /// Drops a run-time adapter from the model's list (it is not loaded again).
+    pub(super) fn forget_adapter(&self, name: &str) -> Result<(), AdapterError> {
+        let mut found = false;
+        self.state.send_modify(|s| {
+            let m = &mut s.models[self.index];
+            let before = m.runtime_adapters.len();
+            m.runtime_adapters.retain(|a| a.name != name);
+            found = m.runtime_adapters.len() != before;
+            if found {
+                s.rebuild_table();
+            }
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(AdapterError::Unknown)
+        }
+    }
+
+    /// The model's usage (leases in flight).
+    pub(super) fn usage(&self) -> Arc<crate::usage::Usage> {
+        self.state.borrow().models[self.index].usage.clone()
+    }
+
     /// Waits until the guardian reports that no process of the engine is left (it was
     /// already told to stop them), and lets the log pumps drain.
-    async fn clean_up(&self, engine: Option<Guarded>, pumps: Pumps) {
+    pub(super) async fn clean_up(&self, engine: Option<Guarded>, pumps: Pumps) {
         if let Some(mut engine) = engine {
             engine
                 .finish(self.settings.shutdown_grace + CLEANUP_SLACK, &self.reaper)
@@ -222,212 +366,14 @@ impl EngineTask {
         drain(pumps).await;
     }
 
-    /// Sleeps for `delay`; true if shutdown began meanwhile.
-    async fn wait_or_shutdown(&mut self, delay: Duration) -> bool {
-        let mut sd = self.shutdown.clone();
-        tokio::select! {
-            _ = sleep(delay) => *sd.borrow(),
-            _ = stopping(&mut sd) => true,
-        }
-    }
-
-    async fn run_once(&mut self, name: &Arc<str>, tail: &Tail) -> RunEnd {
-        let mut sd = self.shutdown.clone();
-        if *sd.borrow() {
-            return RunEnd::Shutdown;
-        }
-        let not_started = |reason: String, pumps: Pumps| RunEnd::Ended {
-            reason,
-            exit: None,
-            ready_for: None,
-            engine: None,
-            pumps,
-        };
-        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", self.launch.port)) {
-            let reason = format!(
-                "could not be started: its port 127.0.0.1:{} is in use ({e})",
-                self.launch.port
-            );
-            return not_started(reason, Vec::new());
-        }
-        let req = SpawnRequest {
-            argv: self.launch.argv.clone(),
-            env: self.launch.env.clone(),
-            grace: self.settings.shutdown_grace,
-        };
-        let program = &self.launch.argv[0];
-        let Spawned {
-            guardian,
-            stdout,
-            stderr,
-            control,
-            exit,
-        } = match self.reaper.spawn(req).await {
-            Ok(s) => s,
-            Err(e) => {
-                let reason = format!("could not be started (its guardian, for {program}: {e})");
-                return not_started(reason, Vec::new());
-            }
-        };
-        let pumps: Pumps = vec![
-            tokio::process::ChildStdout::from_std(stdout)
-                .map(|p| pump(name.clone(), Stream::Stdout, p, tail.clone())),
-            tokio::process::ChildStderr::from_std(stderr)
-                .map(|p| pump(name.clone(), Stream::Stderr, p, tail.clone())),
-        ];
-        let mut engine = match Guarded::attach(control, guardian, exit).await {
-            Ok(g) => g,
-            Err(why) => {
-                return not_started(format!("could not be started ({program}: {why})"), pumps);
-            }
-        };
-        let pid = engine.pid;
-        tracing::info!(model = %name, pid, guardian, port = self.launch.port, gpus = %self.launch.gpus.join(","), "engine started");
-        update(&self.state, self.index, |m| {
-            m.state = Phase::Starting;
-            m.pid = Some(pid);
-        });
-
-        let started = Instant::now();
-        let deadline = started + self.settings.startup_timeout;
-        let mut last_log: Option<String> = None;
-        // Starting: probe often until ready, the engine exits, the deadline or shutdown;
-        // meanwhile the engine's last line is published (`last_log`) as it changes.
-        let ready_at = loop {
-            let line = tail.last_line();
-            if line != last_log {
-                last_log = line.clone();
-                update(&self.state, self.index, |m| m.last_log = line);
-            }
-            tokio::select! {
-                event = engine.next() => {
-                    let (reason, exit) = ended(event);
-                    return RunEnd::Ended { reason: format!("{reason} while starting"), exit, ready_for: None, engine: Some(engine), pumps };
-                }
-                _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
-                healthy = self.prober.healthy(self.launch.port, &self.launch.health_path, STARTUP_PROBE.max(Duration::from_secs(1))) => {
-                    if healthy {
-                        break Instant::now();
-                    }
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::error!(model = %name, "engine not ready within MODELMUX_STARTUP_TIMEOUT ({:.0} s); stopping it", self.settings.startup_timeout.as_secs_f64());
-                engine.stop(self.settings.shutdown_grace).await;
-                return RunEnd::Ended {
-                    reason: format!(
-                        "was not ready within {:.0} s",
-                        self.settings.startup_timeout.as_secs_f64()
-                    ),
-                    exit: None,
-                    ready_for: None,
-                    engine: Some(engine),
-                    pumps,
-                };
-            }
-            tokio::select! {
-                _ = sleep_until(now + STARTUP_PROBE) => {}
-                _ = stopping(&mut sd) => {}
-            }
-        };
-        tracing::info!(model = %name, pid, "ready after {:.1} s", (ready_at - started).as_secs_f64());
-        let entries = self
-            .prober
-            .models(
-                self.launch.port,
-                engines::api_key(self.launch.engine, &self.launch.argv, &self.launch.env)
-                    .as_deref(),
-                Duration::from_secs(5),
-            )
-            .await;
-        if entries.is_none() {
-            tracing::warn!(model = %name, pid, "the engine's /v1/models did not answer; /v1/models shows modelmux's own entries for it");
-        }
-        // Entries for the served names the engine does not list itself (SGLang and
-        // llama.cpp list the first, TGI its model id), copied from its base-model entry.
-        let entries = entries.map(|list| {
-            let l = &self.launch;
-            engines::model_entries(&l.served_names, &l.model_path, &l.adapters, list)
-        });
-        update(&self.state, self.index, |m| {
-            m.state = Phase::Ready;
-            if let Some(entries) = entries {
-                m.engine_models = Some(Arc::new(entries));
-            }
-        });
-
-        // Ready: watch for an exit (at once), for a hang (several failed probes in a row) and
-        // for a stall (requests running, no progress for MODELMUX_STALL_TIMEOUT).
-        let mut failed_probes = 0u32;
-        let mut stall = self
-            .settings
-            .stall_timeout
-            .filter(|_| self.progress.is_some())
-            .map(StallWatch::new);
-        let mut unreadable_said = false;
-        loop {
-            tokio::select! {
-                event = engine.next() => {
-                    let (reason, exit) = ended(event);
-                    return RunEnd::Ended { reason, exit, ready_for: Some(ready_at.elapsed()), engine: Some(engine), pumps };
-                }
-                _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
-                _ = sleep(self.settings.health_interval) => {}
-            }
-            // A busy engine may answer slowly: only several misses in a row count.
-            let healthy = tokio::select! {
-                h = self.prober.healthy(self.launch.port, &self.launch.health_path, self.settings.health_timeout) => h,
-                _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
-            };
-            if healthy {
-                failed_probes = 0;
-                let Some(watch) = stall.as_mut() else {
-                    continue;
-                };
-                let verdict = tokio::select! {
-                    v = self.check_progress(watch, &mut unreadable_said) => v,
-                    event = engine.next() => {
-                        let (reason, exit) = ended(event);
-                        return RunEnd::Ended { reason, exit, ready_for: Some(ready_at.elapsed()), engine: Some(engine), pumps };
-                    }
-                    _ = stopping(&mut sd) => return self.stop(engine, pumps).await,
-                };
-                if let Some(reason) = verdict {
-                    tracing::error!(model = %name, pid, "engine is {reason}; stopping it");
-                    engine.stop(self.settings.shutdown_grace).await;
-                    return RunEnd::Ended {
-                        reason,
-                        exit: None,
-                        ready_for: Some(ready_at.elapsed()),
-                        engine: Some(engine),
-                        pumps,
-                    };
-                }
-                continue;
-            }
-            failed_probes += 1;
-            tracing::warn!(model = %name, pid, "health probe failed ({failed_probes}/{HUNG_AFTER})");
-            if failed_probes >= HUNG_AFTER {
-                tracing::error!(model = %name, pid, "engine is not answering /health; stopping it");
-                engine.stop(self.settings.shutdown_grace).await;
-                return RunEnd::Ended {
-                    reason: format!(
-                        "stopped answering /health ({HUNG_AFTER} probes failed in a row)"
-                    ),
-                    exit: None,
-                    ready_for: Some(ready_at.elapsed()),
-                    engine: Some(engine),
-                    pumps,
-                };
-            }
-        }
-    }
-
     /// Reads the engine's progress metrics once and feeds them to `watch`; the reason for a
     /// restart when it has stalled. An engine whose metrics cannot be read is said once per
     /// run (at info: it may simply not export them) and not judged.
-    async fn check_progress(&self, watch: &mut StallWatch, said: &mut bool) -> Option<String> {
+    pub(super) async fn check_progress(
+        &self,
+        watch: &mut StallWatch,
+        said: &mut bool,
+    ) -> Option<String> {
         let (Some(progress), Some(path)) = (self.progress, self.launch.metrics_path.as_deref())
         else {
             return None;
@@ -458,44 +404,32 @@ impl EngineTask {
             }
         }
     }
+}
 
-    /// Shutdown: the ordered stop through the guardian (SIGTERM to the main process, SIGKILL
-    /// to whatever is left after the grace period), then wait until nothing is left.
-    async fn stop(&self, mut engine: Guarded, pumps: Pumps) -> RunEnd {
-        update(&self.state, self.index, |m| m.state = Phase::Stopping);
-        let grace = self.settings.shutdown_grace;
-        engine.stop(grace).await;
-        let exit = engine.finish(grace + CLEANUP_SLACK, &self.reaper).await;
-        let pid = engine.pid;
-        match exit {
-            Some(Exit::Signal(9)) => {
-                tracing::warn!(model = %self.launch.name, pid, "engine ignored SIGTERM for {:.0} s; killed (killed by SIGKILL)", grace.as_secs_f64())
-            }
-            Some(e) => tracing::info!(model = %self.launch.name, pid, "engine stopped ({e})"),
-            None => tracing::info!(model = %self.launch.name, pid, "engine stopped"),
-        }
-        drain(pumps).await;
-        update(&self.state, self.index, |m| m.pid = None);
-        RunEnd::Shutdown
-    }
+/// The engine's own API key (its profile's flag in its command line, else its variable),
+/// which its `/v1/models` and control endpoints require.
+pub(super) fn engine_api_key(launch: &ModelLaunch) -> Option<String> {
+    engines::api_key(launch.engine, &launch.argv, &launch.env)
 }
 
 /// Resolves once shutdown has begun.
-async fn stopping(rx: &mut watch::Receiver<bool>) {
+pub(super) async fn stopping(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
 /// Why a run ended, from the guardian's report.
-fn ended(event: Event) -> (String, Option<Exit>) {
+pub(super) fn ended(event: GuardianEvent) -> (String, Option<Exit>) {
     match event {
-        Event::Exited(exit) => (format!("exited ({exit})"), Some(exit)),
-        Event::Gone | Event::Lost => ("ended (its guardian was killed)".to_string(), None),
+        GuardianEvent::Exited(exit) => (format!("exited ({exit})"), Some(exit)),
+        GuardianEvent::Gone | GuardianEvent::Lost => {
+            ("ended (its guardian was killed)".to_string(), None)
+        }
     }
 }
 
 /// Waits briefly for the log pumps so that the last lines are logged and kept; a pipe held
 /// open by a stray process must not block.
-async fn drain(pumps: Pumps) {
+pub(super) async fn drain(pumps: Pumps) {
     for p in pumps.into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_millis(500), p).await;
     }

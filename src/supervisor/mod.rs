@@ -5,7 +5,14 @@
 //!   that makes sure no process of an engine outlives modelmux.
 //! - [`control`]: modelmux's side of a guardian (its reports and commands).
 //! - [`reaper`]: the one owner of reaping, and the spawner thread.
-//! - [`engine`]: one engine's life (readiness, hang detection, restarts, stop).
+//! - [`commands`]: [`Control`], the handle for operators' commands, reloads and loads.
+//! - `controller`: decides what each engine does next (loads, room, idle unloads,
+//!   commands, adapters, reloads); [`ledger`]: what each engine holds on its GPUs.
+//! - [`machine`]: the model state machine (the transition table, the one place phases
+//!   change); [`orders`]: what the controller tells an engine task.
+//! - [`engine`]: one engine's life (restarts, back-off, idle); `running`: one run of it
+//!   (readiness, hang detection, sleep and wake, adapters, ordered stops).
+//! - [`calls`]: modelmux's calls to the engine's control endpoints (sleep, LoRA).
 //! - [`tree`]: process trees from `/proc`.
 //! - [`group`]: process-group signals (the quick path when a guardian cannot help).
 //! - [`logs`]: engine output re-logged at its own level, tail and root cause kept.
@@ -15,15 +22,22 @@
 //! - [`progress`]: the "still loading" and "all ready" log lines.
 //! - [`stage`]: staged start of engines that share a GPU.
 
+pub mod calls;
+pub mod commands;
 pub mod control;
+mod controller;
 pub mod engine;
 pub mod group;
 pub mod guardian;
+pub mod ledger;
 pub mod logs;
+pub mod machine;
+pub mod orders;
 pub mod probe;
 pub mod progress;
 pub mod reaper;
 pub mod restart;
+mod running;
 pub mod stage;
 pub mod stall;
 pub mod tree;
@@ -31,24 +45,26 @@ pub mod tree;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::plan::LaunchPlan;
 use crate::state::StateTx;
+pub use commands::{Accepted, Command, CommandError, Control, ReloadPlan, ReloadReport};
 pub use engine::Failure;
 pub use reaper::Reaper;
 
-/// Running engines.
+/// Running engines and their controller.
 pub struct Supervisor {
-    tasks: JoinSet<()>,
+    controller: JoinHandle<()>,
+    control: Control,
     reaper: Reaper,
     shutdown: watch::Sender<bool>,
     failures: mpsc::UnboundedReceiver<Failure>,
 }
 
 impl Supervisor {
-    /// Starts every engine of the plan concurrently.
+    /// Starts every always-loaded engine of the plan (on-demand ones wait for a request).
     pub fn start(
         plan: &LaunchPlan,
         settings: Arc<Settings>,
@@ -57,28 +73,33 @@ impl Supervisor {
     ) -> Supervisor {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (fail_tx, failures) = mpsc::unbounded_channel();
-        let prober = probe::Prober::default();
-        let mut tasks = JoinSet::new();
-        for (index, launch) in plan.models.iter().enumerate() {
-            let task = engine::EngineTask {
-                index,
-                launch: launch.clone(),
-                settings: settings.clone(),
-                reaper: reaper.clone(),
-                state: state.clone(),
-                shutdown: shutdown_rx.clone(),
-                failures: fail_tx.clone(),
-                prober: prober.clone(),
-                progress: launch.engine.profile().metrics.map(|m| m.progress),
-            };
-            tasks.spawn(task.run());
-        }
+        let (tx, requests) = mpsc::unbounded_channel();
+        let control = Control {
+            tx: tx.clone(),
+            state: state.subscribe(),
+        };
+        let controller = controller::Controller::new(
+            plan,
+            settings,
+            reaper.clone(),
+            state,
+            shutdown_rx,
+            fail_tx,
+            requests,
+            tx,
+        );
         Supervisor {
-            tasks,
+            controller: tokio::spawn(controller.run()),
+            control,
             reaper,
             shutdown,
             failures,
         }
+    }
+
+    /// A handle for commands (admin API, SIGHUP, on-demand loads).
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The next model that failed for good. Pending forever if none does.
@@ -92,9 +113,9 @@ impl Supervisor {
     /// Stops every engine (SIGTERM, SIGKILL after the grace period) and waits for them;
     /// then kills any process of this run's engines left under modelmux (a guardian that
     /// was killed leaves its engine's children to modelmux).
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        let _ = self.controller.await;
         control::sweep_strays(&self.reaper, 1).await;
     }
 }

@@ -56,7 +56,7 @@ pub async fn report(mut state: StateRx, every: Duration, started: Instant, servi
             }
             if !announced && snapshot.all_ready() {
                 announced = true;
-                let line = ready_line(snapshot.models.len(), started.elapsed(), &serving_on);
+                let line = ready_line(snapshot.live().count(), started.elapsed(), &serving_on);
                 tracing::info!("{line}");
             }
         }
@@ -72,11 +72,7 @@ pub async fn report(mut state: StateRx, every: Duration, started: Instant, servi
         next = Instant::now() + every;
         let snapshot = state.borrow();
         let now = SystemTime::now();
-        for m in snapshot
-            .models
-            .iter()
-            .filter(|m| m.state == Phase::Starting)
-        {
+        for (_, m) in snapshot.live().filter(|(_, m)| m.state == Phase::Starting) {
             let loading_for = now.duration_since(m.since).unwrap_or_default();
             let line = loading_line(&m.name, loading_for, m.last_log.as_deref());
             tracing::info!(model = %m.name, "{line}");

@@ -91,7 +91,7 @@ pub async fn wait_turn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{ModelStatus, update};
+    use crate::state::ModelStatus;
     use std::time::Duration;
 
     fn snapshot(names: &[&str]) -> Snapshot {
@@ -102,19 +102,18 @@ mod tests {
                 .map(|n| ModelStatus {
                     name: n.to_string(),
                     state: Phase::Waiting,
-                    pid: None,
-                    port: 0,
                     gpus: vec!["0".into()],
-                    restarts: 0,
-                    last_exit: None,
-                    since: std::time::SystemTime::UNIX_EPOCH,
-                    last_log: None,
-                    engine_models: None,
                     gpu_share: Some(0.4),
-                    start_after: Vec::new(),
+                    ..crate::supervisor::machine::tests::test_status()
                 })
                 .collect(),
+            table: Default::default(),
         }
+    }
+
+    /// Sets a phase directly (these tests are about the wait, not the machine).
+    fn set(tx: &StateTx, index: usize, phase: Phase) {
+        crate::state::set_phase(tx, index, phase, |_| {});
     }
 
     async fn spawn_wait(
@@ -139,11 +138,11 @@ mod tests {
         let (sd, _sd_rx) = watch::channel(false);
         let h = spawn_wait(&tx, &["a", "b"], &sd).await;
         assert!(still_waiting(&h).await);
-        update(&tx, 0, |m| m.state = Phase::Starting);
+        set(&tx, 0, Phase::Starting);
         assert!(still_waiting(&h).await);
-        update(&tx, 0, |m| m.state = Phase::Ready);
+        set(&tx, 0, Phase::Ready);
         assert!(still_waiting(&h).await, "b is not ready yet");
-        update(&tx, 1, |m| m.state = Phase::Ready);
+        set(&tx, 1, Phase::Ready);
         assert_eq!(h.await.unwrap(), Turn::Go);
     }
 
@@ -152,12 +151,12 @@ mod tests {
         let (tx, _keep) = watch::channel(snapshot(&["a", "c"]));
         let (sd, _sd_rx) = watch::channel(false);
         let h = spawn_wait(&tx, &["a"], &sd).await;
-        update(&tx, 0, |m| m.state = Phase::Restarting);
+        set(&tx, 0, Phase::Restarting);
         assert!(
             still_waiting(&h).await,
             "a restart before ready keeps it waiting"
         );
-        update(&tx, 0, |m| m.state = Phase::Failed);
+        set(&tx, 0, Phase::Failed);
         assert_eq!(h.await.unwrap(), Turn::Go);
     }
 

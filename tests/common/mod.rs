@@ -4,6 +4,7 @@
 
 pub mod browser;
 pub mod raw;
+pub mod runtime;
 pub mod tools;
 
 use std::collections::BTreeMap;

@@ -167,10 +167,38 @@ impl Tier {
         env: &[(&str, &str)],
         own_session: bool,
     ) -> Run {
+        self.start_inner(label, models, env, own_session, None)
+    }
+
+    /// Like [`Tier::start`], the models from `--config FILE` (written here), so that a test
+    /// can change the file and reload.
+    pub fn start_from_file(
+        &self,
+        label: &str,
+        models: &[Value],
+        env: &[(&str, &str)],
+        file: &std::path::Path,
+    ) -> Run {
+        std::fs::write(file, json!({ "models": models }).to_string()).expect("write the config");
+        self.start_inner(label, models, env, false, Some(file))
+    }
+
+    fn start_inner(
+        &self,
+        label: &str,
+        models: &[Value],
+        env: &[(&str, &str)],
+        own_session: bool,
+        file: Option<&std::path::Path>,
+    ) -> Run {
         let port = free_port();
         let marker = format!("{label}-{}-{port}", std::process::id());
+        let config: Vec<std::ffi::OsString> = file
+            .map(|f| vec!["--config".into(), f.as_os_str().to_owned()])
+            .unwrap_or_default();
         let plan = self
             .command(models, env, port, &marker)
+            .args(&config)
             .arg("plan")
             .arg("--json")
             .output()
@@ -185,6 +213,7 @@ impl Tier {
                 })
             });
         let mut cmd = self.command(models, env, port, &marker);
+        cmd.args(&config);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         if own_session {
             use std::os::unix::process::CommandExt;

@@ -111,6 +111,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, health_only: bool) ->
     let mut record = Record::new(Wire::General, started);
     let result = match decision {
         Ok(Decision::Local(local)) => return serve_local(local, &app, &parts.headers, id).await,
+        Ok(Decision::Admin) => admin(&app, &head, &parts, body, &id, &mut record).await,
         Err(refusal) => Err((refusal, false)),
         Ok(Decision::Proxy) => proxy(&app, &head, &parts, body, &id, &mut record).await,
     };
@@ -164,7 +165,7 @@ async fn proxy(
         .map_err(|r| (r, false))?;
     let bytes = target.body.take().map_or(bytes, Bytes::from);
     let model = target.route.index;
-    let slot = policy::wait_turn(app, model)
+    let turn = policy::wait_turn(app, model)
         .await
         .map_err(|r| (r, false))?;
 
@@ -198,7 +199,7 @@ async fn proxy(
         .map_err(|e| (Refusal::MalformedBody(format!("bad path: {e}")), false))?;
     *req.headers_mut() = h;
 
-    let inflight = Inflight::new(app.clone(), model);
+    let inflight = Inflight::new(app.clone(), model, turn.lease);
     record.proxied = true;
     let resp = app.engines.request(req).await.map_err(|e| {
         let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
@@ -241,11 +242,51 @@ async fn proxy(
             path: parts.uri.clone(),
             request_id: id.clone(),
             inflight,
-            slot,
+            slot: turn.slot,
         },
         keepalive,
     );
     Ok(Response::from_parts(resp_parts, Body::new(relay)))
+}
+
+/// An admin API call the policy let through (the admin key checked): its body read like a
+/// proxied request's, answered by [`crate::admin`], logged like any request.
+async fn admin(
+    app: &Arc<App>,
+    head: &Head<'_>,
+    parts: &http::request::Parts,
+    body: Incoming,
+    id: &HeaderValue,
+    record: &mut Record,
+) -> Result<Response, Refused> {
+    let bytes = read_body(body, head.content_length, app).await?;
+    let authorization = head.authorization.once().copied();
+    let reply = app
+        .admin
+        .handle(head.method, head.path, authorization, &bytes)
+        .await;
+    let status = axum::http::StatusCode::from_u16(reply.status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::builder()
+        .status(status)
+        .header(X_REQUEST_ID.clone(), id.clone());
+    if reply.body.is_some() {
+        resp = resp.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(allow) = reply.allow {
+        resp = resp.header(header::ALLOW, allow);
+    }
+    record.status = reply.status;
+    record.complete = true;
+    record.finish(
+        app,
+        parts.method.as_str(),
+        parts.uri.path(),
+        id.to_str().unwrap_or("-"),
+    );
+    Ok(resp
+        .body(Body::from(reply.body_bytes()))
+        .expect("a valid response"))
 }
 
 /// Reads the whole body if it fits in `MODELMUX_MAX_BODY_BYTES`, giving up when the

@@ -21,7 +21,7 @@ use super::reads;
 use super::request::Forward;
 use super::response::{self, Head};
 use crate::front::access::{Inflight, Record};
-use crate::front::queue::Slot;
+use crate::front::policy::Turn;
 use crate::front::refusal::Refusal;
 use crate::front::sse::KEEPALIVE;
 
@@ -49,7 +49,8 @@ enum Failure {
 
 /// Passes the request (`request` holds the client's bytes, `b.out` the engine's) to its
 /// engine and the response back to the client. `timer` is the connection's timer, free
-/// while the exchange runs (keepalive comments use it). `slot` is held until the end.
+/// while the exchange runs (keepalive comments use it). `turn` (slot and lease) is held
+/// until the end.
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange(
     client: &mut TcpStream,
@@ -58,14 +59,14 @@ pub async fn exchange(
     fwd: &Forward,
     b: &mut Scratch,
     record: &mut Record,
-    slot: Option<Slot>,
+    turn: Turn,
     mut timer: Pin<&mut Sleep>,
 ) -> Next {
-    let _slot = slot;
+    let _slot = turn.slot;
     let app = &*front.app;
-    let route = &app.table.models[fwd.model];
+    let route = &fwd.route;
     let id = fwd.id.bytes(request);
-    let _inflight = Inflight::new(app, fwd.model);
+    let _inflight = Inflight::new(app, fwd.model, turn.lease);
     record.proxied = true;
     let close = fwd.close || app.state.borrow().stopping;
 

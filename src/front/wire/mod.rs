@@ -58,7 +58,7 @@ impl Front {
     /// A front thread's share: the application and an empty engine pool.
     pub fn new(app: Arc<App>) -> Self {
         Front {
-            engines: engines::Engines::new(app.table.models.len()),
+            engines: engines::Engines::new(crate::state::MAX_MODELS),
             app,
         }
     }
@@ -282,7 +282,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                     () = exchange::client_gone(&client, &mut b.scratch.early) => return,
                 };
                 let next = match turn {
-                    Ok(slot) => {
+                    Ok(turn) => {
                         let (request, timer) = (&b.read[..fwd.len], deadline.sleep.as_mut());
                         exchange::exchange(
                             &mut client,
@@ -291,7 +291,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                             &fwd,
                             &mut b.scratch,
                             &mut record,
-                            slot,
+                            turn,
                             timer,
                         )
                         .await

@@ -10,6 +10,7 @@ use crate::front::headers::{self, ConnectionTokens, Direction};
 use crate::front::page;
 use crate::front::policy::{self, Decision, Head, Seen};
 use crate::front::refusal::Refusal;
+use crate::state::Route;
 
 use super::push_decimal;
 
@@ -63,6 +64,8 @@ pub struct Forward {
     pub path: Range<usize>,
     /// The request id sent to the engine and back to the client.
     pub id: RequestId,
+    /// The model's engine, from the live routing table.
+    pub route: Route,
 }
 
 /// A request id: the client's `X-Request-Id`, or one made up.
@@ -193,7 +196,8 @@ pub fn step(buf: &[u8], app: &App, out: &mut Vec<u8>, record: &mut Record) -> St
     };
     match policy::on_head(app, &head) {
         Ok(Decision::Proxy) => {}
-        Ok(Decision::Local(_)) => return Step::HandOver,
+        // The front's own paths and the admin API are hyper's to answer.
+        Ok(Decision::Local(_) | Decision::Admin) => return Step::HandOver,
         Err(refusal) => return refused(refusal),
     }
     // A POST without Content-Length (and not chunked) has an empty body (RFC 9112 §6.3).
@@ -240,5 +244,6 @@ pub fn step(buf: &[u8], app: &App, out: &mut Vec<u8>, record: &mut Record) -> St
         close,
         path: range_in(buf, path.as_bytes()),
         id,
+        route: target.route,
     })
 }
