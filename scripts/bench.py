@@ -117,6 +117,31 @@ def tree_cpu_seconds(pid):
     return total
 
 
+def all_cpu_seconds(pid):
+    """CPU time of a process and all its descendants (modelmux's guardians and engines)."""
+    total = cpu_seconds(pid)
+    kids = []
+    # Every thread's children: modelmux spawns from a thread of its own.
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        except OSError:
+            pass
+    for k in kids:
+        try:
+            total += all_cpu_seconds(k)
+        except OSError:
+            pass
+    return total
+
+
+def proxy_cpu_seconds(target, pid):
+    """The proxy's own CPU time: modelmux alone (its children are guardians and engines),
+    the peers with their workers."""
+    return cpu_seconds(pid) if target in ("modelmux", "base") else tree_cpu_seconds(pid)
+
+
 def reset_peak(pid):
     with open(f"/proc/{pid}/clear_refs", "w") as f:
         f.write("5")
@@ -275,10 +300,10 @@ def target_urls(target, targets, ports, port, path, bodies):
 def one_run(target, targets, ports, port, path, bodies, c, stream, pids, duration=None, warmup=None):
     """One loadgen run against one target; the proxy's CPU time per request when known."""
     urls, bodies = target_urls(target, targets, ports, port, path, bodies)
-    cpu0 = tree_cpu_seconds(pids[target]) if target in pids else 0.0
+    cpu0 = proxy_cpu_seconds(target, pids[target]) if target in pids else 0.0
     r = loadgen(urls, bodies, c, stream, target, duration, warmup)
     if target in pids and r["requests"]:
-        r["cpu_us_per_req"] = (tree_cpu_seconds(pids[target]) - cpu0) / r["requests"] * 1e6
+        r["cpu_us_per_req"] = (proxy_cpu_seconds(target, pids[target]) - cpu0) / r["requests"] * 1e6
     return r
 
 
@@ -343,7 +368,7 @@ def own_seconds(pids):
     total = ru.ru_utime + ru.ru_stime
     for pid in pids:
         try:
-            total += tree_cpu_seconds(pid)
+            total += all_cpu_seconds(pid)
         except OSError:
             pass
     return total
