@@ -72,7 +72,7 @@ pub struct RawConfig {
 
     /// The engine command, split like a shell line, for models of the MODELMUX_ENGINE
     /// profile without an engine_cmd of their own (default: the profile's own, for vLLM
-    /// python3 -m vllm.entrypoints.openai.api_server).
+    /// `vllm serve`).
     #[arg(
         long,
         env = "MODELMUX_ENGINE_CMD",
@@ -152,7 +152,8 @@ pub struct RawConfig {
     #[arg(long, env = "MODELMUX_MAX_CONNECTIONS", global = true)]
     pub max_connections: Option<String>,
 
-    /// Seconds a request may wait for a model's concurrency slot before 429 (default 60).
+    /// Seconds a request may wait for a model's concurrency slot before 429, or for an
+    /// on-demand model to load before 503 (default 60).
     #[arg(long, env = "MODELMUX_QUEUE_TIMEOUT", global = true)]
     pub queue_timeout: Option<String>,
 

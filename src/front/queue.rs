@@ -1,10 +1,10 @@
 //! A model's admission queue: at most `capacity` requests hold a slot at once; up to
 //! `max_waiting` more wait for one, first in, first out, each until its own deadline.
 //!
-//! The interface is what any "wait your turn" needs (on-demand loading will reuse it):
 //! [`Queue::acquire`] with a deadline returns a [`Slot`], held for as long as the work
-//! lasts, or a typed [`QueueRefusal`]. The number waiting is kept in a shared counter that
-//! `/metrics` reads.
+//! lasts, or a typed [`QueueRefusal`]. An on-demand model's load ([`crate::demand`]) is
+//! waited for after the slot, within the same deadline. The number waiting is kept in a
+//! shared counter that `/metrics` reads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
