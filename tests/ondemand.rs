@@ -8,10 +8,10 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::{Wire, post as raw_post};
 use common::runtime::{
     ADMIN_KEY, admin, complete, get_blocking, health, metric, model, state_becomes, wait_for,
 };
-use common::raw::{Wire, post as raw_post};
 use common::{Modelmux, Setup, client, run_async};
 use modelmux::weights::fixtures::{LLAMA_3_8B, QWEN2_0_5B};
 use serde_json::{Value, json};
@@ -459,7 +459,11 @@ fn raw_stream(port: u16, general: bool, model: &str) -> common::raw::Answer {
         Wire::connect(port)
     };
     let body = json!({"model": model, "stream": true, "mock_chunks": 3}).to_string();
-    w.send(&raw_post("/v1/completions", "X-Request-Id: early-1\r\n", &body));
+    w.send(&raw_post(
+        "/v1/completions",
+        "X-Request-Id: early-1\r\n",
+        &body,
+    ));
     w.answer()
 }
 
@@ -515,7 +519,10 @@ fn a_stream_waiting_for_a_slow_load_gets_its_head_early_and_keepalives_on_both_w
 }
 
 fn model_state(m: &Modelmux, name: &str) -> String {
-    model(m, name)["state"].as_str().unwrap_or_default().to_string()
+    model(m, name)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]

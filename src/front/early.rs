@@ -117,7 +117,10 @@ pub fn write_head(out: &mut Vec<u8>, request_id: &[u8], close: bool) {
 pub fn response_head(request_id: &http::HeaderValue) -> http::response::Builder {
     http::Response::builder()
         .status(200)
-        .header(http::header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(
+            http::header::CONTENT_TYPE,
+            "text/event-stream; charset=utf-8",
+        )
         .header(http::header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
         .header("x-request-id", request_id.clone())
@@ -240,7 +243,8 @@ async fn late(
     let resp = match answer {
         Ok(resp) => resp,
         Err(e) => {
-            let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            let why =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             let r = Refusal::BadGateway { model: name, why };
             let _ = tx.send(refusal_event(&r)).await;
             return ended(502, false);
@@ -319,7 +323,9 @@ pub fn request_from_raw(raw: &[u8], authority: &str) -> Option<hyper::Request<Fu
         return None;
     };
     let uri: http::Uri = format!("http://{authority}{}", req.path?).parse().ok()?;
-    let mut builder = hyper::Request::builder().method(http::Method::POST).uri(uri);
+    let mut builder = hyper::Request::builder()
+        .method(http::Method::POST)
+        .uri(uri);
     for h in req.headers.iter() {
         // hyper frames the body from its length itself.
         if !h.name.eq_ignore_ascii_case("content-length") {
@@ -369,15 +375,26 @@ mod tests {
         // An engine's own error object passes as it is; other bodies are wrapped.
         let own = br#"{"error": {"message": "too long", "type": "BadRequestError", "code": 400}}"#;
         let text = event(engine_error_event(400, own, "m"));
-        assert!(text.starts_with(&format!("data: {}", serde_json::from_slice::<Value>(own).unwrap())));
+        assert!(text.starts_with(&format!(
+            "data: {}",
+            serde_json::from_slice::<Value>(own).unwrap()
+        )));
         let old = br#"{"object": "error", "message": "too long", "code": 400}"#;
         let v: Value = serde_json::from_str(
-            event(engine_error_event(400, old, "m")).lines().next().unwrap()[6..].trim(),
+            event(engine_error_event(400, old, "m"))
+                .lines()
+                .next()
+                .unwrap()[6..]
+                .trim(),
         )
         .unwrap();
         assert_eq!(v["error"]["message"], "too long");
         let v: Value = serde_json::from_str(
-            event(engine_error_event(500, b"oops", "m")).lines().next().unwrap()[6..].trim(),
+            event(engine_error_event(500, b"oops", "m"))
+                .lines()
+                .next()
+                .unwrap()[6..]
+                .trim(),
         )
         .unwrap();
         assert_eq!(v["error"]["code"], 500);

@@ -110,7 +110,8 @@ pub fn status_json(app: &App) -> Value {
                 fields.insert("inflight".into(), json!(metrics.inflight.load(Relaxed)));
                 // Waiting for a slot or for an on-demand load; null for a model that
                 // never makes a request wait.
-                let waits = app.queue(i).is_some() || status.load == crate::config::LoadMode::OnDemand;
+                let waits =
+                    app.queue(i).is_some() || status.load == crate::config::LoadMode::OnDemand;
                 let queue_length = waits.then(|| metrics.queued_now());
                 fields.insert("queue_length".into(), json!(queue_length));
                 // Published by other parts as they come; present (null) from the start so

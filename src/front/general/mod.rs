@@ -171,9 +171,7 @@ async fn proxy(
     // The common case takes its turn at once; a request that must wait may be a stream
     // that gets its head early (read before the body goes into the engine's request).
     let ready = policy::ready_turn(app, model);
-    let wait = ready
-        .is_none()
-        .then(|| TurnWait::new(app, model, &bytes));
+    let wait = ready.is_none().then(|| TurnWait::new(app, model, &bytes));
 
     let mut connection = ConnectionTokens::default();
     for v in parts.headers.get_all(header::CONNECTION) {
@@ -213,7 +211,8 @@ async fn proxy(
             Waited::KeepAlive => {
                 record.status = 200;
                 record.streamed = true;
-                let finished = std::mem::replace(record, Record::new(Wire::General, record.started));
+                let finished =
+                    std::mem::replace(record, Record::new(Wire::General, record.started));
                 let stream = early::spawn(app.clone(), model, wait, req);
                 let body = late::LateBody::new(
                     stream,

@@ -299,8 +299,16 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                     Err(Ok(wait)) => {
                         let request = &b.read[..fwd.len];
                         let (scratch, rec) = (&mut b.scratch, &mut record);
-                        Box::pin(late::late(&mut client, front, request, &fwd, scratch, rec, wait))
-                            .await
+                        Box::pin(late::late(
+                            &mut client,
+                            front,
+                            request,
+                            &fwd,
+                            scratch,
+                            rec,
+                            wait,
+                        ))
+                        .await
                     }
                     Ok(turn) => {
                         let (request, timer) = (&b.read[..fwd.len], deadline.sleep.as_mut());
