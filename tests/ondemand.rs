@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw::{Wire, post as raw_post};
 use common::runtime::{
     ADMIN_KEY, admin, complete, get_blocking, health, metric, model, state_becomes, wait_for,
 };
@@ -93,6 +94,8 @@ fn an_on_demand_model_is_listed_counts_as_ready_and_loads_on_its_first_request()
         )
         .await;
         assert_eq!(r.status, 200);
+        // A quick load (well within MODELMUX_SSE_KEEPALIVE) keeps the engine's own head.
+        assert_eq!(r.headers["x-mock-served-by"], "s");
         assert!(
             r.body.contains("tok2") && r.body.ends_with("data: [DONE]\n\n"),
             "{}",
@@ -444,5 +447,164 @@ fn an_on_demand_model_of_another_engine_loads_and_stops_through_its_profile() {
             metric(&m, r#"modelmux_model_loads_total{model="sg"}"#),
             Some(2.0)
         );
+    });
+}
+
+/// A streaming completion for `model` on a raw connection to the pass-through wire, or to
+/// hyper's (`general`), read whole (its chunked body decoded).
+fn raw_stream(port: u16, general: bool, model: &str) -> common::raw::Answer {
+    let mut w = if general {
+        Wire::connect_general(port)
+    } else {
+        Wire::connect(port)
+    };
+    let body = json!({"model": model, "stream": true, "mock_chunks": 3}).to_string();
+    w.send(&raw_post(
+        "/v1/completions",
+        "X-Request-Id: early-1\r\n",
+        &body,
+    ));
+    w.answer()
+}
+
+/// The events of an SSE body, comments included, in order.
+fn events(body: &str) -> Vec<&str> {
+    body.split("\n\n").filter(|e| !e.is_empty()).collect()
+}
+
+#[test]
+fn a_stream_waiting_for_a_slow_load_gets_its_head_early_and_keepalives_on_both_wires() {
+    run_async(TEST, async {
+        let slow = || json!({"env": {"MOCK_STARTUP_DELAY_MS": "2500"}});
+        let m = Setup::new(&[on_demand("pass", slow()), on_demand("general", slow())])
+            .env("MODELMUX_SSE_KEEPALIVE", "0.4")
+            .start();
+        m.wait_ready(T);
+        let port = m.port;
+        for (model, general) in [("pass", false), ("general", true)] {
+            let a = tokio::task::spawn_blocking(move || raw_stream(port, general, model))
+                .await
+                .unwrap();
+            let text = a.text();
+            assert_eq!(a.status, 200, "{model}: {text}");
+            assert_eq!(
+                a.header("content-type"),
+                Some("text/event-stream; charset=utf-8"),
+                "{model}"
+            );
+            assert_eq!(a.header("x-request-id"), Some("early-1"), "{model}");
+            // The head went out before the engine answered: its own headers never came.
+            assert_eq!(a.header("x-mock-served-by"), None, "{model}");
+            let ev = events(&text);
+            let first_data = ev.iter().position(|e| e.starts_with("data:")).unwrap();
+            assert!(first_data >= 2, "{model}: keepalives first: {text}");
+            assert!(
+                ev[..first_data].iter().all(|e| *e == ": keepalive"),
+                "{model}: {text}"
+            );
+            assert!(
+                text.contains("tok2") && text.ends_with("data: [DONE]\n\n"),
+                "{model}: {text}"
+            );
+            assert!(!text.contains("\"error\""), "{model}: {text}");
+            assert_eq!(model_state(&m, model), "ready");
+        }
+        // Once loaded, a stream gets the engine's own head again.
+        let a = tokio::task::spawn_blocking(move || raw_stream(port, false, "pass"))
+            .await
+            .unwrap();
+        assert_eq!(a.header("x-mock-served-by"), Some("pass"), "{}", a.text());
+        assert!(!a.text().contains(": keepalive"));
+    });
+}
+
+fn model_state(m: &Modelmux, name: &str) -> String {
+    model(m, name)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_stream_whose_load_does_not_finish_in_time_ends_with_an_error_event() {
+    run_async(TEST, async {
+        let m = Setup::new(&[on_demand(
+            "never",
+            json!({"env": {"MOCK_STARTUP_DELAY_MS": "600000"}}),
+        )])
+        .env("MODELMUX_SSE_KEEPALIVE", "0.3")
+        .env("MODELMUX_QUEUE_TIMEOUT", "1.5")
+        .start();
+        m.wait_ready(T);
+        let port = m.port;
+        for general in [false, true] {
+            let a = tokio::task::spawn_blocking(move || raw_stream(port, general, "never"))
+                .await
+                .unwrap();
+            let text = a.text();
+            assert_eq!(a.status, 200, "{text}");
+            let ev = events(&text);
+            let n = ev.len();
+            assert!(n >= 3, "{text}");
+            assert!(ev[..n - 2].iter().all(|e| *e == ": keepalive"), "{text}");
+            assert_eq!(ev[n - 1], "data: [DONE]", "{text}");
+            let error: Value = serde_json::from_str(ev[n - 2].strip_prefix("data: ").unwrap())
+                .unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(error["error"]["code"], 503, "{text}");
+            assert_eq!(error["error"]["type"], "service_unavailable", "{text}");
+            assert!(
+                error["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("MODELMUX_QUEUE_TIMEOUT"),
+                "{text}"
+            );
+        }
+        // A request that does not stream keeps its plain 503 with Retry-After.
+        let c = client();
+        let r = complete(&c, &m, "never").await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.headers["retry-after"], "5");
+    });
+}
+
+#[test]
+fn requests_queue_in_order_for_the_slot_of_a_loading_model() {
+    run_async(TEST, async {
+        let m = Setup::new(&[on_demand(
+            "q",
+            json!({"max_concurrency": 1, "env": {"MOCK_STARTUP_DELAY_MS": "2000"}}),
+        )])
+        .env("MODELMUX_SSE_KEEPALIVE", "0.5")
+        .start();
+        m.wait_ready(T);
+        let queued = || metric(&m, r#"modelmux_queue_length{model="q"}"#);
+        assert_eq!(queued(), Some(0.0));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let (c, url, tx) = (client(), m.url("/v1/completions"), tx.clone());
+            // The first streams (its head goes out early), the others do not.
+            let body = json!({"model": "q", "stream": i == 0, "prompt": "x", "mock_chunks": 2})
+                .to_string();
+            tasks.push(tokio::spawn(async move {
+                let r = common::post(&c, &url, &body).await;
+                tx.send(i).unwrap();
+                r
+            }));
+            // The first waits for the load (holding the slot), the next ones for the slot:
+            // all count as queued. Each takes its place before the next comes.
+            wait_for(T, "the request queued", || queued() == Some(i as f64 + 1.0)).await;
+        }
+        assert_eq!(model_state(&m, "q"), "starting");
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        let order: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(order, [0, 1, 2]);
+        assert_eq!(queued(), Some(0.0));
+        let status = common::get(&client(), &m.url("/status")).await.json();
+        assert_eq!(status["models"][0]["queue_length"], 0, "{status}");
     });
 }

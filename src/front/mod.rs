@@ -20,6 +20,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod early;
 pub mod errors;
 pub mod general;
 pub mod headers;

@@ -5,8 +5,9 @@
 //! `/status` is the page's JSON, and a handy one for people: per model, everything the
 //! supervisor publishes in its snapshot (name, state, `since`, GPUs, port, pid, restarts,
 //! last exit, `last_log`, `gpu_share`, ...), plus the front's view: served names, adapters,
-//! `requests_total`, `inflight` and `queue_length` (`null` for a model without
-//! `max_concurrency`, which has no queue). Requests per second are worked out by the page
+//! `requests_total`, `inflight` and `queue_length` (requests waiting for a slot or for an
+//! on-demand load; `null` for an always-loaded model without `max_concurrency`, which
+//! never makes a request wait). Requests per second are worked out by the page
 //! from `requests_total` over its last ten seconds of polls. Like `/health`, both stay open
 //! when `MODELMUX_API_KEY` is set. Both are [`super::local::Local`] paths, so the two wires
 //! answer them alike.
@@ -107,7 +108,11 @@ pub fn status_json(app: &App) -> Value {
                 let metrics = app.metrics.model(Some(i));
                 fields.insert("requests_total".into(), json!(metrics.answered()));
                 fields.insert("inflight".into(), json!(metrics.inflight.load(Relaxed)));
-                let queue_length = app.queue(i).map(|q| q.waiting());
+                // Waiting for a slot or for an on-demand load; null for a model that
+                // never makes a request wait.
+                let waits =
+                    app.queue(i).is_some() || status.load == crate::config::LoadMode::OnDemand;
+                let queue_length = waits.then(|| metrics.queued_now());
                 fields.insert("queue_length".into(), json!(queue_length));
                 // Published by other parts as they come; present (null) from the start so
                 // that clients can rely on the keys.

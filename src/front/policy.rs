@@ -8,9 +8,12 @@
 //! 2. [`on_body`], once the body is in: its `"model"`, `/predict`'s `route`, readiness.
 //! 3. [`wait_turn`]: the model's concurrency slot, waiting in its queue if it has one, then
 //!    its admission ([`crate::demand`]): a lease on a ready model, after an on-demand load
-//!    or wake when it is unloaded or asleep, all within one `MODELMUX_QUEUE_TIMEOUT`.
+//!    or wake when it is unloaded or asleep, all within one `MODELMUX_QUEUE_TIMEOUT`
+//!    ([`ready_turn`] when no wait is needed; [`crate::front::early`] sends a streaming
+//!    request's keepalives while it waits).
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::time::Instant;
 
@@ -354,12 +357,41 @@ pub async fn wait_turn(app: &App, model: usize) -> Result<Turn, Refusal> {
         Some(lease) => lease,
         None => {
             let at = deadline.unwrap_or_else(|| Instant::now() + app.limits.queue_timeout);
+            let _loading = LoadWait::new(&app.metrics.model(Some(model)).loading);
             demand::admit(&app.state, &app.control, model, at)
                 .await
                 .map_err(|r| refused(app, model, r))?
         }
     };
     Ok(Turn { slot, lease })
+}
+
+/// The turn at once, without waiting, when the model is ready and has a free slot (the
+/// common case); `None` when the request must wait ([`wait_turn`]).
+pub fn ready_turn(app: &App, model: usize) -> Option<Turn> {
+    let slot = match app.queue(model) {
+        None => None,
+        Some(queue) => Some(queue.try_acquire()?),
+    };
+    let lease = ready_lease(app, model)?;
+    Some(Turn { slot, lease })
+}
+
+/// Counts a request waiting for its model's load or wake (`modelmux_queue_length` counts
+/// these with the requests waiting for a slot) for as long as it waits.
+struct LoadWait<'a>(&'a AtomicUsize);
+
+impl<'a> LoadWait<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Relaxed);
+        LoadWait(count)
+    }
+}
+
+impl Drop for LoadWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// A lease at once when the model is ready and modelmux is not stopping. The lease is taken

@@ -32,6 +32,8 @@ enum Act {
 struct Engine {
     port: u16,
     requests: Arc<AtomicUsize>,
+    /// Connections the engine has closed.
+    closed: Arc<AtomicUsize>,
 }
 
 fn read_request(s: &mut TcpStream) -> bool {
@@ -60,28 +62,42 @@ impl Engine {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
-        let counter = requests.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (counter, closes) = (requests.clone(), closed.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
-                let Ok(mut s) = conn else { return };
-                let counter = counter.clone();
+                let Ok(s) = conn else { return };
+                let (counter, closes) = (counter.clone(), closes.clone());
                 std::thread::spawn(move || {
-                    while read_request(&mut s) {
-                        let n = counter.fetch_add(1, SeqCst) + 1;
-                        let act = act(n);
-                        if !matches!(act, Act::HangUp) {
-                            let _ = s.write_all(
+                    // Counted once the socket is closed (dropped at the end of `serve`).
+                    let serve = |mut s: TcpStream| {
+                        while read_request(&mut s) {
+                            let n = counter.fetch_add(1, SeqCst) + 1;
+                            let act = act(n);
+                            if !matches!(act, Act::HangUp) {
+                                let _ = s.write_all(
                                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
                             );
+                            }
+                            if !matches!(act, Act::Answer) {
+                                return;
+                            }
                         }
-                        if !matches!(act, Act::Answer) {
-                            return;
-                        }
-                    }
+                    };
+                    serve(s);
+                    closes.fetch_add(1, SeqCst);
                 });
             }
         });
-        Engine { port, requests }
+        Engine {
+            port,
+            requests,
+            closed,
+        }
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(SeqCst)
     }
 
     fn requests(&self) -> usize {
@@ -175,10 +191,18 @@ fn front(engine_port: u16) -> Front {
 
 /// Sends `requests` on one connection and returns each answer's status line.
 fn exchange(port: u16, requests: &[&[u8]]) -> Vec<String> {
+    exchange_with(port, requests, |_| {})
+}
+
+/// [`exchange`], calling `between(n)` after the n-th answer (from 1) before the next request.
+fn exchange_with(port: u16, requests: &[&[u8]], between: impl Fn(usize)) -> Vec<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut out = Vec::new();
-    for r in requests {
+    for (i, r) in requests.iter().enumerate() {
+        if i > 0 {
+            between(i);
+        }
         s.write_all(r).unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
@@ -239,7 +263,18 @@ fn a_request_the_engine_read_is_never_sent_twice_on_either_wire() {
 fn a_connection_the_engine_closed_is_not_used_again() {
     let engine = Engine::start(|_| Act::AnswerAndClose);
     let f = front(engine.port);
-    let answers = exchange(f.port, &[POST, POST, POST]);
+    // Each next request goes once the engine has closed: an engine that closes just after
+    // its answer races the next request, which then may have reached it (not retried).
+    let answers = exchange_with(f.port, &[POST, POST, POST], |n| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while engine.closed() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the engine never closed"
+            );
+            std::thread::yield_now();
+        }
+    });
     assert!(
         answers.iter().all(|a| a.starts_with("HTTP/1.1 200")),
         "{answers:?}"

@@ -97,6 +97,8 @@ pub struct ModelMetrics {
     pub inflight: AtomicI64,
     /// Requests waiting for a concurrency slot (the model's queue keeps it).
     queued: OnceLock<Arc<AtomicUsize>>,
+    /// Requests waiting for the model's on-demand load or wake.
+    pub loading: AtomicUsize,
 }
 
 impl Default for ModelMetrics {
@@ -107,11 +109,17 @@ impl Default for ModelMetrics {
             ttfb: Histogram::default(),
             inflight: AtomicI64::new(0),
             queued: OnceLock::new(),
+            loading: AtomicUsize::new(0),
         }
     }
 }
 
 impl ModelMetrics {
+    /// Requests waiting now: for a concurrency slot, or for an on-demand load or wake.
+    pub fn queued_now(&self) -> usize {
+        self.queued.get().map_or(0, |q| q.load(Relaxed)) + self.loading.load(Relaxed)
+    }
+
     /// Requests answered so far, whatever their status.
     pub fn answered(&self) -> u64 {
         self.by_code.iter().map(|c| c.load(Relaxed)).sum()
@@ -216,11 +224,11 @@ impl Metrics {
             );
         }
         out.push_str(
-            "# HELP modelmux_queue_length Requests waiting for a concurrency slot (max_concurrency).\n",
+            "# HELP modelmux_queue_length Requests waiting for a concurrency slot (max_concurrency) or for an on-demand load.\n",
         );
         out.push_str("# TYPE modelmux_queue_length gauge\n");
         for (name, m, _) in &live {
-            let queued = m.queued.get().map_or(0, |q| q.load(Relaxed));
+            let queued = m.queued_now();
             let _ = writeln!(out, "modelmux_queue_length{{model=\"{name}\"}} {queued}");
         }
         out.push_str("# HELP modelmux_model_state 1 for the state each model is in.\n");

@@ -4,11 +4,13 @@
 //!
 //! - [`conn`]: one hyper connection with the header and idle timeouts.
 //! - [`io`]: the client connection under hyper, and the clock of its time limits.
+//! - [`late`]: a streaming request answered early while its on-demand model loads.
 //! - [`relay`]: the engine's response body passed on, with SSE keepalives and the access
 //!   record.
 
 pub mod conn;
 pub mod io;
+pub mod late;
 pub mod relay;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use tokio::time::Instant;
 
 use super::App;
 use super::access::{Inflight, Record, Wire};
+use super::early::{self, TurnWait, Waited};
 use super::headers::{self, ConnectionTokens, Direction};
 use super::local::{self, Local};
 use super::page;
@@ -165,9 +168,10 @@ async fn proxy(
         .map_err(|r| (r, false))?;
     let bytes = target.body.take().map_or(bytes, Bytes::from);
     let model = target.route.index;
-    let turn = policy::wait_turn(app, model)
-        .await
-        .map_err(|r| (r, false))?;
+    // The common case takes its turn at once; a request that must wait may be a stream
+    // that gets its head early (read before the body goes into the engine's request).
+    let ready = policy::ready_turn(app, model);
+    let wait = ready.is_none().then(|| TurnWait::new(app, model, &bytes));
 
     let mut connection = ConnectionTokens::default();
     for v in parts.headers.get_all(header::CONNECTION) {
@@ -199,6 +203,30 @@ async fn proxy(
         .map_err(|e| (Refusal::MalformedBody(format!("bad path: {e}")), false))?;
     *req.headers_mut() = h;
 
+    let turn = match (ready, wait) {
+        (Some(turn), _) => turn,
+        (None, None) => unreachable!("a wait when not ready"),
+        (None, Some(mut wait)) => match wait.next().await {
+            Waited::Done(turn) => turn.map_err(|r| (r, false))?,
+            Waited::KeepAlive => {
+                record.status = 200;
+                record.streamed = true;
+                let finished =
+                    std::mem::replace(record, Record::new(Wire::General, record.started));
+                let stream = early::spawn(app.clone(), model, wait, req);
+                let body = late::LateBody::new(
+                    stream,
+                    app.clone(),
+                    finished,
+                    parts.uri.clone(),
+                    id.clone(),
+                );
+                return Ok(early::response_head(id)
+                    .body(Body::new(body))
+                    .expect("a valid response"));
+            }
+        },
+    };
     let inflight = Inflight::new(app.clone(), model, turn.lease);
     record.proxied = true;
     let resp = app.engines.request(req).await.map_err(|e| {

@@ -8,6 +8,7 @@
 //!
 //! - [`request`]: a request's head and body into policy facts and the engine's request.
 //! - [`exchange`]: one request through to an engine and back.
+//! - [`late`]: a streaming request answered early while its on-demand model loads.
 //! - [`response`], [`framing`]: the engine's head rewritten, the end of its body found.
 //! - [`balance`]: new connections go to the front thread with the fewest.
 //! - [`engines`]: idle engine connections, per front thread.
@@ -19,6 +20,7 @@ pub mod buffers;
 pub mod engines;
 pub mod exchange;
 pub mod framing;
+pub mod late;
 pub mod reads;
 pub mod request;
 pub mod response;
@@ -36,6 +38,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::App;
 use super::access::{Record, Wire};
+use super::early::{TurnWait, Waited};
 use super::general;
 use super::policy;
 use super::refusal::{DISCARD_LIMIT, Refusal};
@@ -277,11 +280,36 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                 true
             }
             Step::Forward(fwd) => {
-                let turn = tokio::select! {
-                    turn = policy::wait_turn(app, fwd.model) => turn,
-                    () = exchange::client_gone(&client, &mut b.scratch.early) => return,
+                let turn = match policy::ready_turn(app, fwd.model) {
+                    Some(turn) => Ok(turn),
+                    None => {
+                        let body = &b.read[fwd.body.clone()];
+                        let mut wait = TurnWait::new(&front.app, fwd.model, body);
+                        tokio::select! {
+                            waited = wait.next() => match waited {
+                                Waited::Done(turn) => turn.map_err(Err),
+                                // A stream waits long: its head goes out now.
+                                Waited::KeepAlive => Err(Ok(wait)),
+                            },
+                            () = exchange::client_gone(&client, &mut b.scratch.early) => return,
+                        }
+                    }
                 };
                 let next = match turn {
+                    Err(Ok(wait)) => {
+                        let request = &b.read[..fwd.len];
+                        let (scratch, rec) = (&mut b.scratch, &mut record);
+                        Box::pin(late::late(
+                            &mut client,
+                            front,
+                            request,
+                            &fwd,
+                            scratch,
+                            rec,
+                            wait,
+                        ))
+                        .await
+                    }
                     Ok(turn) => {
                         let (request, timer) = (&b.read[..fwd.len], deadline.sleep.as_mut());
                         exchange::exchange(
@@ -296,7 +324,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                         )
                         .await
                     }
-                    Err(refusal) => {
+                    Err(Err(refusal)) => {
                         let id = fwd.id.bytes(&b.read);
                         let ok = write_refusal(&mut client, &refusal, id, fwd.close).await;
                         record.status = refusal.status();

@@ -66,6 +66,8 @@ pub struct Forward {
     pub id: RequestId,
     /// The model's engine, from the live routing table.
     pub route: Route,
+    /// The client's body, as bytes of the client's request.
+    pub body: Range<usize>,
 }
 
 /// A request id: the client's `X-Request-Id`, or one made up.
@@ -245,5 +247,6 @@ pub fn step(buf: &[u8], app: &App, out: &mut Vec<u8>, record: &mut Record) -> St
         path: range_in(buf, path.as_bytes()),
         id,
         route: target.route,
+        body: head_len..total,
     })
 }
