@@ -149,7 +149,7 @@ fn help_shows_defaults_and_examples() {
         "(default 8080)",
         "(default /opt/ds/model/deployed_model)",
         "(default /v1/completions)",
-        "vllm.entrypoints.openai.api_server)",
+        "for vLLM `vllm serve`)",
         "(default 1800)",
         "Examples:",
         "modelmux --config models.json plan",
