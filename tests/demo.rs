@@ -30,8 +30,9 @@ while time.time() < deadline:
         if not data:
             break
         out += data
-    if not sent and prompt in out:
-        time.sleep(0.5)
+    # Ctrl-C once the log follower prints (it owns the terminal by then; a Ctrl-C before
+    # that would reach the script, which ignores it, as a person's early Ctrl-C would).
+    if not sent and prompt in out and b"configuration read" in out.split(prompt, 1)[1]:
         os.write(fd, b"\x03")
         sent = True
 else:
