@@ -14,10 +14,14 @@ use common::{port_block, tools, wait_until};
 /// Runs argv[1:] on a new pseudo-terminal, types Ctrl-C once the output shows `PROMPT`,
 /// and prints {"exit": code, "output": text} when it ends (or after 120 s).
 const DRIVER: &str = r#"
-import json, os, pty, select, sys, time
+import json, os, pty, select, signal, sys, time
 prompt = os.environ["PROMPT"].encode()
 pid, fd = pty.fork()
 if pid == 0:
+    # A person's terminal delivers Ctrl-C: undo an ignored SIGINT inherited from whatever
+    # ran the tests in the background (ignored signals survive exec, and bash cannot trap them).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     os.execvp(sys.argv[1], sys.argv[1:])
 out, sent, deadline = b"", False, time.time() + 120
 while time.time() < deadline:
