@@ -150,7 +150,9 @@ def main():
                 models.append({"model_path": name, "params": params})
         hub = [dict(m, model_path=f"org/{m['model_path']}") for m in models]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("MODELMUX_", "MULTI_MODEL"))}
-        base.update(MODELMUX_GPUS="40x80GiB", MODELMUX_MODEL_ROOT=root, RUST_LOG="warn")
+        # `plan` checks that the engine program exists (as `serve` would): the mock stands in.
+        base.update(MODELMUX_GPUS="40x80GiB", MODELMUX_MODEL_ROOT=root, RUST_LOG="warn",
+                    MODELMUX_ENGINE_CMD=os.path.join(os.path.dirname(BIN), "mock-vllm"))
         local = dict(base, MULTI_MODEL_CONFIG=json.dumps({"models": models}))
         remote = dict(base, MULTI_MODEL_CONFIG=json.dumps({"models": hub}), MODELMUX_GPUS="64x80GiB")
         plan = json.loads(subprocess.run([BIN, "plan", "--json"], env=local, capture_output=True, check=True).stdout)
