@@ -245,9 +245,9 @@ async fn late(
         Err(e) => {
             let why =
                 std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            let r = policy::engine_failed(&app, model, why);
+            let r = Refusal::BadGateway { model: name, why };
             let _ = tx.send(refusal_event(&r)).await;
-            return ended(r.status(), false);
+            return ended(502, false);
         }
     };
     let status = resp.status().as_u16();

@@ -405,23 +405,6 @@ fn ready_lease(app: &App, model: usize) -> Option<Lease> {
     m.usage.lease()
 }
 
-/// The refusal for a request whose engine failed at the connection level: a 502, unless
-/// the model has left `ready` meanwhile (its engine died: restarting, stopped or failed),
-/// which is then what the client hears, a 503 saying when to retry (SPEC §5: requests for a
-/// model that is not ready get 503 with `Retry-After`).
-pub fn engine_failed(app: &App, model: usize, why: String) -> Refusal {
-    let snapshot = app.state.borrow();
-    let name = app.model_name(model);
-    let Some(m) = snapshot.models.get(model) else {
-        return Refusal::BadGateway { model: name, why };
-    };
-    // An always-loaded model's rules: a dead on-demand engine is not "loading" either.
-    match readiness(LoadMode::Always, m.state, &name, || m.last_exit.clone()) {
-        Ok(()) => Refusal::BadGateway { model: name, why },
-        Err(refusal) => refusal,
-    }
-}
-
 /// The refusal for a request the admission turned away.
 fn refused(app: &App, model: usize, r: Refused) -> Refusal {
     let name = app.model_name(model);

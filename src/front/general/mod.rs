@@ -231,7 +231,8 @@ async fn proxy(
     record.proxied = true;
     let resp = app.engines.request(req).await.map_err(|e| {
         let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-        (policy::engine_failed(app, model, why), false)
+        let model = target.route.model.to_string();
+        (Refusal::BadGateway { model, why }, false)
     })?;
     let (mut resp_parts, incoming) = resp.into_parts();
     let mut engine_connection = ConnectionTokens::default();

@@ -21,7 +21,7 @@ use super::reads;
 use super::request::Forward;
 use super::response::{self, Head};
 use crate::front::access::{Inflight, Record};
-use crate::front::policy::{self, Turn};
+use crate::front::policy::Turn;
 use crate::front::refusal::Refusal;
 use crate::front::sse::KEEPALIVE;
 
@@ -79,14 +79,7 @@ pub async fn exchange(
                 Ok(conn) => conn,
                 Err(e) => {
                     let why = format!("cannot connect: {e}");
-                    return bad_gateway(
-                        client,
-                        record,
-                        policy::engine_failed(app, fwd.model, why),
-                        id,
-                        close,
-                    )
-                    .await;
+                    return bad_gateway(client, record, &route.model, why, id, close).await;
                 }
             },
         };
@@ -97,14 +90,7 @@ pub async fn exchange(
                 delivered: false, ..
             }) if reused => {}
             Err(Failure::Engine { why, .. }) => {
-                return bad_gateway(
-                    client,
-                    record,
-                    policy::engine_failed(app, fwd.model, why),
-                    id,
-                    close,
-                )
-                .await;
+                return bad_gateway(client, record, &route.model, why, id, close).await;
             }
         }
     };
@@ -115,14 +101,7 @@ pub async fn exchange(
     let body = &b.engine[head.len..];
     let Ok((take, mut done)) = framing.feed(body) else {
         let why = "sent a malformed chunked body".to_string();
-        return bad_gateway(
-            client,
-            record,
-            policy::engine_failed(app, fwd.model, why),
-            id,
-            close,
-        )
-        .await;
+        return bad_gateway(client, record, &route.model, why, id, close).await;
     };
     let mut reusable = head.reusable && take == body.len();
     b.head.extend_from_slice(&body[..take]);
@@ -272,18 +251,22 @@ pub async fn client_gone(client: &TcpStream, early: &mut BytesMut) {
     }
 }
 
-/// Answers when the engine could not be reached or gave no usable answer: 502, or the 503
-/// of a model whose engine died meanwhile ([`policy::engine_failed`]).
+/// Answers 502 when the engine could not be reached or gave no usable answer.
 async fn bad_gateway(
     client: &mut TcpStream,
     record: &mut Record,
-    refusal: Refusal,
+    model: &str,
+    why: String,
     id: &[u8],
     close: bool,
 ) -> Next {
+    let refusal = Refusal::BadGateway {
+        model: model.to_string(),
+        why,
+    };
     let mut out = Vec::with_capacity(512);
     refusal.write(&mut out, id, close);
-    record.status = refusal.status();
+    record.status = 502;
     if client.write_all(&out).await.is_err() {
         return Next::Close;
     }
