@@ -297,7 +297,8 @@ fn pack(
 }
 
 /// Shares on one GPU: members keep their own fixed shares; the rest of the allowance goes
-/// to the others in proportion to their need, rounded down to [`SHARE_STEP`].
+/// to the others: each its need rounded up to [`SHARE_STEP`], then the rest in proportion to
+/// their need, rounded down.
 fn assign_shares(
     demands: &[MemDemand],
     members: &[usize],
@@ -331,13 +332,26 @@ fn assign_shares(
         .map(|&i| need(i).inside as f64)
         .sum();
     let allowance = (limit * size - outside - fixed).max(0.0);
+    // Each sharer first gets its need rounded up to the step (a proportional share rounded
+    // down could fall just short of a small model's need); what is left goes out in
+    // proportion to need, rounded down. The packing counted one step per sharer, so the
+    // rounded-up needs fit the allowance.
+    let floor_share = |i: usize| (need(i).inside as f64 / size / SHARE_STEP).ceil() * SHARE_STEP;
+    let spare = (allowance / size
+        - members
+            .iter()
+            .filter(|&&i| own(i).is_none())
+            .map(|&i| floor_share(i))
+            .sum::<f64>())
+    .max(0.0);
     for &i in &members {
         placed[i].shared = true;
         placed[i].share = match own(i) {
             Some(u) => Some(u),
             None => {
-                let bytes = allowance * need(i).inside as f64 / inside.max(1.0);
-                Some(((bytes / size) / SHARE_STEP).floor() * SHARE_STEP)
+                let extra = spare * need(i).inside as f64 / inside.max(1.0);
+                let extra = (extra / SHARE_STEP).floor() * SHARE_STEP;
+                Some(floor_share(i) + extra)
             }
         };
     }
