@@ -439,20 +439,7 @@ async fn hand_over(
     general::conn::serve(io, clock, front.app.clone(), false, stop).await;
 }
 
-/// Appends `n` in decimal, without a formatter or an allocation.
-pub fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
-}
+pub use crate::observability::lines::push_decimal;
 
 #[cfg(test)]
 mod tests {
