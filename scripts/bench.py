@@ -26,6 +26,7 @@ BENCH_TARGETS, BENCH_MODES ("completions,chat"), BENCH_STREAMS ("plain,stream"),
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -62,10 +63,20 @@ VENV = os.path.join(ROOT, "target", "bench-peers", "venv")
 PROCS = []
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(span=40):
+    """A port with the `span` ports after it free as well (modelmux gives its engines
+    PORT+1, PORT+2, ...), below the ephemeral range: the benchmark's own client connections
+    leave ephemeral ports in TIME_WAIT, where an engine could not bind."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - span)
+        try:
+            for p in range(base, base + span + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise SystemExit("bench: no free run of ports found below 32000")
 
 
 def http_json(url, timeout=2.0):

@@ -4,7 +4,9 @@
 //! URLs; request `i` goes to `--url[i % urls]` with `--body[i % bodies]`, so that requests
 //! can alternate between models. Prints one JSON line: requests/s, latency percentiles,
 //! and for streams (`--stream`) the time to first byte; a stream that does not end with
-//! `data: [DONE]` counts as an error.
+//! `data: [DONE]` counts as an error. The rate counts requests answered inside the
+//! measuring window; the latencies only those also begun inside it. `--samples PATH` writes each one's start, time to first byte and total
+//! (µs) to a file.
 //!
 //! ```text
 //! mmx-loadgen --url http://127.0.0.1:8080/v1/completions --body '{"model":"a"}' \
@@ -30,6 +32,9 @@ struct Args {
     stream: bool,
     threads: usize,
     label: String,
+    /// Where to write every measured request as `start_us ttfb_us total_us` (start from
+    /// the beginning of the measurement), for looking at a tail over time.
+    samples: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         stream: false,
         threads: 1,
         label: String::new(),
+        samples: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +68,7 @@ fn parse_args() -> Result<Args, String> {
             "--warmup" => a.warmup = value()?.parse().map_err(|e| format!("--warmup: {e}"))?,
             "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--label" => a.label = value()?,
+            "--samples" => a.samples = Some(value()?),
             "--stream" => a.stream = true,
             other => return Err(format!("unknown flag {other}")),
         }
@@ -80,7 +87,11 @@ fn parse_args() -> Result<Args, String> {
 struct Samples {
     latency: Vec<u32>,
     ttfb: Vec<u32>,
+    /// Requests answered inside the window, timed or not.
+    completed: u64,
     errors: u64,
+    /// `(start, ttfb, total)` per request, in µs, when `--samples` asks for them.
+    timeline: Vec<(u64, u32, u32)>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -155,6 +166,7 @@ async fn run(args: Args) {
     let args = Arc::new(args);
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let origin = Instant::now();
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
         let (client, args, measuring, stop) = (
@@ -170,15 +182,33 @@ async fn run(args: Args) {
                 let url = &args.urls[i % args.urls.len()];
                 let body = &args.bodies[i % args.bodies.len()];
                 i += 1;
+                // Every request ended inside the window counts toward the rate, but only
+                // those begun inside it toward the latencies: one begun in the warm-up
+                // would carry the warm-up's burst of new connections into the tail.
+                let timed = measuring.load(Ordering::Relaxed);
+                let began = origin.elapsed();
                 let r = one(&client, url, body, args.stream).await;
                 if !measuring.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) {
                     continue;
                 }
+                if r.is_ok() {
+                    s.completed += 1;
+                }
                 match r {
+                    Ok(_) if !timed => {}
                     Ok((total, ttfb)) => {
                         s.latency.push(total.as_micros() as u32);
                         if let Some(t) = ttfb {
                             s.ttfb.push(t.as_micros() as u32);
+                        }
+                        if args.samples.is_some() {
+                            let at = began.saturating_sub(Duration::from_secs_f64(args.warmup));
+                            let ttfb = ttfb.map_or(0, |t| t.as_micros() as u32);
+                            s.timeline.push((
+                                at.as_micros() as u64,
+                                ttfb,
+                                total.as_micros() as u32,
+                            ));
                         }
                     }
                     Err(()) => {
@@ -203,17 +233,30 @@ async fn run(args: Args) {
             all.latency.extend(s.latency);
             all.ttfb.extend(s.ttfb);
             all.errors += s.errors;
+            all.completed += s.completed;
+            all.timeline.extend(s.timeline);
         }
     }
     all.latency.sort_unstable();
     all.ttfb.sort_unstable();
+    if let Some(path) = &args.samples {
+        all.timeline.sort_unstable();
+        let lines: String = all
+            .timeline
+            .iter()
+            .map(|(at, ttfb, total)| format!("{at} {ttfb} {total}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(path, lines) {
+            eprintln!("mmx-loadgen: --samples {path}: {e}");
+        }
+    }
     let out = serde_json::json!({
         "label": args.label,
         "concurrency": args.concurrency,
         "stream": args.stream,
-        "requests": all.latency.len(),
+        "requests": all.completed,
         "errors": all.errors,
-        "rps": all.latency.len() as f64 / elapsed,
+        "rps": all.completed as f64 / elapsed,
         "p50_ms": pct(&all.latency, 0.5),
         "p90_ms": pct(&all.latency, 0.9),
         "p99_ms": pct(&all.latency, 0.99),
