@@ -52,30 +52,38 @@
 //! `x-mock-adapter-id` (the adapter the server would apply),
 //! `x-mock-request-id`, `x-mock-host`, `x-mock-header-names` (every request header name) and
 //! `x-mock-body-bytes`.
+//!
+//! Files: this one starts the server and routes; `mock-vllm/answer.rs` answers generation
+//! requests, `children.rs` the EngineCore-like children, `control.rs` sleep and adapters,
+//! `metrics.rs` vLLM's metrics, `dialect.rs` the other servers' command lines.
 
 use std::io::Write;
-use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use serde_json::json;
 
 #[path = "mock-vllm/control.rs"]
 mod control;
 #[path = "mock-vllm/metrics.rs"]
 mod metrics;
 
+#[path = "mock-vllm/answer.rs"]
+mod answer;
+#[path = "mock-vllm/children.rs"]
+mod children;
 #[path = "mock-vllm/dialect.rs"]
 mod dialect;
+
+use answer::answer;
+use children::{CHILD, child_main, spawn_child};
 
 struct Mock {
     cli: dialect::Cli,
@@ -129,9 +137,6 @@ fn flag_values(args: &[String], flag: &str) -> Vec<String> {
     out
 }
 
-/// The hidden first argument of the mock's own children.
-const CHILD: &str = "--mock-child";
-
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(CHILD) {
@@ -171,72 +176,6 @@ fn main() {
         .build()
         .expect("tokio runtime");
     std::process::exit(rt.block_on(run(args, cli)));
-}
-
-/// A child of the mock: sleeps until killed. `daemon` starts a setsid'd sleeper, prints its
-/// pid and exits, so that the sleeper is orphaned.
-fn child_main(kind: &str) -> ! {
-    let events = std::env::var("MOCK_EVENTS_FILE").ok();
-    if kind == "daemon" {
-        // Its stdout is the pipe the mock reads this pid from: the sleeper must not hold it.
-        let pid = spawn_child("sleeper", true, Stdio::null()).unwrap_or(0);
-        println!("{pid}");
-        std::process::exit(0);
-    }
-    let ignore = std::env::var("MOCK_CHILD_IGNORE_SIGTERM").is_ok_and(|v| v == "1");
-    let mut signals =
-        signal_hook_iter(&[nix::sys::signal::Signal::SIGTERM]).expect("SIGTERM handler");
-    loop {
-        if signals.wait() {
-            event(&events, "child-sigterm");
-            if !ignore {
-                std::process::exit(0);
-            }
-        }
-    }
-}
-
-/// A blocking SIGTERM waiter for the children (no runtime there).
-struct SigWait(nix::sys::signal::SigSet);
-
-fn signal_hook_iter(sigs: &[nix::sys::signal::Signal]) -> nix::Result<SigWait> {
-    let mut set = nix::sys::signal::SigSet::empty();
-    for s in sigs {
-        set.add(*s);
-    }
-    set.thread_block()?;
-    Ok(SigWait(set))
-}
-
-impl SigWait {
-    fn wait(&mut self) -> bool {
-        self.0.wait().is_ok()
-    }
-}
-
-/// Starts the mock itself as a child of `kind`, in a new session if `setsid`.
-fn spawn_child(kind: &str, setsid: bool, stdout: Stdio) -> Option<u32> {
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    cmd.args([CHILD, kind]).stdin(Stdio::null()).stdout(stdout);
-    if setsid {
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
-    }
-    let child = cmd.spawn().ok()?;
-    let pid = child.id();
-    if kind == "daemon" {
-        let out = child.wait_with_output().ok()?;
-        return String::from_utf8_lossy(&out.stdout).trim().parse().ok();
-    }
-    // Never waited for: like vLLM's EngineCore, it outlives a mock that is SIGKILLed.
-    std::mem::forget(child);
-    Some(pid)
 }
 
 async fn run(args: Vec<String>, cli: dialect::Cli) -> i32 {
@@ -489,196 +428,4 @@ impl Mock {
         cli.loras = self.control.loras.read().unwrap().clone();
         cli
     }
-}
-
-fn error(status: StatusCode, message: String) -> Response {
-    let body =
-        json!({"error": {"message": message, "type": "NotFoundError", "code": status.as_u16()}});
-    (status, axum::Json(body)).into_response()
-}
-
-async fn answer(State(m): State<Arc<Mock>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let body_len = body.len();
-    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let id = headers.get("x-request-id").map(HeaderValue::as_bytes);
-    if dialect::request_id_refused(&m.cli, id) {
-        return StatusCode::BAD_REQUEST.into_response();
-    }
-    let asked = req.get("model").and_then(Value::as_str);
-    let adapter = dialect::adapter_for(&m.cli_now(), asked).map(str::to_string);
-    let model = asked.unwrap_or(&m.names[0]).to_string();
-    if m.cli.dialect.checks_model() && !m.names.contains(&model) && !m.control.has_lora(&model) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("The model `{model}` does not exist."),
-        );
-    }
-    if req.get("mock_exit").and_then(Value::as_bool) == Some(true) {
-        eprintln!("mock-vllm: exiting without an answer as asked (mock_exit)");
-        let code = req
-            .get("mock_exit_code")
-            .and_then(Value::as_i64)
-            .unwrap_or(1);
-        std::process::exit(code as i32);
-    }
-    // A sleeping vLLM holds requests until it is woken.
-    m.control.awake().await;
-    let path = uri.to_string();
-    let num = |k: &str| req.get(k).and_then(Value::as_u64);
-    let mut run = m.metrics.begin().await;
-    let stall_after = num("mock_stall_after_chunks");
-    let mut resp = if req.get("stream").and_then(Value::as_bool) == Some(true) {
-        let chunks = num("mock_chunks").unwrap_or(m.chunks);
-        let delay = num("mock_delay_ms").unwrap_or(m.chunk_delay);
-        let faults = Faults {
-            die_after: num("mock_die_after_chunks"),
-            stall_after,
-        };
-        stream(m.clone(), path.clone(), model, chunks, delay, faults, run)
-    } else {
-        if stall_after.is_some() {
-            eprintln!("mock-vllm: stalling a request as asked (mock_stall_after_chunks)");
-            // Running for ever; the client going away drops it, as vLLM aborts it.
-            std::future::pending::<()>().await;
-        }
-        if m.response_delay > 0 {
-            tokio::time::sleep(Duration::from_millis(m.response_delay)).await;
-        }
-        run.generated(4);
-        run.finish();
-        axum::Json(completion(&path, &model)).into_response()
-    };
-    let h = resp.headers_mut();
-    h.insert(
-        "x-mock-served-by",
-        HeaderValue::from_str(&m.names[0]).unwrap_or(HeaderValue::from_static("?")),
-    );
-    h.insert(
-        "x-mock-dialect",
-        HeaderValue::from_static(m.cli.dialect.name()),
-    );
-    if let Some(a) = adapter.and_then(|a| HeaderValue::from_str(&a).ok()) {
-        h.insert("x-mock-adapter-id", a);
-    }
-    h.insert(
-        "x-mock-path",
-        HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("?")),
-    );
-    if let Some(id) = headers.get("x-request-id") {
-        h.insert("x-mock-request-id", id.clone());
-    }
-    // What arrived, for tests of header forwarding: the Host and every header name.
-    if let Some(host) = headers.get(header::HOST) {
-        h.insert("x-mock-host", host.clone());
-    }
-    h.insert("x-mock-body-bytes", HeaderValue::from(body_len));
-    let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-    if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
-        h.insert("x-mock-header-names", v);
-    }
-    resp
-}
-
-fn completion(path: &str, model: &str) -> Value {
-    let text = format!("mock completion from {model}");
-    match path.split('?').next().unwrap_or(path) {
-        "/v1/completions" => json!({
-            "id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}}),
-        "/v1/chat/completions" => json!({
-            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}}),
-        "/v1/embeddings" => json!({
-            "object": "list", "model": model,
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
-            "usage": {"prompt_tokens": 1, "total_tokens": 1}}),
-        _ => json!({"object": "mock", "path": path, "model": model}),
-    }
-}
-
-/// A response body fed by a channel: a failed send means the client went away.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|c| c.map(|b| Ok(http_body::Frame::data(b))))
-    }
-}
-
-/// Faults a stream can be asked for.
-struct Faults {
-    /// Exit after this many chunks.
-    die_after: Option<u64>,
-    /// Stop after this many chunks and hold the request running for ever.
-    stall_after: Option<u64>,
-}
-
-fn stream(
-    m: Arc<Mock>,
-    path: String,
-    model: String,
-    chunks: u64,
-    delay: u64,
-    faults: Faults,
-    mut run: metrics::Running,
-) -> Response {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(async move {
-        let chat = path.starts_with("/v1/chat/completions");
-        for i in 0..chunks {
-            if faults.die_after == Some(i) {
-                eprintln!("mock-vllm: dying mid-stream as asked (mock_die_after_chunks)");
-                std::process::exit(1);
-            }
-            if faults.stall_after == Some(i) {
-                eprintln!("mock-vllm: stalling mid-stream as asked (mock_stall_after_chunks)");
-                // Like a deadlocked EngineCore: the request stays in the batch, the client
-                // connection open, and nothing more comes, even if the client goes away.
-                let _held = (&run, &tx);
-                std::future::pending::<()>().await;
-            }
-            if delay > 0 && i > 0 {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-            }
-            let chunk = if chat {
-                json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 0, "model": model,
-                       "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}]})
-            } else {
-                json!({"id": "cmpl-mock", "object": "text_completion", "created": 0, "model": model,
-                       "choices": [{"index": 0, "text": format!("tok{i} "), "finish_reason": null}]})
-            };
-            if tx
-                .send(Bytes::from(format!("data: {chunk}\n\n")))
-                .await
-                .is_err()
-            {
-                event(&m.events, "cancelled");
-                return;
-            }
-            run.generated(1);
-        }
-        if tx
-            .send(Bytes::from_static(b"data: [DONE]\n\n"))
-            .await
-            .is_err()
-        {
-            event(&m.events, "cancelled");
-        } else {
-            run.finish();
-        }
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::new(ChannelBody(rx)))
-        .expect("valid response")
 }
