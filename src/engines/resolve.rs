@@ -1,0 +1,167 @@
+//! [`resolve()`]: a model's parsed `params` turned into its engine's arguments, with the
+//! served names and the GPU count read the profile's way. The vocabulary check and the
+//! adapters it calls live in `vocabulary.rs` and `adapters.rs`.
+
+use super::adapters::place_adapters;
+use super::vocabulary::{check_vocabulary, drop_launcher_flags};
+use super::{
+    Concept, Engine, GpuCount, ModelInput, Profile, Resolved, ServedName, dashed, params_err,
+};
+use crate::config::{Arg, ConfigError, EngineArgs};
+
+/// Reads the served names from `params` (or puts the default in), as the profile says.
+fn place_served_names(
+    p: &Profile,
+    args: &mut EngineArgs,
+    default_name: &str,
+    origin: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let flag = match p.served_name {
+        ServedName::Many(f) | ServedName::One(f) | ServedName::Comma(f) => f,
+        ServedName::Absent => {
+            let given: Vec<String> = args
+                .take("--served-model-name")
+                .into_iter()
+                .flat_map(|a| a.values)
+                .collect();
+            return Ok(if given.is_empty() {
+                vec![default_name.to_string()]
+            } else {
+                given
+            });
+        }
+    };
+    let canonical = dashed(flag);
+    let given: Vec<Arg> = args
+        .args
+        .iter()
+        .filter(|a| a.name == canonical)
+        .cloned()
+        .collect();
+    let Some(arg) = given.last() else {
+        args.args.insert(0, Arg::new(flag, &[default_name]));
+        return Ok(vec![default_name.to_string()]);
+    };
+    let names: Vec<String> = match p.served_name {
+        ServedName::Comma(_) => arg
+            .values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
+        _ => arg.values.clone(),
+    };
+    match (p.served_name, names.len()) {
+        (_, 0) => Err(params_err(
+            origin,
+            format!("{} needs at least one name", arg.spelling),
+        )),
+        (ServedName::One(_), n) if n > 1 => Err(params_err(
+            origin,
+            format!(
+                "{} takes one name on {}; got {n}: {}",
+                arg.spelling,
+                p.name,
+                names.join(" ")
+            ),
+        )),
+        _ => Ok(names),
+    }
+}
+
+/// The model's GPU count, as the profile says.
+fn gpu_demand(p: &Profile, args: &EngineArgs, origin: &str) -> Result<u32, ConfigError> {
+    match p.gpu_count {
+        GpuCount::Product {
+            factors,
+            last_factor_unless,
+        } => {
+            let skip_last = last_factor_unless.is_some_and(|s| args.has(s));
+            let mut n = 1u32;
+            for (i, flag) in factors.iter().enumerate() {
+                let v = args.positive_int(flag, origin)?;
+                if !(skip_last && i + 1 == factors.len()) {
+                    n = n.saturating_mul(v);
+                }
+            }
+            Ok(n)
+        }
+        GpuCount::Shards { flag } => args.positive_int(flag, origin),
+        GpuCount::Layers {
+            layers,
+            offloads_by_default,
+            tensor_split,
+            devices,
+        } => {
+            let value = |flag: &str| args.args.iter().rev().find(|a| a.name == flag);
+            let offload = match value(layers).and_then(|a| a.values.first()) {
+                Some(v) => v.trim() != "0",
+                None => offloads_by_default,
+            };
+            let no_device = devices
+                .and_then(value)
+                .and_then(|a| a.values.first())
+                .is_some_and(|v| v.trim() == "none");
+            if !offload || no_device {
+                return Ok(0);
+            }
+            let split = value(tensor_split).map_or(0, |a| {
+                a.values
+                    .iter()
+                    .flat_map(|v| v.split([',', '/']))
+                    .filter(|s| !s.trim().is_empty())
+                    .count() as u32
+            });
+            Ok(split.max(1))
+        }
+    }
+}
+
+/// Turns a model's parsed `params` into its engine's arguments, served names, adapters and
+/// GPU count: the other-vocabulary check, launcher flags dropped, `VLLM_PARAMS` merged under
+/// a vLLM model's own, adapters in the profile's one flag, the profile's default switches.
+pub fn resolve(
+    engine: Engine,
+    input: ModelInput<'_>,
+    warnings: &mut Vec<String>,
+) -> Result<Resolved, ConfigError> {
+    let p = engine.profile();
+    let origin = input.params_origin;
+    let mut own = input.own;
+    drop_launcher_flags(p, &mut own, input.origin, warnings);
+    check_vocabulary(p, &own, origin)?;
+    let mut args = match input.global {
+        Some(global) => {
+            let mut global = global.clone();
+            drop_launcher_flags(p, &mut global, input.origin, warnings);
+            check_vocabulary(p, &global, "VLLM_PARAMS")?;
+            EngineArgs::merged(&global, &own)
+        }
+        None => own,
+    };
+    let served_names = place_served_names(p, &mut args, input.default_name, origin)?;
+    let adapters = place_adapters(p, &mut args, input.fine_tune, origin)?;
+    let gpu_demand = gpu_demand(p, &args, origin)?;
+    if let Some(tp) = p.flag(Concept::TensorParallel) {
+        let n = args.positive_int(&dashed(tp), origin)?;
+        if n > 1 && !n.is_power_of_two() {
+            warnings.push(format!(
+                "{}: tensor-parallel size {n} is not a power of two; most models need the \
+                 attention head count to divide by it",
+                input.origin
+            ));
+        }
+    }
+    for flag in p.default_flags {
+        if !args.has(&dashed(flag)) {
+            args.args.push(Arg::new(flag, &[]));
+        }
+    }
+    Ok(Resolved {
+        args,
+        served_names,
+        adapters,
+        gpu_demand,
+    })
+}
