@@ -5,8 +5,8 @@
 //! can alternate between models. Prints one JSON line: requests/s, latency percentiles,
 //! and for streams (`--stream`) the time to first byte; a stream that does not end with
 //! `data: [DONE]` counts as an error. The rate counts requests answered inside the
-//! measuring window; the latencies only those also begun inside it. `--samples PATH` writes each one's start, time to first byte and total
-//! (µs) to a file.
+//! measuring window; the latencies only those also begun inside it. `--samples PATH`
+//! writes each timed request's start, time to first byte and total (µs) to a file.
 //!
 //! ```text
 //! mmx-loadgen --url http://127.0.0.1:8080/v1/completions --body '{"model":"a"}' \
