@@ -1,6 +1,21 @@
 //! One run of an engine: spawn it under its guardian, wait until it is ready (loading its
 //! run-time adapters again), watch it (exit, hang, stall), and carry out the controller's
 //! orders meanwhile: sleep and wake, adapters, stop and restart after the requests in flight.
+//!
+//! One `impl EngineTask` is spread over these files, one concern each:
+//!
+//! - this file: [`EngineTask::run_once`], the run itself (spawn, readiness, the watch
+//!   while ready) and the load statistics.
+//! - [`triage`]: sorting the controller's orders by what they need, and dropping stale ones.
+//! - [`sleep`]: putting the ready engine to sleep and waking it.
+//! - [`adapters`]: loading and unloading LoRA adapters at run time, and the engine's
+//!   `/v1/models` entries that list them.
+//! - [`stop`]: ordered stops (shutdown, and an order's stop after the requests in flight).
+
+mod adapters;
+mod sleep;
+mod stop;
+mod triage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,21 +23,17 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 
 use super::control::Guarded;
-use super::engine::{
-    CLEANUP_SLACK, EngineTask, HUNG_AFTER, Pumps, RunEnd, STARTUP_PROBE, drain, ended,
-    engine_api_key, stopping,
-};
+use super::engine::{EngineTask, HUNG_AFTER, Pumps, RunEnd, STARTUP_PROBE, ended, stopping};
 use super::logs::{Stream, Tail, pump};
 use super::machine::{self, Event};
-use super::orders::{AdapterError, Order, Rest};
-use super::reaper::{Exit, SpawnRequest, Spawned};
+use super::orders::{Order, Rest};
+use super::reaper::{SpawnRequest, Spawned};
 use super::stall::StallWatch;
-use crate::state::{Phase, RuntimeAdapter, update};
+use crate::state::{Phase, update};
+use triage::Triage;
 
 /// The first interval between readiness probes; it doubles up to `STARTUP_PROBE`.
 const FIRST_PROBE: Duration = Duration::from_millis(5);
-/// How long an adapter load or unload may take.
-const ADAPTER_CALL: Duration = Duration::from_secs(300);
 
 /// How an order to stop ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,44 +44,9 @@ pub(super) enum StopKind {
     Restart,
 }
 
-/// An order sorted by what it needs.
-enum Triage {
-    /// Stop the engine.
-    Stop(StopKind),
-    /// Done (or nothing to do).
-    Handled,
-    /// Needs a ready engine.
-    Ready(Order),
-    /// The controller is gone.
-    Closed,
-}
-
 impl EngineTask {
-    /// Sorts an order: stops, and what can be answered without the engine.
-    fn triage(&mut self, order: Option<Order>, phase: Phase) -> Triage {
-        match order {
-            None => Triage::Closed,
-            Some(Order::Stop(rest)) => Triage::Stop(StopKind::Rest(rest)),
-            Some(Order::Restart) => Triage::Stop(StopKind::Restart),
-            Some(Order::Start) => Triage::Handled,
-            Some(Order::AddAdapter(_, reply)) if phase != Phase::Ready => {
-                let _ = reply.send(Err(AdapterError::NotRunning(phase)));
-                Triage::Handled
-            }
-            Some(Order::RemoveAdapter(name, reply)) if phase != Phase::Ready => {
-                let _ = reply.send(self.forget_adapter(&name));
-                Triage::Handled
-            }
-            Some(order) => Triage::Ready(order),
-        }
-    }
-
-    /// Gives leases again and says so (waiting requests look at the state again).
-    fn undrain(&self) {
-        self.usage().undrain();
-        update(&self.state, self.index, |_| {});
-    }
-
+    /// One run of the engine: spawns it, waits until it is ready, then watches it and carries
+    /// out orders until it exits, hangs, stalls, is stopped, or modelmux shuts down.
     pub(super) async fn run_once(&mut self, name: &Arc<str>, tail: &Tail) -> RunEnd {
         let mut sd = self.shutdown.clone();
         if *sd.borrow() {
@@ -312,257 +288,8 @@ impl EngineTask {
         }
     }
 
-    /// An order that does not apply in the model's phase now (it was meant for an earlier
-    /// one): sleep and wake are dropped, a drain that came with them is undone.
-    fn stale(&self, order: Order) {
-        match order {
-            Order::Sleep => self.undrain(),
-            Order::AddAdapter(_, reply) => {
-                let phase = self.state.borrow().models[self.index].state;
-                let _ = reply.send(Err(AdapterError::NotRunning(phase)));
-            }
-            Order::RemoveAdapter(name, reply) => {
-                let _ = reply.send(self.forget_adapter(&name));
-            }
-            _ => {}
-        }
-    }
-
     /// The model's load statistics.
     fn stats(&self) -> Arc<crate::observability::metrics::LoadStats> {
         self.state.borrow().models[self.index].loads.clone()
-    }
-
-    /// The engine's `/v1/models` entries, with entries for the served names the engine
-    /// does not list itself (SGLang and llama.cpp list the first, TGI its model id) copied
-    /// from its base-model entry.
-    async fn engine_models(&self) -> Option<Vec<serde_json::Value>> {
-        let list = self
-            .prober
-            .models(
-                self.launch.port,
-                engine_api_key(&self.launch).as_deref(),
-                Duration::from_secs(5),
-            )
-            .await?;
-        let l = &self.launch;
-        let adapters: Vec<String> = {
-            let s = self.state.borrow();
-            let m = &s.models[self.index];
-            l.adapters
-                .iter()
-                .cloned()
-                .chain(m.runtime_adapters.iter().map(|a| a.name.clone()))
-                .collect()
-        };
-        Some(crate::engines::model_entries(
-            &l.served_names,
-            &l.model_path,
-            &adapters,
-            list,
-        ))
-    }
-
-    /// Puts the ready engine to sleep (the controller drained it: requests that come
-    /// meanwhile wait). It is `sleeping` once its memory is released, not before, so that
-    /// nothing counts on that memory too early; then requests ask for a wake.
-    async fn put_to_sleep(&self, name: &str) -> Result<(), String> {
-        let began = Instant::now();
-        let key = engine_api_key(&self.launch);
-        self.calls
-            .sleep(
-                self.launch.port,
-                key.as_deref(),
-                self.settings.startup_timeout,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        self.usage().undrain();
-        let _ = machine::apply(&self.state, self.index, Event::Sleep, |_| {});
-        self.stats().unloaded();
-        tracing::info!(model = %name, "engine asleep after {:.2} s (idle; weights in CPU memory)", began.elapsed().as_secs_f64());
-        Ok(())
-    }
-
-    /// Wakes the sleeping engine and waits until it answers `/health`.
-    async fn wake(&self, name: &str) -> Result<(), String> {
-        let began = Instant::now();
-        let _ = machine::apply(&self.state, self.index, Event::Wake, |_| {});
-        let key = engine_api_key(&self.launch);
-        let timeout = self.settings.startup_timeout;
-        self.calls
-            .wake_up(self.launch.port, key.as_deref(), timeout)
-            .await
-            .map_err(|e| format!("did not wake: {e}"))?;
-        let deadline = began + timeout;
-        while !self
-            .prober
-            .healthy(
-                self.launch.port,
-                &self.launch.health_path,
-                Duration::from_secs(1),
-            )
-            .await
-        {
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "did not answer /health within {:.0} s of waking",
-                    timeout.as_secs_f64()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = machine::apply(&self.state, self.index, Event::Healthy, |_| {});
-        let took = began.elapsed();
-        self.stats().loaded(took);
-        tracing::info!(model = %name, "engine awake after {:.3} s", took.as_secs_f64());
-        Ok(())
-    }
-
-    /// Loads an adapter into the ready engine; on success it routes there from now on.
-    async fn add_adapter(&self, adapter: RuntimeAdapter) -> Result<(), AdapterError> {
-        let key = engine_api_key(&self.launch);
-        self.calls
-            .load_adapter(
-                self.launch.port,
-                key.as_deref(),
-                &adapter.name,
-                &adapter.path,
-                ADAPTER_CALL,
-            )
-            .await
-            .map_err(AdapterError::Engine)?;
-        tracing::info!(model = %self.launch.name, adapter = %adapter.name, path = %adapter.path, "LoRA adapter loaded");
-        let entries = self.engine_models().await;
-        self.state.send_modify(|s| {
-            let m = &mut s.models[self.index];
-            m.runtime_adapters.retain(|a| a.name != adapter.name);
-            m.runtime_adapters.push(adapter);
-            if let Some(entries) = entries {
-                m.engine_models = Some(Arc::new(entries));
-            }
-            s.rebuild_table();
-        });
-        Ok(())
-    }
-
-    /// Unloads a run-time adapter from the ready engine. One the engine no longer knows is
-    /// forgotten all the same.
-    async fn remove_adapter(&self, name: &str) -> Result<(), AdapterError> {
-        let known = self.state.borrow().models[self.index]
-            .runtime_adapters
-            .iter()
-            .any(|a| a.name == name);
-        if !known {
-            return Err(AdapterError::Unknown);
-        }
-        let key = engine_api_key(&self.launch);
-        match self
-            .calls
-            .unload_adapter(self.launch.port, key.as_deref(), name, ADAPTER_CALL)
-            .await
-        {
-            Ok(()) | Err(super::calls::CallError::Refused { status: 404, .. }) => {}
-            Err(e) => return Err(AdapterError::Engine(e)),
-        }
-        tracing::info!(model = %self.launch.name, adapter = %name, "LoRA adapter unloaded");
-        self.forget_adapter(name)
-    }
-
-    /// After a start: loads the run-time adapters again; one that fails is dropped (said
-    /// in the log), the others stay.
-    async fn reload_adapters(&self) {
-        let adapters = self.state.borrow().models[self.index]
-            .runtime_adapters
-            .clone();
-        let key = engine_api_key(&self.launch);
-        for a in adapters {
-            let loaded = self
-                .calls
-                .load_adapter(
-                    self.launch.port,
-                    key.as_deref(),
-                    &a.name,
-                    &a.path,
-                    ADAPTER_CALL,
-                )
-                .await;
-            match loaded {
-                Ok(()) => {
-                    tracing::info!(model = %self.launch.name, adapter = %a.name, "LoRA adapter loaded again after the engine started");
-                }
-                Err(e) => {
-                    tracing::error!(model = %self.launch.name, adapter = %a.name, path = %a.path, "could not load the run-time LoRA adapter again ({e}); it is no longer served");
-                    let _ = self.forget_adapter(&a.name);
-                }
-            }
-        }
-    }
-
-    /// Shutdown: the ordered stop through the guardian (SIGTERM to the main process, SIGKILL
-    /// to whatever is left after the grace period), then wait until nothing is left.
-    pub(super) async fn stop(&self, mut engine: Guarded, pumps: Pumps) -> RunEnd {
-        let _ = machine::apply(&self.state, self.index, Event::Stop, |_| {});
-        self.halt(&mut engine, pumps).await;
-        update(&self.state, self.index, |m| m.pid = None);
-        RunEnd::Shutdown
-    }
-
-    /// Stops the engine and waits until nothing of it is left.
-    async fn halt(&self, engine: &mut Guarded, pumps: Pumps) {
-        let grace = self.settings.shutdown_grace;
-        engine.stop(grace).await;
-        let exit = engine.finish(grace + CLEANUP_SLACK, &self.reaper).await;
-        let pid = engine.pid;
-        match exit {
-            Some(Exit::Signal(9)) => {
-                tracing::warn!(model = %self.launch.name, pid, "engine ignored SIGTERM for {:.0} s; killed (killed by SIGKILL)", grace.as_secs_f64())
-            }
-            Some(e) => tracing::info!(model = %self.launch.name, pid, "engine stopped ({e})"),
-            None => tracing::info!(model = %self.launch.name, pid, "engine stopped"),
-        }
-        drain(pumps).await;
-    }
-
-    /// An order to stop: no new requests (they get 503, or wait for a load), those in flight
-    /// finish within the grace period, then the ordered stop; the model rests or starts
-    /// again.
-    async fn stop_for(&self, kind: StopKind, mut engine: Guarded, pumps: Pumps) -> RunEnd {
-        let usage = self.usage();
-        usage.drain();
-        let _ = machine::apply(&self.state, self.index, Event::Stop, |_| {});
-        let grace = self.settings.shutdown_grace;
-        let in_flight = usage.in_flight();
-        if in_flight > 0 {
-            tracing::info!(model = %self.launch.name, "waiting for {in_flight} request(s) in flight to finish (up to {:.0} s)", grace.as_secs_f64());
-            let mut sd = self.shutdown.clone();
-            tokio::select! {
-                _ = tokio::time::timeout(grace, usage.drained()) => {}
-                _ = stopping(&mut sd) => {}
-            }
-        }
-        self.halt(&mut engine, pumps).await;
-        match kind {
-            StopKind::Restart => {
-                usage.undrain();
-                update(&self.state, self.index, |m| m.pid = None);
-                RunEnd::Again
-            }
-            StopKind::Rest(Rest::Retired) => {
-                let _ = machine::apply(&self.state, self.index, Event::Halt, |m| m.pid = None);
-                RunEnd::Retired
-            }
-            StopKind::Rest(rest) => {
-                let event = if rest == Rest::Unloaded {
-                    self.stats().unloaded();
-                    Event::Unload
-                } else {
-                    Event::Halt
-                };
-                usage.undrain();
-                let _ = machine::apply(&self.state, self.index, event, |m| m.pid = None);
-                RunEnd::Parked
-            }
-        }
     }
 }
