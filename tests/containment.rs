@@ -84,6 +84,10 @@ fn sigkill_of_modelmux_leaves_no_process_of_any_engine() {
         let engine = r["pid"].as_u64().unwrap() as u32;
         let guardian = ppid(engine);
         assert_eq!(ppid(guardian), m.pid(), "modelmux → guardian → engine");
+        // Its own session: where the kernel shares CPU time by session (autogroup), a busy
+        // engine gets its own share instead of splitting the front's.
+        assert_eq!(session(engine), engine, "the engine leads its own session");
+        assert_ne!(session(m.pid()), engine);
         // The daemon's parent exited at once: the guardian, a subreaper, adopted it.
         let daemon = r["daemon_pid"].as_u64().unwrap() as u32;
         wait_until(T, "daemon adopted by the guardian", || {
