@@ -314,9 +314,28 @@ pub async fn run(settings: Settings, plan: LaunchPlan, reload: Loader) -> ExitCo
         std::process::exit(1);
     });
 
-    let _ = stop_front.send(true);
+    // The front keeps listening while the requests in flight finish: a new connection gets
+    // its 503 (and /health its "stopping"), not a refused connection. Then it stops, and
+    // waits for what is still under way, all within the grace.
     let grace = settings.shutdown_grace;
-    if tokio::time::timeout(grace, front.join()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    let usages: Vec<_> = state_rx
+        .borrow()
+        .models
+        .iter()
+        .map(|m| m.usage.clone())
+        .collect();
+    let in_flight_done = async {
+        for usage in &usages {
+            usage.drained().await;
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, in_flight_done).await;
+    let _ = stop_front.send(true);
+    if tokio::time::timeout_at(deadline, front.join())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             "in-flight requests did not finish within MODELMUX_SHUTDOWN_GRACE ({:.0} s); closing them",
             grace.as_secs_f64()

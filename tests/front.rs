@@ -210,6 +210,14 @@ fn models_list_has_openai_shape() {
         let one = get(&c, &m.url("/v1/models/chat-sql")).await;
         assert_eq!(one.json()["id"], "chat-sql");
         assert_eq!(get(&c, &m.url("/v1/models/nope")).await.status, 404);
+        // An unknown id is echoed cut, as a name in a body is.
+        let long = get(&c, &m.url(&format!("/v1/models/{}", "a".repeat(5000)))).await;
+        assert_eq!(long.status, 404);
+        let message = long.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.len() < 1000, "{} bytes", message.len());
     });
 }
 
@@ -568,7 +576,7 @@ fn separate_health_port_serves_health_only() {
 
 #[test]
 fn shutdown_lets_in_flight_requests_finish() {
-    let mut m = Setup::new(&[("chat", json!({"env": {"MOCK_RESPONSE_DELAY_MS": "1500"}}))]).start();
+    let mut m = Setup::new(&[("chat", json!({"env": {"MOCK_RESPONSE_DELAY_MS": "4000"}}))]).start();
     m.wait_ready(T);
     let url = m.url("/v1/completions");
     let pending = std::thread::spawn(move || {
@@ -581,8 +589,37 @@ fn shutdown_lets_in_flight_requests_finish() {
         metrics_line(&m, "modelmux_inflight_requests{model=\"chat\"} 1")
     });
     m.signal(nix::sys::signal::Signal::SIGTERM);
+    // While it finishes, the front still answers, and says it is stopping: /health 503 (a
+    // load balancer takes the pod out), a new request 503 with Retry-After (not a refused
+    // connection).
+    wait_until(T, "/health 503 while stopping", || {
+        common::blocking_get_status(&m.url("/health")) == Some(503)
+    });
+    let refused = raw_answer(
+        &m,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"model\": \"chat\"}",
+    );
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("\r\nretry-after:"),
+        "{refused}"
+    );
+    assert!(
+        metrics_line(&m, "modelmux_inflight_requests{model=\"chat\"} 1"),
+        "checked while the first request was still in flight"
+    );
     pending.join().expect("the in-flight request completed");
     assert_eq!(m.wait_exit(T), Some(0));
+}
+
+/// One raw request on a fresh connection, and everything the front answered.
+fn raw_answer(m: &common::Modelmux, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.port)).expect("the front accepts");
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
 }
 
 fn metrics_line(m: &common::Modelmux, line: &str) -> bool {

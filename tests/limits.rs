@@ -111,6 +111,45 @@ fn connections_past_the_limit_get_503_until_one_closes() {
     });
 }
 
+#[test]
+fn the_health_port_has_the_same_limits() {
+    let health = common::free_port();
+    let m = Setup::new(&[("alpha", json!({}))])
+        .env("HEALTH_CHECK_PORT", health)
+        .env("MODELMUX_MAX_CONNECTIONS", "2")
+        .env("MODELMUX_HEADER_TIMEOUT", "0.5")
+        .env("MODELMUX_IDLE_TIMEOUT", "600")
+        .start();
+    m.wait_ready(T);
+    let mut silent = Wire::connect(health);
+    assert!(
+        silent.closed_within(ACT),
+        "a silent connection gets the header timeout, not the idle one"
+    );
+    let held: Vec<Wire> = (0..2)
+        .map(|_| {
+            let mut w = Wire::connect(health);
+            w.send(b"GET /health HTTP/1.1\r\nHost: f\r\n\r\n");
+            assert_eq!(w.answer().status, 200);
+            w
+        })
+        .collect();
+    let mut extra = Wire::connect(health);
+    let a = extra.answer();
+    assert_eq!(a.status, 503, "{}", a.text());
+    assert!(
+        a.text().contains("MODELMUX_MAX_CONNECTIONS"),
+        "{}",
+        a.text()
+    );
+    drop(held);
+    wait_until(ACT, "a place for a new health connection", || {
+        let mut w = Wire::connect(health);
+        w.send(b"GET /health HTTP/1.1\r\nHost: f\r\n\r\n");
+        w.answer().status == 200
+    });
+}
+
 /// modelmux's peak resident memory in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -273,6 +312,33 @@ fn a_busy_model_queues_in_order_then_answers_429() {
     let at = |id: &str| log.find(&format!("request_id={id}")).unwrap();
     assert!(at("queued-1") < at("queued-2"), "first in, first out");
     assert!(metric(&m, "modelmux_queue_length{model=\"gate\"} 0"));
+}
+
+#[test]
+fn a_client_that_leaves_the_queue_still_gets_its_access_line_on_both_wires() {
+    let m = Setup::new(&[("gate", json!({"max_concurrency": 1}))]).start();
+    m.wait_ready(T);
+    let _holder = hold_slot(m.port, "gate");
+    for (wire, mut w) in wires(m.port) {
+        let id = format!("left-{wire}");
+        w.send(&post(
+            "/v1/completions",
+            &format!("X-Request-Id: {id}\r\n"),
+            r#"{"model": "gate"}"#,
+        ));
+        wait_until(ACT, "queued", || {
+            metric(&m, "modelmux_queue_length{model=\"gate\"} 1")
+        });
+        drop(w);
+        wait_until(ACT, "its access line", || {
+            m.log()
+                .lines()
+                .any(|l| l.contains(&format!("request_id={id}")) && l.contains("went away"))
+        });
+        wait_until(ACT, "out of the queue", || {
+            metric(&m, "modelmux_queue_length{model=\"gate\"} 0")
+        });
+    }
 }
 
 #[test]

@@ -231,6 +231,27 @@ fn cases(wire: &str) -> Vec<Case> {
             404,
             Some("not_found_error"),
         ),
+        // A `route` may not name what the request line may not.
+        case(
+            "control-route",
+            post(
+                "/predict",
+                &with("control-route", "route: /sleep\r\n"),
+                r#"{"model": "alpha"}"#,
+            ),
+            404,
+            Some("not_found_error"),
+        ),
+        case(
+            "control-route-bare",
+            post(
+                "/invocations",
+                &with("control-route-bare", "route: collective_rpc\r\n"),
+                r#"{"model": "alpha"}"#,
+            ),
+            404,
+            Some("not_found_error"),
+        ),
         case(
             "control-lora",
             post(

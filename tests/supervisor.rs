@@ -91,23 +91,23 @@ fn engines_start_concurrently_with_their_plan() {
 }
 
 #[test]
-fn engine_environment_keeps_the_api_key_private() {
+fn engine_environment_keeps_the_api_and_admin_keys_private() {
     let dir = tempfile::tempdir().unwrap();
     let m = Setup::new(&[(
         "a",
         json!({"env": {"MOCK_REPORT_FILE": file(&dir, "a.json"), "EXTRA": "1"}}),
     )])
     .env("MODELMUX_API_KEY", "secret")
+    .env("MODELMUX_ADMIN_KEY", "admin-secret")
     .start();
     let r = common::report(&dir.path().join("a.json"));
     let pid = r["pid"].as_u64().unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(environ.contains("EXTRA=1"));
-    assert!(
-        !environ.contains("MODELMUX_API_KEY"),
-        "the key must not reach engines"
-    );
+    for key in ["MODELMUX_API_KEY", "MODELMUX_ADMIN_KEY", "secret"] {
+        assert!(!environ.contains(key), "{key} must not reach engines");
+    }
     drop(m);
 }
 

@@ -257,33 +257,29 @@ impl Settings {
             .map(|text| command_line("MODELMUX_ENGINE_CMD", text))
             .transpose()?;
         let gpus = raw.gpus.as_deref().map(GpuOverride::parse).transpose()?;
-        let api_key = match raw.api_key.as_deref() {
-            Some(k) if k.trim().is_empty() => {
-                return Err(ConfigError::var(
-                    "MODELMUX_API_KEY",
-                    "",
-                    "is empty; unset it to disable authentication or give a key",
-                ));
-            }
-            other => other.map(str::to_string),
-        };
-        let admin_key = match raw.admin_key.as_deref() {
-            Some(k) if k.trim().is_empty() => {
-                return Err(ConfigError::var(
+        let api_key = raw
+            .api_key
+            .as_deref()
+            .map(|k| key("MODELMUX_API_KEY", k, "unset it to disable authentication"))
+            .transpose()?;
+        let admin_key = raw
+            .admin_key
+            .as_deref()
+            .map(|k| {
+                key(
                     "MODELMUX_ADMIN_KEY",
-                    "",
-                    "is empty; unset it to turn the admin API off or give a key",
-                ));
-            }
-            Some(k) if raw.api_key.as_deref() == Some(k) => {
-                return Err(ConfigError::var(
-                    "MODELMUX_ADMIN_KEY",
-                    "(hidden)",
-                    "is the same as MODELMUX_API_KEY; the admin key must be a key of its own, which API clients do not hold",
-                ));
-            }
-            other => other.map(str::to_string),
-        };
+                    k,
+                    "unset it to turn the admin API off",
+                )
+            })
+            .transpose()?;
+        if admin_key.is_some() && admin_key == api_key {
+            return Err(ConfigError::var(
+                "MODELMUX_ADMIN_KEY",
+                "(hidden)",
+                "is the same as MODELMUX_API_KEY; the admin key must be a key of its own, which API clients do not hold",
+            ));
+        }
         let on_failure = match raw.on_failure.as_deref().map(str::trim) {
             None | Some("exit") => OnFailure::Exit,
             Some("degrade") => OnFailure::Degrade,
@@ -433,6 +429,30 @@ impl Settings {
     }
 }
 
+/// A key from `var`: surrounding whitespace dropped (a Kubernetes secret made from a file
+/// ends in a newline), then it must be one or more visible ASCII characters, which is all a
+/// client's `Authorization: Bearer` header can carry: a key no client could send would lock
+/// everyone out without a word. `off` says how to do without one. The value is never
+/// echoed.
+fn key(var: &'static str, value: &str, off: &str) -> Result<String, ConfigError> {
+    let k = value.trim();
+    if k.is_empty() {
+        return Err(ConfigError::var(
+            var,
+            "",
+            format!("is empty; {off} or give a key"),
+        ));
+    }
+    if !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::var(
+            var,
+            "(hidden)",
+            "holds a space, a control character or a non-ASCII character, which a client's `Authorization: Bearer` header cannot carry; use visible ASCII characters only",
+        ));
+    }
+    Ok(k.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,6 +461,36 @@ mod tests {
         let mut raw = RawConfig::default();
         f(&mut raw);
         Settings::from_raw(&raw).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn keys_lose_a_secret_files_newline_and_must_be_sendable() {
+        let raw = RawConfig {
+            api_key: Some("s3cret\n".into()),
+            admin_key: Some("  adm1n\t".into()),
+            ..RawConfig::default()
+        };
+        let s = Settings::from_raw(&raw).unwrap();
+        assert_eq!(s.api_key.as_deref(), Some("s3cret"));
+        assert_eq!(s.admin_key.as_deref(), Some("adm1n"));
+        for bad in ["two words", "caf\u{e9}", "a\u{7}b"] {
+            let e = err(|r| r.api_key = Some(bad.into()));
+            assert!(
+                e.contains("MODELMUX_API_KEY") && e.contains("visible ASCII"),
+                "{e}"
+            );
+            assert!(!e.contains(bad), "the key is never echoed: {e}");
+        }
+        let e = err(|r| r.admin_key = Some(" \n".into()));
+        assert!(
+            e.contains("MODELMUX_ADMIN_KEY") && e.contains("is empty"),
+            "{e}"
+        );
+        let e = err(|r| {
+            r.api_key = Some("same".into());
+            r.admin_key = Some("same\n".into());
+        });
+        assert!(e.contains("key of its own"), "{e}");
     }
 
     #[test]

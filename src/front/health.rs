@@ -133,7 +133,8 @@ pub async fn get_model(
         None => error(
             StatusCode::NOT_FOUND,
             &format!(
-                "model {id:?} is not served here; available: {}",
+                "model {:?} is not served here; available: {}",
+                super::refusal::clip(&id),
                 app.table().available()
             ),
         ),

@@ -37,6 +37,7 @@ pub mod workers;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -172,8 +173,12 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Serves the health listener (`HEALTH_CHECK_PORT` when it differs from `PORT`): health,
-/// liveness and metrics only, until `stop` turns true.
+/// liveness and metrics only, until `stop` turns true. Its connections have the front's
+/// limits: `MODELMUX_HEADER_TIMEOUT` from the accept, and at most
+/// `MODELMUX_MAX_CONNECTIONS` open (counted apart from the front's, so that a flood of
+/// either cannot shut the other out).
 pub async fn serve_health(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = tokio::select! {
             () = stopped(&mut stop) => return,
@@ -188,11 +193,27 @@ pub async fn serve_health(listener: TcpListener, app: Arc<App>, mut stop: watch:
         };
         let _ = stream.set_nodelay(true);
         let (app, stop) = (app.clone(), stop.clone());
+        if open.load(Relaxed) >= app.limits.max_connections {
+            tokio::spawn(wire::turn_away(stream, app));
+            continue;
+        }
+        open.fetch_add(1, Relaxed);
+        let counted = Counted(open.clone());
         tokio::spawn(async move {
-            let clock = general::io::Clock::new(None);
+            let clock = general::io::Clock::new(Some(tokio::time::Instant::now()));
             let io = general::io::Rewind::new(bytes::Bytes::new(), stream, clock.clone());
             general::conn::serve(io, clock, app, true, stop).await;
+            drop(counted);
         });
+    }
+}
+
+/// One open health connection, counted until dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 

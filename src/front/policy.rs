@@ -267,6 +267,11 @@ pub fn on_body<'a>(
     } else {
         target.into()
     };
+    // A `route` (or the model's default predict path) must not name what the request line
+    // may not: engine control paths are for modelmux alone.
+    if is_predict(head.path) && local::is_engine_control(&path) {
+        return Err(Refusal::ControlPath(path.into_owned()));
+    }
     if snapshot.stopping {
         return Err(Refusal::ShuttingDown);
     }

@@ -99,8 +99,9 @@ pub struct Reaper {
     waiters: Waiters,
 }
 
-/// Environment variables engines must not inherit.
-const PRIVATE_ENV: &[&str] = &["MODELMUX_API_KEY"];
+/// Environment variables engines must not inherit: the keys that guard modelmux's own API
+/// (an engine runs model code, `trust_remote_code` included, that could read them).
+const PRIVATE_ENV: &[&str] = &["MODELMUX_API_KEY", "MODELMUX_ADMIN_KEY"];
 
 impl Reaper {
     /// Installs the SIGCHLD handler and starts the spawner thread. Call it inside the tokio

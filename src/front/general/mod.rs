@@ -112,12 +112,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, health_only: bool) ->
         policy::on_head(&app, &head)
     };
     let mut record = Record::new(Wire::General, started);
+    let mut unanswered = Unanswered {
+        app: &app,
+        started,
+        parts: &parts,
+        id: &id,
+        armed: true,
+    };
     let result = match decision {
-        Ok(Decision::Local(local)) => return serve_local(local, &app, &parts.headers, id).await,
+        Ok(Decision::Local(local)) => {
+            unanswered.armed = false;
+            return serve_local(local, &app, &parts.headers, id.clone()).await;
+        }
         Ok(Decision::Admin) => admin(&app, &head, &parts, body, &id, &mut record).await,
         Err(refusal) => Err((refusal, false)),
         Ok(Decision::Proxy) => proxy(&app, &head, &parts, body, &id, &mut record).await,
     };
+    unanswered.armed = false;
     match result {
         Ok(resp) => resp,
         Err((refusal, close)) => {
@@ -136,6 +147,31 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, health_only: bool) ->
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             resp
+        }
+    }
+}
+
+/// Writes the access-log line of a request whose handler hyper dropped before it answered:
+/// the client went away while the request waited (a model's queue, a load) or while the
+/// engine worked on it. The wire's own reads see that; here the drop is the only sign.
+struct Unanswered<'a> {
+    app: &'a App,
+    started: Instant,
+    parts: &'a http::request::Parts,
+    id: &'a HeaderValue,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let id = self.id.to_str().unwrap_or("-");
+            Record::new(Wire::General, self.started).finish(
+                self.app,
+                self.parts.method.as_str(),
+                self.parts.uri.path(),
+                id,
+            );
         }
     }
 }

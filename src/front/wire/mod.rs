@@ -120,7 +120,7 @@ pub async fn serve(
 }
 
 /// Answers a connection over `MODELMUX_MAX_CONNECTIONS` with a 503 and closes it.
-async fn turn_away(mut stream: TcpStream, app: Arc<App>) {
+pub(crate) async fn turn_away(mut stream: TcpStream, app: Arc<App>) {
     let mut out = Vec::with_capacity(256);
     Refusal::TooManyConnections.write(&mut out, &app.ids.make(), true);
     if stream.write_all(&out).await.is_ok() {
@@ -291,7 +291,13 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                                 // A stream waits long: its head goes out now.
                                 Waited::KeepAlive => Err(Ok(wait)),
                             },
-                            () = exchange::client_gone(&client, &mut b.scratch.early) => return,
+                            () = exchange::client_gone(&client, &mut b.scratch.early) => {
+                                // Gone while it waited its turn: its line says so.
+                                let request = &b.read[..fwd.len];
+                                let id = fwd.id.bytes(request);
+                                log(&record, app, b"POST", &request[fwd.path.clone()], id);
+                                return;
+                            }
                         }
                     }
                 };
