@@ -92,7 +92,12 @@ pub fn read_models(raw: &RawConfig) -> Result<(ConfigSource, Vec<RawModel>), Con
             parse_models(&name, &text)?,
         ));
     }
-    if let Some(text) = &raw.multi_model_config {
+    // Empty counts as not given: deployment templates often set the variable to "".
+    if let Some(text) = raw
+        .multi_model_config
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    {
         let models = parse_models("MULTI_MODEL_CONFIG", text)?;
         return Ok((ConfigSource::MultiModelConfig, models));
     }

@@ -124,6 +124,13 @@ fn oci_metadata_single_model_and_file_sources() {
         ..Default::default()
     });
     assert_eq!(named.models[0].served_names, ["mine"]);
+    // A template that sets MULTI_MODEL_CONFIG to "" still means single-model mode.
+    let empty_multi = ok(RawConfig {
+        multi_model_config: Some(" ".into()),
+        model: Some("org/m".into()),
+        ..Default::default()
+    });
+    assert_eq!(empty_multi.source, ConfigSource::SingleModel);
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("models.json");

@@ -139,6 +139,10 @@ impl GpuOverride {
                 count => Ok(GpuOverride::Count(count)),
             },
             Some(n) => Ok(GpuOverride::Indices(n)),
+            // All digits, too large for a u32: still a count or an index, just impossible.
+            None if items.iter().all(|i| i.bytes().all(|b| b.is_ascii_digit())) => {
+                Err(bad("more GPUs than any machine has"))
+            }
             None => Err(bad("is neither a count, indices nor UUIDs")),
         }
     }
@@ -279,6 +283,8 @@ mod tests {
         for (value, why) in [
             ("two", "is neither a count"),
             ("0", "a count of 0"),
+            ("2000", "more GPUs than any machine has"),
+            ("99999999999999", "more GPUs than any machine has"),
             ("1,1", "lists 1 twice"),
             ("", "is empty"),
             ("0,GPU-a", "is neither"),

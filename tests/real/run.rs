@@ -51,6 +51,11 @@ impl Record {
             || m.contains(") ERROR ")
     }
 
+    /// modelmux's loading report ("a: loading 20 s — <the engine's latest line>").
+    pub fn is_progress(&self) -> bool {
+        self.field("target") == Some("modelmux::supervisor::progress")
+    }
+
     /// A line the engine wrote (re-logged by modelmux), as opposed to modelmux's own.
     pub fn is_engine_output(&self) -> bool {
         self.field("target") == Some("engine") || self.field("stream").is_some()
