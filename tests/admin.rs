@@ -206,6 +206,42 @@ fn restart_stop_and_start_touch_one_model_only() {
 }
 
 #[test]
+fn an_operator_start_of_a_failed_model_gives_it_a_fresh_restart_budget() {
+    run_async(TEST, async {
+        let c = client();
+        let m = Setup::new(&[
+            (
+                "bad",
+                json!({"env": {"MOCK_CRASH_AT_START": "bad weights"}}),
+            ),
+            ("good", json!({})),
+        ])
+        .env("MODELMUX_ADMIN_KEY", ADMIN_KEY)
+        .env("MODELMUX_ON_FAILURE", "degrade")
+        .env("MODELMUX_MAX_RESTARTS", "1")
+        .env("MODELMUX_RESTART_DELAY", "0.05")
+        .start();
+        state_becomes(&m, "bad", "failed", T).await;
+        let restarts = |m: &Modelmux| m.log().lines().filter(|l| l.contains("; restart ")).count();
+        assert_eq!(restarts(&m), 1);
+        let r = admin(&c, &m, "POST", "/admin/models/bad/start", "").await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        // It crashes again, is restarted once more (a fresh budget), then fails.
+        wait_for(T, "a restart after the operator's start", || {
+            restarts(&m) == 2
+        })
+        .await;
+        state_becomes(&m, "bad", "failed", T).await;
+        let log = m.log();
+        let last = log
+            .lines()
+            .rfind(|l| l.contains("restarts within 10 minutes"))
+            .unwrap();
+        assert!(last.contains("1 restarts within 10 minutes"), "{last}");
+    });
+}
+
+#[test]
 fn a_restart_lets_the_requests_in_flight_finish() {
     run_async(TEST, async {
         let c = client();

@@ -164,10 +164,24 @@ impl EngineTask {
         } else {
             Step::Idle
         };
+        // Set when the model failed for good; an operator's start after that begins afresh
+        // (a full restart budget, a first back-off delay).
+        let mut failed = false;
         loop {
             step = match step {
                 Step::Exit => return,
-                Step::Idle => self.idle().await,
+                Step::Idle => {
+                    let next = self.idle().await;
+                    if failed && matches!(next, Step::Run) {
+                        failed = false;
+                        ever_ready = false;
+                        policy = RestartPolicy::new(
+                            self.settings.restart_delay,
+                            self.settings.max_restarts,
+                        );
+                    }
+                    next
+                }
                 Step::Run => {
                     tail.clear();
                     let (reason, exit, ready_for, engine, pumps) =
@@ -219,7 +233,9 @@ impl EngineTask {
                     match delay {
                         Some(delay) => self.back_off(delay).await,
                         None => {
-                            self.give_up(&name, &reason, usage_error, restarts, &tail);
+                            failed = true;
+                            let recent = policy.recent() as u32;
+                            self.give_up(&name, &reason, usage_error, recent, &tail);
                             // With degrade, an operator may start it again.
                             Step::Idle
                         }
@@ -229,7 +245,7 @@ impl EngineTask {
         }
     }
 
-    /// Reports a model that failed for good.
+    /// Reports a model that failed for good; `restarts` is how many the current window held.
     fn give_up(&self, name: &str, reason: &str, usage_error: bool, restarts: u32, tail: &Tail) {
         let why = if usage_error {
             // VLLM_PARAMS reaches vLLM models only.

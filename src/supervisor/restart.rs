@@ -64,6 +64,11 @@ impl RestartPolicy {
         self.recent.push_back(now);
         Some(self.backoff.next().unwrap_or(MAX_DELAY).min(MAX_DELAY))
     }
+
+    /// Restarts counted in the current window (what the budget is measured against).
+    pub fn recent(&self) -> usize {
+        self.recent.len()
+    }
 }
 
 #[cfg(test)]
