@@ -572,6 +572,13 @@ fn separate_health_port_serves_health_only() {
             404
         );
     });
+    // The same header rule as on PORT: two request ids is a 400, not one of them echoed.
+    let twice = raw_answer_on(
+        health_port,
+        "GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: a\r\nX-Request-Id: b\r\nConnection: close\r\n\r\n",
+    );
+    assert!(twice.starts_with("HTTP/1.1 400"), "{twice}");
+    assert!(twice.contains("X-Request-Id"), "{twice}");
 }
 
 #[test]
@@ -614,7 +621,12 @@ fn shutdown_lets_in_flight_requests_finish() {
 
 /// One raw request on a fresh connection, and everything the front answered.
 fn raw_answer(m: &common::Modelmux, request: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.port)).expect("the front accepts");
+    raw_answer_on(m.port, request)
+}
+
+/// One raw request on a fresh connection to `port`, and everything that came back.
+fn raw_answer_on(port: u16, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the listener accepts");
     s.set_read_timeout(Some(T)).unwrap();
     s.write_all(request.as_bytes()).unwrap();
     let mut buf = String::new();

@@ -183,6 +183,26 @@ fn cases(wire: &str) -> Vec<Case> {
             400,
             Some("invalid_request_error"),
         ),
+        // vLLM (pydantic) refuses a body that is not an object; an array is never routed
+        // by its first element.
+        case(
+            "array-body",
+            post("/v1/completions", &with("array-body", ""), r#"["alpha"]"#),
+            400,
+            Some("invalid_request_error"),
+        ),
+        // Python's json keeps the last of two keys, serde would keep the first: the engine
+        // and the front could disagree on the model, so neither wins.
+        case(
+            "model-twice",
+            post(
+                "/v1/completions",
+                &with("model-twice", ""),
+                r#"{"model": "alpha", "model": "beta"}"#,
+            ),
+            400,
+            Some("invalid_request_error"),
+        ),
         case(
             "get-inference-path",
             format!(

@@ -215,6 +215,14 @@ fn every_bad_input_has_its_own_clear_message() {
             "MULTI_MODEL_CONFIG: models[0].env.A: must be a string, number or boolean",
         ),
         (
+            "{\"models\": [{\"model_path\": \"o/m\", \"params\": \"--served-model-name a ''\"}]}",
+            "models[0].params: --served-model-name has an empty name; give every served name some characters",
+        ),
+        (
+            "{\"models\": [{\"model_path\": \"o/m\", \"fine_tune_weights\": [{\"model_name\": \" \", \"model_path\": \"o/a\"}]}]}",
+            "MULTI_MODEL_CONFIG: models[0].fine_tune_weights[0].model_name: is missing or empty",
+        ),
+        (
             "[1]",
             "MULTI_MODEL_CONFIG: (top level): must be a JSON object {\"models\": [...]}",
         ),

@@ -24,11 +24,11 @@ fn place_served_names(
                 .into_iter()
                 .flat_map(|a| a.values)
                 .collect();
-            return Ok(if given.is_empty() {
-                vec![default_name.to_string()]
+            return if given.is_empty() {
+                Ok(vec![default_name.to_string()])
             } else {
-                given
-            });
+                no_blank_name(given, "--served-model-name", origin)
+            };
         }
     };
     let canonical = dashed(flag);
@@ -66,8 +66,24 @@ fn place_served_names(
                 names.join(" ")
             ),
         )),
-        _ => Ok(names),
+        _ => no_blank_name(names, &arg.spelling, origin),
     }
+}
+
+/// A blank served name could never be asked for (the front reads a blank `"model"` as a
+/// name no model has): refused at start instead of serving a model nobody can reach by it.
+fn no_blank_name(
+    names: Vec<String>,
+    spelling: &str,
+    origin: &str,
+) -> Result<Vec<String>, ConfigError> {
+    if names.iter().any(|n| n.trim().is_empty()) {
+        return Err(params_err(
+            origin,
+            format!("{spelling} has an empty name; give every served name some characters"),
+        ));
+    }
+    Ok(names)
 }
 
 /// The model's GPU count, as the profile says.

@@ -98,15 +98,7 @@ fn is_predict(path: &str) -> bool {
 
 /// The rules that need only the head.
 pub fn on_head(app: &App, head: &Head) -> Result<Decision, Refusal> {
-    for (name, seen) in [
-        ("Authorization", &head.authorization),
-        ("route", &head.route),
-        ("X-Request-Id", &head.request_id),
-    ] {
-        if *seen == Seen::Twice {
-            return Err(Refusal::DuplicateHeader(name));
-        }
-    }
+    no_duplicates(head)?;
     // The admin API has its own key; the API key never opens it. Off, it does not exist.
     if crate::admin::is_admin_path(head.path) {
         return match app.admin.key() {
@@ -163,6 +155,21 @@ pub fn on_head(app: &App, head: &Head) -> Result<Decision, Refusal> {
     Ok(Decision::Proxy)
 }
 
+/// Two `Authorization`, `route` or `X-Request-Id` headers: which one counts would be up to
+/// each hop, so the request is refused (on both listeners).
+pub fn no_duplicates(head: &Head) -> Result<(), Refusal> {
+    for (name, seen) in [
+        ("Authorization", &head.authorization),
+        ("route", &head.route),
+        ("X-Request-Id", &head.request_id),
+    ] {
+        if *seen == Seen::Twice {
+            return Err(Refusal::DuplicateHeader(name));
+        }
+    }
+    Ok(())
+}
+
 /// Only `"model"` is read from the body; serde skips the rest without building a tree.
 #[derive(serde::Deserialize)]
 struct ModelField<'a> {
@@ -182,6 +189,12 @@ pub struct Target<'a> {
     pub body: Option<Vec<u8>>,
 }
 
+/// Whether `body` is a JSON object (at least by its first byte). serde would take a struct
+/// from an array too, by position: only an object has a `"model"` key.
+fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{')
+}
+
 /// `"model"`'s value as it is written in the body, to replace it in place.
 #[derive(serde::Deserialize)]
 struct ModelSpan<'a> {
@@ -192,8 +205,7 @@ struct ModelSpan<'a> {
 /// `body` with its top-level `"model"` value replaced by `model` (every other byte kept), or
 /// `None` when it has no such value.
 pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
-    // serde would take a struct from an array too: only an object has a "model" key.
-    if body.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+    if !is_object(body) {
         return None;
     }
     let span = serde_json::from_slice::<ModelSpan>(body).ok()?;
@@ -236,6 +248,10 @@ pub fn on_body<'a>(
     body: &[u8],
     model: &mut Option<usize>,
 ) -> Result<Target<'a>, Refusal> {
+    if !is_object(body) {
+        let why = "the body must be a JSON object with a \"model\" field";
+        return Err(Refusal::MalformedBody(why.into()));
+    }
     let field = serde_json::from_slice::<ModelField>(body)
         .map_err(|e| Refusal::MalformedBody(e.to_string()))?;
     let snapshot = app.state.borrow();

@@ -99,15 +99,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, health_only: bool) ->
     let head = head_of(&parts.method, &parts.uri, &parts.headers);
     let id = request_id(&app, &head.request_id);
     let decision = if health_only {
-        match local::classify(head.path, &app.health_endpoint, head.browser) {
-            Some(l) if l.is_health() && matches!(head.method, "GET" | "HEAD") => {
-                Ok(Decision::Local(l))
-            }
-            _ => Err(Refusal::NotServed {
-                method: head.method.to_string(),
-                path: head.path.to_string(),
-            }),
-        }
+        policy::no_duplicates(&head).and_then(|()| health_only_path(&app, &head))
     } else {
         policy::on_head(&app, &head)
     };
@@ -148,6 +140,17 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, health_only: bool) ->
             }
             resp
         }
+    }
+}
+
+/// The health listener serves health, liveness and metrics, for `GET` and `HEAD` only.
+fn health_only_path(app: &App, head: &Head) -> Result<Decision, Refusal> {
+    match local::classify(head.path, &app.health_endpoint, head.browser) {
+        Some(l) if l.is_health() && matches!(head.method, "GET" | "HEAD") => Ok(Decision::Local(l)),
+        _ => Err(Refusal::NotServed {
+            method: head.method.to_string(),
+            path: head.path.to_string(),
+        }),
     }
 }
 
