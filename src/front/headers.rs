@@ -8,6 +8,7 @@
 //! Framing headers (`Content-Length`, `Transfer-Encoding`, `Trailer`) are left to the wire:
 //! the pass-through wire keeps the engine's framing byte for byte, hyper re-frames.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Headers about one connection only (lower case).
@@ -42,6 +43,33 @@ pub enum Direction {
 
 fn listed_in(name: &str, list: &[&str]) -> bool {
     list.iter().any(|l| l.eq_ignore_ascii_case(name))
+}
+
+/// The `Authorization` header an engine gets. With `MODELMUX_API_KEY` set the front has
+/// checked the client's key, which is the front's and stays there: the engine gets its own
+/// key (`--api-key`), or none. Without it the client's header passes as it came, and the
+/// engine's own key, if it has one, is for the client to send.
+#[derive(Debug, Clone)]
+pub enum EngineAuthorization {
+    /// The client's header (if any), as it came.
+    Client,
+    /// This value (`Bearer KEY`) or none, instead of the client's.
+    Replaced(Option<Arc<str>>),
+}
+
+impl EngineAuthorization {
+    /// Whether the client's own `Authorization` header goes to the engine.
+    pub fn passes_client_header(&self) -> bool {
+        matches!(self, EngineAuthorization::Client)
+    }
+
+    /// The value the front adds itself, if any.
+    pub fn added(&self) -> Option<&str> {
+        match self {
+            EngineAuthorization::Replaced(v) => v.as_deref(),
+            EngineAuthorization::Client => None,
+        }
+    }
 }
 
 /// True for a framing header (`Content-Length`, `Transfer-Encoding`, `Trailer`).

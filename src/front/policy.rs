@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tokio::time::Instant;
 
+use super::headers::EngineAuthorization;
 use super::local::{self, Local};
 use super::queue::{QueueRefusal, Slot};
 use super::refusal::{Refusal, clip};
@@ -187,6 +188,8 @@ pub struct Target<'a> {
     /// The body to send instead of the client's, when the engine wants another `"model"`
     /// for its base model ([`Route::request_model`]); the wires frame its length.
     pub body: Option<Vec<u8>>,
+    /// The `Authorization` the engine gets.
+    pub authorization: EngineAuthorization,
 }
 
 /// Whether `body` is a JSON object (at least by its first byte). serde would take a struct
@@ -295,10 +298,15 @@ pub fn on_body<'a>(
     readiness(status.load, status.state, &route.model, || {
         status.last_exit.clone()
     })?;
+    let authorization = match app.api_key {
+        Some(_) => EngineAuthorization::Replaced(route.engine_authorization.clone()),
+        None => EngineAuthorization::Client,
+    };
     Ok(Target {
         route: route.clone(),
         path,
         body: engine_body(table, route, field.model.as_deref(), body),
+        authorization,
     })
 }
 

@@ -81,6 +81,10 @@ pub struct ModelStatus {
     /// The engine takes only UUIDs as `X-Request-Id` (llama-cpp-python).
     #[serde(skip)]
     pub uuid_request_ids: bool,
+    /// `Authorization` value for the engine's own API key (`Bearer KEY`), when it has one
+    /// (vLLM `--api-key` or `VLLM_API_KEY`, and each engine's counterpart).
+    #[serde(skip)]
+    pub engine_authorization: Option<String>,
     /// Requests in flight to this engine at once (`max_concurrency`); `None`: no limit.
     #[serde(skip)]
     pub max_concurrency: Option<u32>,
@@ -125,6 +129,7 @@ impl ModelStatus {
             metrics_path: m.metrics_path.clone(),
             request_model: m.request_model.clone(),
             uuid_request_ids: m.uuid_request_ids,
+            engine_authorization: engine_authorization(m),
             max_concurrency: m.max_concurrency,
             max_queue: m.max_queue,
             retired: false,
@@ -156,4 +161,13 @@ impl ModelStatus {
             ),
         }
     }
+}
+
+/// `Bearer KEY` for the engine's own API key, when it has one that a header can carry
+/// (visible ASCII; a key with anything else could not be sent by any client either).
+fn engine_authorization(m: &ModelLaunch) -> Option<String> {
+    let key = crate::engines::api_key(m.engine, &m.argv, &m.env)?;
+    key.bytes()
+        .all(|b| b.is_ascii_graphic())
+        .then(|| format!("Bearer {key}"))
 }

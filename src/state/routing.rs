@@ -26,6 +26,8 @@ pub struct Route {
     pub request_model: Option<Arc<str>>,
     /// The engine takes only UUIDs as `X-Request-Id` (llama-cpp-python).
     pub uuid_request_ids: bool,
+    /// `Bearer KEY` for the engine's own API key, when it has one.
+    pub engine_authorization: Option<Arc<str>>,
 }
 
 /// Every served name and adapter name, mapped to its engine.
@@ -75,6 +77,7 @@ impl RoutingTable {
                 metrics_path: m.metrics_path.as_deref().map(Into::into),
                 request_model: m.request_model.as_deref().map(Into::into),
                 uuid_request_ids: m.uuid_request_ids,
+                engine_authorization: m.engine_authorization.as_deref().map(Into::into),
             };
             table.models.push(route.clone());
             if table.by_index.len() <= index {

@@ -274,6 +274,7 @@ pub(crate) mod tests {
             metrics_path: Some("/metrics".into()),
             request_model: None,
             uuid_request_ids: false,
+            engine_authorization: None,
             max_concurrency: None,
             max_queue: 0,
             retired: false,

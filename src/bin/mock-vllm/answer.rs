@@ -36,6 +36,13 @@ pub async fn answer(
     if dialect::request_id_refused(&m.cli, id) {
         return StatusCode::BAD_REQUEST.into_response();
     }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if !dialect::Dialect::authorized(&m.cli.api_keys, authorization) {
+        let body = json!({"error": "Unauthorized"});
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
     let asked = req.get("model").and_then(Value::as_str);
     let adapter = dialect::adapter_for(&m.cli_now(), asked).map(str::to_string);
     let model = asked.unwrap_or(&m.names[0]).to_string();

@@ -111,6 +111,9 @@ pub struct Cli {
     /// llama.cpp's `--cpu-mask` and `--threads`, as given (for the report file).
     pub cpu_mask: Option<String>,
     pub threads: Option<String>,
+    /// vLLM's `--api-key` values and `VLLM_API_KEY`: generation requests need one of them
+    /// as `Authorization: Bearer KEY` (vLLM's `AuthenticationMiddleware`).
+    pub api_keys: Vec<String>,
 }
 
 impl Dialect {
@@ -190,6 +193,19 @@ impl Dialect {
                 .replace(&format!("{from}{{"), &format!("{to}{{"));
         }
         out.replace("vllm:", self.metrics_prefix())
+    }
+
+    /// Whether `authorization` opens a server started with `api_keys` (none: always), as
+    /// vLLM checks it: scheme `Bearer` in any case, then the key.
+    pub fn authorized(api_keys: &[String], authorization: Option<&[u8]>) -> bool {
+        if api_keys.is_empty() {
+            return true;
+        }
+        let Some(value) = authorization.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return false;
+        };
+        let (scheme, key) = value.split_once(' ').unwrap_or((value, ""));
+        scheme.eq_ignore_ascii_case("bearer") && api_keys.iter().any(|k| k == key)
     }
 
     /// Whether a request's `"model"` must be a served name or adapter (vLLM 404s on
@@ -335,6 +351,10 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
             metrics: true,
             cpu_mask: None,
             threads: None,
+            api_keys: vllm_values(args, &["--api-key"])
+                .into_iter()
+                .chain(std::env::var("VLLM_API_KEY").ok())
+                .collect(),
         });
     }
     let spec = match d {
@@ -402,6 +422,7 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
         },
         cpu_mask: last("cpu_mask"),
         threads: last("threads"),
+        api_keys: Vec::new(),
     })
 }
 

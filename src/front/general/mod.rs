@@ -217,10 +217,17 @@ async fn proxy(
         connection.add(v.as_bytes());
     }
     let mut h = HeaderMap::with_capacity(parts.headers.len() + 2);
+    let client_authorization = target.authorization.passes_client_header();
     for (name, value) in &parts.headers {
-        if headers::passes(Direction::ToEngine, name.as_str(), &connection) {
+        if headers::passes(Direction::ToEngine, name.as_str(), &connection)
+            && (client_authorization || name != header::AUTHORIZATION)
+        {
             h.append(name.clone(), value.clone());
         }
+    }
+    if let Some(value) = target.authorization.added() {
+        let value = HeaderValue::from_str(value).expect("checked visible ASCII");
+        h.insert(header::AUTHORIZATION, value);
     }
     let authority = &target.route.authority;
     h.insert(

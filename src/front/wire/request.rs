@@ -222,13 +222,21 @@ pub fn step(buf: &[u8], app: &App, out: &mut Vec<u8>, record: &mut Record) -> St
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(target.route.authority.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let client_authorization = target.authorization.passes_client_header();
     for h in req.headers.iter() {
-        if headers::passes(Direction::ToEngine, h.name, &connection) {
+        if headers::passes(Direction::ToEngine, h.name, &connection)
+            && (client_authorization || !h.name.eq_ignore_ascii_case("authorization"))
+        {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
+    }
+    if let Some(value) = target.authorization.added() {
+        out.extend_from_slice(b"authorization: ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(&headers::engine_request_id(

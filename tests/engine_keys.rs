@@ -1,0 +1,102 @@
+//! The `Authorization` an engine gets, on both wires, through the real binary and
+//! `mock-vllm` (which checks `--api-key` as vLLM's `AuthenticationMiddleware` does).
+//! With `MODELMUX_API_KEY` set, the front's key stays at the front: an engine with its own
+//! key gets that one, an engine without gets none. Without it, the client's header passes
+//! as it came and the engine's own key is the client's to send.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Setup;
+use common::raw::{Answer, Wire, post};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(60);
+
+fn ask(port: u16, general: bool, model: &str, authorization: &str) -> Answer {
+    let mut w = if general {
+        Wire::connect_general(port)
+    } else {
+        Wire::connect(port)
+    };
+    let body = format!(r#"{{"model": "{model}"}}"#);
+    w.send(&post("/v1/completions", authorization, &body));
+    w.answer()
+}
+
+/// The header names the engine saw (the mock reports them), lower case.
+fn seen_by_engine(a: &Answer) -> Vec<String> {
+    a.header("x-mock-header-names")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+fn models() -> [(&'static str, serde_json::Value); 2] {
+    [
+        (
+            "locked",
+            json!({"params": "--served-model-name locked --api-key engine-k3y"}),
+        ),
+        ("open", json!({})),
+    ]
+}
+
+#[test]
+fn with_a_front_key_each_engine_gets_its_own_key_or_none() {
+    let m = Setup::new(&models())
+        .env("MODELMUX_API_KEY", "front-k3y")
+        .start();
+    m.wait_ready(T);
+    let front = "Authorization: Bearer front-k3y\r\n";
+    for general in [false, true] {
+        let a = ask(m.port, general, "locked", front);
+        assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+        let a = ask(m.port, general, "open", front);
+        assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+        assert!(
+            !seen_by_engine(&a).contains(&"authorization".to_string()),
+            "the front's key reached an engine without a key of its own (general wire: {general}): {:?}",
+            seen_by_engine(&a)
+        );
+        // The engine's key does not open the front.
+        let a = ask(
+            m.port,
+            general,
+            "locked",
+            "Authorization: Bearer engine-k3y\r\n",
+        );
+        assert_eq!(a.status, 401, "general wire: {general}");
+    }
+}
+
+#[test]
+fn without_a_front_key_the_clients_header_reaches_the_engine() {
+    let m = Setup::new(&models()).start();
+    m.wait_ready(T);
+    for general in [false, true] {
+        let a = ask(
+            m.port,
+            general,
+            "locked",
+            "Authorization: Bearer engine-k3y\r\n",
+        );
+        assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+        let a = ask(m.port, general, "locked", "Authorization: Bearer wrong\r\n");
+        assert_eq!(
+            a.status, 401,
+            "the engine's own check (general wire: {general})"
+        );
+        assert_eq!(a.text(), r#"{"error":"Unauthorized"}"#);
+        let a = ask(
+            m.port,
+            general,
+            "open",
+            "Authorization: Bearer anything\r\n",
+        );
+        assert_eq!(a.status, 200, "general wire: {general}");
+        assert!(seen_by_engine(&a).contains(&"authorization".to_string()));
+    }
+}
