@@ -155,6 +155,9 @@ fn oci_entry(text: &str) -> Result<Option<Value>, ConfigError> {
             "must be a JSON list of {\"key\", \"value\"}",
         ));
     };
+    // Every entry is looked at: two MULTI_MODEL_CONFIG entries would leave it to chance
+    // (the console's order) which model list runs.
+    let mut found: Option<(usize, Option<Value>)> = None;
     for (i, entry) in entries.into_iter().enumerate() {
         let Value::Object(mut obj) = entry else {
             return Err(ConfigError::field(
@@ -163,11 +166,19 @@ fn oci_entry(text: &str) -> Result<Option<Value>, ConfigError> {
                 "must be an object {\"key\", \"value\"}",
             ));
         };
-        if obj.get("key").and_then(Value::as_str) == Some("MULTI_MODEL_CONFIG") {
-            return Ok(obj.remove("value"));
+        if obj.get("key").and_then(Value::as_str) != Some("MULTI_MODEL_CONFIG") {
+            continue;
         }
+        if let Some((first, _)) = found {
+            return Err(ConfigError::field(
+                VAR,
+                format!("[{i}]"),
+                format!("is a second MULTI_MODEL_CONFIG entry (the first is [{first}]); keep one"),
+            ));
+        }
+        found = Some((i, obj.remove("value")));
     }
-    Ok(None)
+    Ok(found.and_then(|(_, value)| value))
 }
 
 /// Parses a `{"models": [...]}` document.

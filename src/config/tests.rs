@@ -254,6 +254,22 @@ fn every_bad_input_has_its_own_clear_message() {
         err(bad_oci),
         "OCI_MODEL_GROUP_CUSTOM_METADATA: (top level): must be a JSON list of {\"key\", \"value\"}"
     );
+    let twice = r#"{"models": [{"model_path": "o/m"}]}"#;
+    let twice = RawConfig {
+        oci_metadata: Some(
+            serde_json::json!([
+                {"key": "MULTI_MODEL_CONFIG", "value": twice},
+                {"key": "OTHER", "value": "x"},
+                {"key": "MULTI_MODEL_CONFIG", "value": twice},
+            ])
+            .to_string(),
+        ),
+        ..Default::default()
+    };
+    assert_eq!(
+        err(twice),
+        "OCI_MODEL_GROUP_CUSTOM_METADATA: [2]: is a second MULTI_MODEL_CONFIG entry (the first is [0]); keep one"
+    );
     let missing_file = RawConfig {
         config_file: Some("/no/such/file.json".into()),
         ..Default::default()
