@@ -4,8 +4,9 @@
 //! at run time whether a model fits beside the engines that hold memory now.
 
 use super::allocate::best_set;
-use super::pack::{SHARE_STEP, capacity, does_not_fit};
-use super::{GpuError, Inventory, MemDemand, Placement, gib};
+use super::misfit::{self, Misfit, does_not_fit};
+use super::pack::{SHARE_STEP, capacity};
+use super::{GpuError, Inventory, MemDemand, Placement};
 use crate::weights::{CUDA_CONTEXT, CUDA_GRAPHS};
 
 /// What an engine holds on one of its GPUs.
@@ -82,21 +83,24 @@ pub fn place_beside(
     }
     let free: Vec<bool> = held.iter().map(Vec::is_empty).collect();
     let sizes_known = inv.gpus.iter().all(|g| g.memory_total > 0);
-    let named = |problem: String| does_not_fit(std::slice::from_ref(d), inv, limit, problem);
+    let named = |misfit: Misfit| does_not_fit(std::slice::from_ref(d), inv, limit, misfit);
     if !d.packable() || !sizes_known {
         let open = free.iter().filter(|f| **f).count();
         if open < d.gpus as usize {
-            return Err(named(format!(
-                "{} needs {} whole GPU(s) but {} GPU(s) are free beside the other models",
-                d.name, d.gpus, open
-            )));
+            return Err(named(Misfit {
+                problem: format!(
+                    "{} needs {} whole GPU(s) but {} GPU(s) are free beside the other models",
+                    d.name, d.gpus, open
+                ),
+                fix: "fewer models beside it, or a shape with more GPUs".into(),
+            }));
         }
         let set = best_set(inv, &free, d.gpus as usize);
         if let Some(&g) = set.first()
             && inv.gpus[g].memory_total > 0
             && !d.fits_alone(inv.gpus[g].memory_total, limit)
         {
-            return Err(named(super::pack::alone_problem(d, inv, g, limit)));
+            return Err(named(misfit::alone(d, inv, g, limit)));
         }
         return Ok(Placement {
             gpus: set,
@@ -122,16 +126,8 @@ pub fn place_beside(
         .filter(|&g| fits_on(g))
         .max_by_key(|&g| (free[g], room(g), std::cmp::Reverse(g)))
     else {
-        let need = d.weight(inv.gpus[0].memory_total);
-        let left: Vec<String> = (0..n)
-            .map(|g| format!("{} {}", inv.gpus[g].visible_id, gib(room(g))))
-            .collect();
-        return Err(named(format!(
-            "{} needs {} but the room left beside the other models is {}",
-            d.name,
-            gib(need),
-            left.join(", ")
-        )));
+        let rooms: Vec<u64> = (0..n).map(room).collect();
+        return Err(named(misfit::beside(d, inv, &rooms)));
     };
     if free[g] {
         return Ok(Placement {
@@ -217,7 +213,15 @@ mod tests {
         let e = place_beside(&[(&a, &pa)], &demand("c", 60), &inv, 0.92)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("c needs") && e.contains("room left"), "{e}");
+        // 60 GiB inside + 1 GiB outside + 0.1 GiB (0.001 × 80) to round its share; 0.92 × 80
+        // − (0.3 × 80 + 1) = 48.6 GiB left.
+        assert!(
+            e.contains(
+                "c needs 61.1 GiB (c 61.0 + 0.1 to round its share) but the room left beside \
+                 the other models is GPU 0 48.6 GiB"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

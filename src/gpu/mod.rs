@@ -8,6 +8,7 @@ mod allocate;
 mod beside;
 mod error;
 mod free;
+mod misfit;
 mod nvml;
 mod overrides;
 mod pack;

@@ -13,7 +13,7 @@
 //! the engines that take a fraction share the rest. Its reservation is not passed to it.
 
 use super::allocate::best_set;
-use super::error::gib;
+use super::misfit::{self, does_not_fit};
 use super::{Demand, GpuError, Inventory, allocate};
 
 /// vLLM's default `--gpu-memory-utilization` (`CacheConfig.gpu_memory_utilization`, 0.9, in
@@ -89,7 +89,7 @@ impl MemDemand {
 
     /// The utilization it runs at alone on its GPUs: its own value, vLLM's default under the
     /// limit, or for an engine without a fraction flag whatever the limit allows.
-    fn alone_utilization(&self, limit: f64) -> f64 {
+    pub(super) fn alone_utilization(&self, limit: f64) -> f64 {
         match self.fixed_share {
             Some(u) => u,
             None if self.fraction_flag.is_none() => limit,
@@ -211,7 +211,7 @@ pub fn place(
                     demands,
                     inv,
                     limit,
-                    alone_problem(&demands[i], inv, g, limit),
+                    misfit::alone(&demands[i], inv, g, limit),
                 ));
             }
         }
@@ -219,34 +219,11 @@ pub fn place(
     let bins = pack(demands, &items, &open, inv, limit, true)
         .or_else(|| pack(demands, &items, &open, inv, limit, false))
         .ok_or_else(|| {
-            let total: u64 = items
-                .iter()
-                .map(|&i| {
-                    demands[i].weight(inv.gpus[open.first().copied().unwrap_or(0)].memory_total)
-                })
-                .sum();
-            let room: u64 = open.iter().map(|&g| capacity(inv, g, limit)).sum();
             does_not_fit(
                 demands,
                 inv,
                 limit,
-                if open.is_empty() {
-                    format!(
-                        "{} models need a share of a GPU but the others took every GPU",
-                        items.len()
-                    )
-                } else {
-                    format!(
-                        "{} need {} together but GPU(s) {} allow {}",
-                        names(demands, &items),
-                        gib(total),
-                        open.iter()
-                            .map(|&g| inv.gpus[g].visible_id.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        gib(room)
-                    )
-                },
+                misfit::packing(demands, &items, &open, inv, limit),
             )
         })?;
     for (g, members) in open.iter().zip(&bins) {
@@ -365,9 +342,16 @@ fn check_alone(
     limit: f64,
 ) -> Result<(), GpuError> {
     for (d, p) in demands.iter().zip(placed) {
-        let Some(size) = p.gpus.iter().map(|&g| inv.gpus[g].memory_total).min() else {
+        // The smallest of its GPUs is the one it must fit.
+        let Some(g) = p
+            .gpus
+            .iter()
+            .copied()
+            .min_by_key(|&g| (inv.gpus[g].memory_total, g))
+        else {
             continue;
         };
+        let size = inv.gpus[g].memory_total;
         if size == 0 || d.fits_alone(size, limit) {
             continue;
         }
@@ -375,63 +359,10 @@ fn check_alone(
             demands,
             inv,
             limit,
-            alone_problem(d, inv, p.gpus[0], limit),
+            misfit::alone(d, inv, g, limit),
         ));
     }
     Ok(())
-}
-
-/// Why `d` does not fit GPU `g` even alone.
-pub(super) fn alone_problem(d: &MemDemand, inv: &Inventory, g: usize, limit: f64) -> String {
-    let need = d.need.map_or(0, |n| n.inside);
-    let util = d.alone_utilization(limit);
-    let source = match (d.fixed_share, d.fraction_flag) {
-        (Some(_), Some(flag)) => format!("its own {flag}"),
-        (_, None) => "MODELMUX_GPU_MEMORY_LIMIT".to_string(),
-        (None, Some(_)) => "vLLM's utilization".to_string(),
-    };
-    let size = inv.gpus[g].memory_total;
-    format!(
-        "{} needs {} per GPU but {source} {util} of GPU {} allows {}",
-        d.name,
-        gib(need),
-        inv.gpus[g].visible_id,
-        gib((util * size as f64) as u64)
-    )
-}
-
-fn names(demands: &[MemDemand], items: &[usize]) -> String {
-    items
-        .iter()
-        .map(|&i| demands[i].name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-pub(super) fn does_not_fit(
-    demands: &[MemDemand],
-    inv: &Inventory,
-    limit: f64,
-    problem: String,
-) -> GpuError {
-    GpuError::DoesNotFit {
-        problem,
-        models: demands
-            .iter()
-            .map(|d| d.summary.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        gpus: inv
-            .gpus
-            .iter()
-            .map(|g| format!("{} {}", g.visible_id, gib(g.memory_total)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        limit: limit.to_string(),
-        fix: "a shape with more or bigger GPUs, -tp N to split a large model over N GPUs, a \
-              smaller --max-model-len (less KV cache), or fewer models"
-            .into(),
-    }
 }
 
 /// Adds sharing advice to a plain "not enough GPUs" error.

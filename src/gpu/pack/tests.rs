@@ -37,7 +37,12 @@ fn model(name: &str, gpus: u32, inside_gib: f64) -> MemDemand {
         }),
         fixed_share: None,
         fraction_flag: Some("--gpu-memory-utilization"),
-        summary: format!("{name} {inside_gib} GiB"),
+        // As `plan` words it: the estimate per GPU, what vLLM counts inside its utilization
+        // and the CUDA context and graphs outside it together.
+        summary: format!(
+            "{name} {}",
+            crate::gpu::gib(((inside_gib + 1.0) * GIB as f64) as u64)
+        ),
     }
 }
 
@@ -134,7 +139,10 @@ fn an_engine_without_a_fraction_flag_reserves_its_estimate_and_no_more() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("huge needs 75.0 GiB per GPU but MODELMUX_GPU_MEMORY_LIMIT 0.92 of GPU 0 allows 73.6 GiB"),
+        e.contains(
+            "huge needs 76.0 GiB per GPU: 75.0 within MODELMUX_GPU_MEMORY_LIMIT 0.92 + 1.0 GiB of \
+             CUDA context and graphs outside it, but 0.92 of GPU 0 (80.0 GiB) allows 73.6 GiB"
+        ) && e.contains("fix: raise MODELMUX_GPU_MEMORY_LIMIT from 0.92 to 0.94 or more"),
         "{e}"
     );
 }
@@ -163,7 +171,13 @@ fn a_users_own_share_is_kept_and_counted() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("tight needs 20.0 GiB per GPU but its own --gpu-memory-utilization 0.2 of GPU 0 allows 16.0 GiB"),
+        e.contains(
+            "tight needs 21.0 GiB per GPU: 20.0 within its own --gpu-memory-utilization 0.2 + \
+             1.0 GiB of CUDA context and graphs outside it, but 0.2 of GPU 0 (80.0 GiB) allows \
+             16.0 GiB"
+        ) && e.contains(
+            "fix: raise --gpu-memory-utilization in tight's params from 0.2 to 0.25 or more"
+        ),
         "{e}"
     );
 }
@@ -179,15 +193,20 @@ fn what_cannot_fit_is_refused_in_one_line_with_every_model_and_gpu() {
         .unwrap_err()
         .to_string();
     assert!(!e.contains('\n'));
-    assert!(e.starts_with("the models do not fit in GPU memory: big needs 60.0 GiB per GPU but vLLM's utilization 0.9 of GPU 0 allows 43.2 GiB"), "{e}");
+    assert!(
+        e.starts_with(
+            "the models do not fit in GPU memory: big needs 61.0 GiB per GPU: 60.0 within \
+             vLLM's utilization 0.9 + 1.0 GiB of CUDA context and graphs outside it, but 0.9 \
+             of GPU 0 (48.0 GiB) allows 43.2 GiB"
+        ),
+        "{e}"
+    );
     for part in [
-        "big 60 GiB",
-        "mid 30 GiB",
-        "small 10 GiB",
+        "models: big 61.0 GiB, mid 31.0 GiB, small 11.0 GiB",
         "GPUs: 0 48.0 GiB, 1 48.0 GiB",
         "MODELMUX_GPU_MEMORY_LIMIT=0.92",
-        "-tp N",
-        "--max-model-len",
+        "-tp N in big's params",
+        "a smaller --max-model-len in big's params",
     ] {
         assert!(e.contains(part), "{part}: {e}");
     }
@@ -200,7 +219,14 @@ fn what_cannot_fit_is_refused_in_one_line_with_every_model_and_gpu() {
     let e = place(&demands, &machine(&[48, 48]), 0.92)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("do not fit in GPU memory: a, b, c need"), "{e}");
+    assert!(
+        e.contains(
+            "a, b, c need 123.1 GiB (a 41.0 + b 41.0 + c 41.0 + 0.1 to round the shares) but \
+             GPUs 0,1 allow 44.2 + 44.2 = 88.4 GiB (MODELMUX_GPU_MEMORY_LIMIT 0.92 of each); \
+             models:"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -314,5 +340,104 @@ proptest! {
             }
             prop_assert!(used <= limit * size + 1.0, "GPU {} over its limit: {} > {}", g, used, limit * size);
         }
+    }
+}
+
+/// The figure after `prefix` in `text`, in tenths of a GiB (`18.5` → 185).
+fn tenths_after(text: &str, prefix: &str) -> u64 {
+    let rest = &text[text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?}: {text}"))
+        + prefix.len()..];
+    let num: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let (whole, tenth) = num
+        .split_once('.')
+        .unwrap_or_else(|| panic!("{num:?}: {text}"));
+    whole.parse::<u64>().unwrap() * 10 + tenth.parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_model_too_big_for_its_gpu_is_named_with_the_estimate_the_list_shows() {
+    // The review's case: the problem said "needs 17.5 GiB" (inside vLLM's utilization only)
+    // where the models list said 18.5 GiB for the same model.
+    for (inside, gpus, size) in [(17.5, 1, 16), (17.46, 1, 16), (76.0, 2, 80), (60.04, 1, 48)] {
+        let e = place(&[model("m", gpus, inside)], &machine(&[size, size]), 0.92)
+            .unwrap_err()
+            .to_string();
+        let need = tenths_after(&e, "m needs ");
+        assert_eq!(need, tenths_after(&e, "models: m "), "{e}");
+        // The parts add up to it as printed: inside the utilization + outside it.
+        let within = tenths_after(&e, "per GPU: ");
+        let outside = tenths_after(&e, "within vLLM's utilization 0.9 + ");
+        assert_eq!((within + outside, outside), (need, 10), "{e}");
+        assert!(e.contains("CUDA context and graphs outside it"), "{e}");
+        assert!(e.contains("-tp N in m's params"), "{e}");
+    }
+}
+
+#[test]
+fn models_that_cannot_share_are_refused_with_figures_that_add_up() {
+    // Sizes where rounding each figure and rounding the sum could disagree (x.04 and x.06
+    // GiB), GPUs where the share rounding is 0.1 GiB and more, and a case with enough memory
+    // in all that fails only because a model cannot be split between GPUs.
+    let cases: [(&[f64], &[u64]); 4] = [
+        (&[17.5, 19.0, 2.8], &[24]),
+        (&[10.04, 10.04, 10.04, 10.06], &[40]),
+        (&[30.06, 30.06, 30.06], &[80]),
+        (&[17.5, 19.0, 2.8], &[24, 24]),
+    ];
+    for (insides, sizes) in cases {
+        let demands: Vec<MemDemand> = insides
+            .iter()
+            .enumerate()
+            .map(|(i, &g)| model(&format!("m{i}"), 1, g))
+            .collect();
+        let e = place(&demands, &machine(sizes), 0.92)
+            .unwrap_err()
+            .to_string();
+        let names: Vec<String> = demands.iter().map(|d| d.name.clone()).collect();
+        let head = format!("{} need ", names.join(", "));
+        let total = tenths_after(&e, &head);
+        // `(m0 18.5 + m1 20.0 + m2 3.8 + 0.1 to round the shares)`
+        let from = e.find(&head).unwrap() + head.len();
+        let open = from + e[from..].find('(').unwrap() + 1;
+        let close = open + e[open..].find(')').unwrap();
+        let mut sum = 0;
+        let mut counted = Vec::new();
+        for part in e[open..close].split(" + ") {
+            let (first, rest) = part.split_once(' ').unwrap();
+            if rest == "to round the shares" {
+                sum += tenths_after(first, "");
+            } else {
+                sum += tenths_after(rest, "");
+                counted.push(format!("{first} {rest} GiB"));
+            }
+        }
+        // Each model counts with the estimate the models list prints for it.
+        let listed: Vec<String> = demands.iter().map(|d| d.summary.clone()).collect();
+        assert_eq!(counted, listed, "{e}");
+        assert_eq!(sum, total, "the parts add up to the printed total: {e}");
+        let rooms: Vec<u64> = sizes
+            .iter()
+            .map(|&s| (s as f64 * 9.2).round() as u64)
+            .collect();
+        let room: u64 = rooms.iter().sum();
+        assert_eq!(
+            tenths_after(
+                &e,
+                if sizes.len() == 1 {
+                    "GPU 0 allows "
+                } else {
+                    " = "
+                }
+            ),
+            room,
+            "{e}"
+        );
+        assert_eq!(total > room, !e.contains("enough in all"), "{e}");
+        assert!(e.contains("a smaller --max-model-len in m"), "{e}");
     }
 }
