@@ -396,7 +396,8 @@ impl EngineTask {
         };
         let authority = format!("127.0.0.1:{}", self.launch.port);
         let timeout = self.settings.health_timeout;
-        let reading = match scrape::fetch_within(&authority, path, timeout).await {
+        let key = engine_api_key(&self.launch).map(|k| format!("Bearer {k}"));
+        let reading = match scrape::fetch_within(&authority, path, key, timeout).await {
             Ok(text) => progress.read(&text).ok_or_else(|| {
                 format!(
                     "its {path} has no {} or no progress counter",

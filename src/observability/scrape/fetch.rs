@@ -24,7 +24,8 @@ pub async fn scrape_all(
     let mut tasks = JoinSet::new();
     for (i, t) in targets.iter().enumerate() {
         let (authority, path) = (t.authority.clone(), t.path.clone());
-        tasks.spawn(async move { (i, fetch(&authority, &path).await) });
+        let authorization = t.authorization.clone();
+        tasks.spawn(async move { (i, fetch(&authority, &path, authorization).await) });
     }
     let mut results: Vec<Option<Result<String, String>>> = vec![None; targets.len()];
     while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
@@ -46,7 +47,11 @@ pub async fn scrape_all(
 
 /// One `GET` of the metrics path on a fresh loopback connection (never through an HTTP
 /// proxy).
-async fn fetch(authority: &str, path: &str) -> Result<String, String> {
+async fn fetch(
+    authority: &str,
+    path: &str,
+    authorization: Option<String>,
+) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
@@ -54,8 +59,11 @@ async fn fetch(authority: &str, path: &str) -> Result<String, String> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
-    let request = http::Request::get(path)
-        .header(http::header::HOST, authority)
+    let mut request = http::Request::get(path).header(http::header::HOST, authority);
+    if let Some(value) = authorization {
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let request = request
         .header(
             http::header::ACCEPT,
             "text/plain;version=0.0.4;q=1,*/*;q=0.1",
@@ -88,9 +96,10 @@ async fn fetch(authority: &str, path: &str) -> Result<String, String> {
 pub async fn fetch_within(
     authority: &str,
     path: &str,
+    authorization: Option<String>,
     timeout: Duration,
 ) -> Result<String, String> {
-    tokio::time::timeout(timeout, fetch(authority, path))
+    tokio::time::timeout(timeout, fetch(authority, path, authorization))
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }

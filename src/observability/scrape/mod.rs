@@ -48,6 +48,9 @@ pub struct Target {
     pub authority: String,
     /// Its metrics path (`/metrics`; engine profiles say).
     pub path: String,
+    /// `Bearer KEY` when the engine has an API key of its own (vLLM leaves `/metrics`
+    /// open today; servers that guard every path do not).
+    pub authorization: Option<String>,
 }
 
 /// The engines a scrape asks: those whose model is ready and whose server has metrics.
@@ -67,6 +70,7 @@ pub fn targets(table: &RoutingTable, snapshot: &Snapshot) -> Vec<Target> {
                 model: route.model.to_string(),
                 authority: route.authority.to_string(),
                 path: route.metrics_path.as_deref()?.to_string(),
+                authorization: route.engine_authorization.as_deref().map(str::to_string),
             })
         })
         .collect()

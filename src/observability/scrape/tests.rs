@@ -211,6 +211,7 @@ async fn a_slow_engine_is_left_out_and_counted_within_the_budget() {
             model: model.into(),
             authority,
             path: "/metrics".into(),
+            authorization: None,
         })
         .collect();
     let errors = ScrapeErrors::new(["fast", "slow", "gone"]);
@@ -241,4 +242,49 @@ fn sums_add_every_label_set_of_exactly_that_name() {
         ],
     );
     assert_eq!(got, [Some(5.0), Some(42.0), None, None]);
+}
+
+/// A loopback server that answers `GET /metrics` only to `Authorization: Bearer k3y`
+/// (401 otherwise), as a server that guards every path does.
+async fn guarded_engine() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let answer: &[u8] = if head.contains("\r\nauthorization: bearer k3y\r\n") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nup 1\n"
+                } else {
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n"
+                };
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_engine_with_its_own_key_is_asked_with_it() {
+    let authority = guarded_engine().await;
+    let target = |index: usize, model: &str, authorization: Option<&str>| Target {
+        index,
+        model: model.into(),
+        authority: authority.clone(),
+        path: "/metrics".into(),
+        authorization: authorization.map(str::to_string),
+    };
+    let targets = vec![
+        target(0, "keyed", Some("Bearer k3y")),
+        target(1, "bare", None),
+    ];
+    let errors = ScrapeErrors::new(["keyed", "bare"]);
+    let mut out = String::new();
+    append_engines(&mut out, targets, &errors).await;
+    assert!(out.contains("up{model=\"keyed\"} 1\n"), "{out}");
+    assert_eq!((errors.get(0), errors.get(1)), (0, 1));
 }
