@@ -619,9 +619,51 @@ fn sigkill_of_modelmux_leaves_no_engine_process() {
     let Some(tier) = Tier::find("sigkill_of_modelmux_leaves_no_engine_process", 1) else {
         return;
     };
-    let models = vec![tier.spec("tiny-llama-b", "b", Some(1), "", json!({}))];
-    let mut run = tier.start("sigkill", &models, &[], true);
+    // The engine has an API key of its own and the front another: the front's stays at
+    // the front, the engine gets its own (README, MODELMUX_API_KEY).
+    let models = vec![tier.spec(
+        "tiny-llama-b",
+        "b",
+        Some(1),
+        "--api-key engine-k3y",
+        json!({}),
+    )];
+    let front_key = [("MODELMUX_API_KEY", "front-k3y")];
+    let mut run = tier.start("sigkill", &models, &front_key, true);
     let mut cases = Cases::new("sigkill_of_modelmux_leaves_no_engine_process");
+    cases.run(
+        "with its own --api-key, vLLM gets its key, clients send the front's",
+        || {
+            run.wait_ready(READY_TIMEOUT)?;
+            let body = json!({"model": "b", "prompt": "Hello", "max_tokens": 2});
+            let with_key = |key: &str| {
+                http::request(
+                    run.port,
+                    "POST",
+                    "/v1/completions",
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Authorization", &format!("Bearer {key}")),
+                    ],
+                    &body.to_string(),
+                )
+                .map_err(io)
+            };
+            let front = with_key("front-k3y")?;
+            ensure!(front.status == 200, "front key: {} {}", front.status, front.body);
+            let engine = with_key("engine-k3y")?;
+            ensure!(engine.status == 401, "engine key at the front: {}", engine.status);
+            let port = run.engine_port("b").ok_or("no engine port in /health")?;
+            let direct = http::post_json(port, "/v1/completions", &body).map_err(io)?;
+            ensure!(direct.status == 401, "vLLM without a key: {}", direct.status);
+            let metrics = http::get(run.port, "/metrics").map_err(io)?;
+            ensure!(
+                metrics.body.contains("vllm:") && metrics.body.contains("model=\"b\""),
+                "no vLLM series in /metrics"
+            );
+            Ok("front key 200, engine key at the front 401, vLLM alone 401; /metrics has vLLM's series".into())
+        },
+    );
     cases.run(
         "SIGKILL of modelmux (own session): no vLLM process after 10 s",
         || {
