@@ -127,9 +127,11 @@ pub fn demands(
             need: e.as_ref().map(|e| e.need),
             fixed_share: m.memory.gpu_memory_utilization,
             fraction_flag: m.engine.profile().memory_fraction_flag(),
+            gpu_flags: crate::engines::gpu_flags(m.engine.profile(), &m.args),
             summary: match e {
-                Some(e) => format!("{} {}", m.served_names[0], e.describe()),
-                None => format!("{} (no estimate: not on disk)", m.served_names[0]),
+                Some(e) => e.describe(),
+                None if m.gpu_demand == 0 => "no GPU memory".into(),
+                None => "no estimate (not on disk): whole GPUs".into(),
             },
         })
         .collect();
@@ -340,6 +342,7 @@ pub fn residue(d: &MemDemand) -> MemDemand {
         }),
         fixed_share: None,
         fraction_flag: d.fraction_flag,
+        gpu_flags: d.gpu_flags.clone(),
         summary: d.summary.clone(),
     }
 }

@@ -113,7 +113,11 @@ fn invalid_configuration_exits_2_with_one_clear_line() {
         ),
         (
             &[("MULTI_MODEL_CONFIG", CONFIG), ("MODELMUX_GPUS", "2")],
-            "the models need 3 GPUs but 2 are available (0,1): llama needs 2, bge needs 1",
+            "the models need 3 GPUs but 2 are available; models: llama on 2 GPUs (-tp 2): no \
+             estimate (not on disk): whole GPUs, bge on 1 GPU: no estimate (not on disk): whole \
+             GPUs; GPUs: 0 (size unknown), 1 (size unknown); fix: lower llama's -tp 2, bge's \
+             files on disk so that it has an estimate and can share a GPU, serve fewer models or \
+             a shape with more GPUs",
         ),
         (
             &[("MULTI_MODEL_CONFIG", CONFIG)],

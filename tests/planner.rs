@@ -9,52 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{MOCK, Setup, wait_until};
-use modelmux::weights::fixtures::{Arch, LLAMA_3_8B, MISTRAL_7B_V03, QWEN2_0_5B, QWEN2_72B};
+use modelmux::weights::fixtures::{LLAMA_3_8B, MISTRAL_7B_V03, QWEN2_0_5B, QWEN2_72B};
 use serde_json::{Value, json};
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+use common::planning::{argv, config, models, plan_json};
 use common::run_clean as run;
-
-/// Writes fake models under one temporary root: (directory name, shape, shards).
-fn models(list: &[(&str, Arch, usize)]) -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    for (name, arch, shards) in list {
-        arch.write(&root.path().join(name), *shards).unwrap();
-    }
-    root
-}
-
-fn config(models: &[(&str, &str)]) -> String {
-    let list: Vec<Value> = models
-        .iter()
-        .map(|(path, params)| json!({"model_path": path, "params": params}))
-        .collect();
-    json!({ "models": list }).to_string()
-}
-
-fn plan_json(root: &Path, cfg: &str, gpus: &str) -> Value {
-    let root = root.to_string_lossy();
-    let out = run(
-        &["plan", "--json"],
-        &[
-            ("MULTI_MODEL_CONFIG", cfg),
-            ("MODELMUX_GPUS", gpus),
-            ("MODELMUX_MODEL_ROOT", &root),
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON document")
-}
-
-fn argv(model: &Value) -> Vec<String> {
-    serde_json::from_value(model["argv"].clone()).unwrap()
-}
 
 #[test]
 fn models_share_a_gpu_with_shares_estimates_and_start_order() {
@@ -176,7 +137,7 @@ fn a_model_too_big_is_refused_and_tensor_parallelism_fixes_it() {
             "the models do not fit in GPU memory: qwen72 needs 147.9 GiB per GPU: 146.9 within \
              vLLM's utilization 0.9 + 1.0 GiB of CUDA context and graphs outside it, but 0.9 of \
              GPU 0 (80.0 GiB) allows 72.0 GiB",
-            "models: qwen72 147.9 GiB (weights 135.4 GiB, KV cache 10.0 GiB for 32768 tokens, overhead 2.5 GiB)",
+            "models: qwen72 on 1 GPU: 147.9 GiB (weights 135.4 GiB, KV cache 10.0 GiB for 32768 tokens, overhead 2.5 GiB)",
             "GPUs: 0 80.0 GiB, 1 80.0 GiB",
             "fix: -tp N in qwen72's params to split it over N GPUs, a smaller --max-model-len in \
              qwen72's params (less KV cache) or a shape with bigger GPUs",
@@ -194,6 +155,44 @@ fn a_model_too_big_is_refused_and_tensor_parallelism_fixes_it() {
     assert_eq!(m["gpus"], json!(["0", "1", "2", "3"]));
     assert_eq!(m["gpu_share"], Value::Null);
     assert_eq!(m["memory_estimate"]["gpus"], 4);
+}
+
+/// The review's case: a `-tp` model that takes every GPU beside a model that could share
+/// one. The refusal named neither every model nor the flag to lower.
+#[test]
+fn too_few_gpus_for_a_tp_model_and_another_names_every_model_and_gpu() {
+    let root = models(&[("llama", LLAMA_3_8B, 4), ("small", QWEN2_0_5B, 1)]);
+    let cfg = config(&[
+        ("llama", "--served-model-name llama -tp 2"),
+        ("small", "--served-model-name small"),
+    ]);
+    let rootpath = root.path().to_string_lossy();
+    for (gpus, supply, sizes) in [
+        ("2x24GiB", "2 are", "GPUs: 0 24.0 GiB, 1 24.0 GiB;"),
+        ("1x80GiB", "1 is", "GPUs: 0 80.0 GiB;"),
+    ] {
+        let env = [
+            ("MULTI_MODEL_CONFIG", cfg.as_str()),
+            ("MODELMUX_GPUS", gpus),
+            ("MODELMUX_MODEL_ROOT", &rootpath),
+        ];
+        let out = run(&["plan"], &env);
+        assert_eq!(out.status.code(), Some(2), "{gpus}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        for part in [
+            &format!(
+                "the models need at least 3 GPUs but {supply} available: 2 whole GPUs for llama and 1 for small to share; models: "
+            ),
+            "llama on 2 GPUs (-tp 2): 24.5 GiB (weights 15.0 GiB, KV cache 1.0 GiB for 8192 tokens, overhead 8.5 GiB, 12.2 GiB per GPU on 2 GPUs), \
+             small on 1 GPU: 3.8 GiB (weights 0.9 GiB, KV cache 0.4 GiB for 32768 tokens, overhead 2.5 GiB); ",
+            sizes,
+            "fix: lower llama's -tp 2, serve fewer models or a shape with more GPUs",
+        ] {
+            assert!(errors[0].contains(part), "{part}: {}", errors[0]);
+        }
+    }
 }
 
 #[test]

@@ -37,7 +37,7 @@ pub use profile::{
     AdapterStyle, Concept, ContextRule, CpuBind, EnvValue, FlagStyle, GpuCount, Metrics,
     ModelsList, PerInstance, Profile, ProgressMetrics, ServedName, dashed,
 };
-pub use resolve::resolve;
+pub use resolve::{gpu_flags, resolve};
 pub use vllm::DEFAULT_CMD as VLLM_DEFAULT_CMD;
 
 use crate::config::{Adapter, ConfigError, EngineArgs};

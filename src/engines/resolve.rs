@@ -134,6 +134,40 @@ fn gpu_demand(p: &Profile, args: &EngineArgs, origin: &str) -> Result<u32, Confi
     }
 }
 
+/// The flags that give a model more than one GPU, as written (`-tp 2`,
+/// `--pipeline-parallel-size=2`), for messages that say which to lower; empty when none does.
+pub fn gpu_flags(p: &Profile, args: &EngineArgs) -> String {
+    let last = |flag: &str| args.args.iter().rev().find(|a| a.name == flag);
+    let above_one = |a: &&Arg| {
+        let n = a.values.first().and_then(|v| v.trim().parse::<u32>().ok());
+        n.is_some_and(|n| n > 1)
+    };
+    let found: Vec<&Arg> = match p.gpu_count {
+        GpuCount::Product {
+            factors,
+            last_factor_unless,
+        } => {
+            let skip_last = last_factor_unless.is_some_and(|s| args.has(s));
+            let counted = factors.len() - usize::from(skip_last);
+            factors[..counted]
+                .iter()
+                .filter_map(|f| last(f))
+                .filter(above_one)
+                .collect()
+        }
+        GpuCount::Shards { flag } => last(flag).filter(above_one).into_iter().collect(),
+        GpuCount::Layers { tensor_split, .. } => last(tensor_split)
+            .filter(|a| {
+                let parts = a.values.iter().flat_map(|v| v.split([',', '/']));
+                parts.filter(|s| !s.trim().is_empty()).count() > 1
+            })
+            .into_iter()
+            .collect(),
+    };
+    let tokens: Vec<String> = found.iter().map(|a| a.tokens().join(" ")).collect();
+    tokens.join(" ")
+}
+
 /// Turns a model's parsed `params` into its engine's arguments, served names, adapters and
 /// GPU count: the other-vocabulary check, launcher flags dropped, `VLLM_PARAMS` merged under
 /// a vLLM model's own, adapters in the profile's one flag, the profile's default switches.
@@ -180,4 +214,44 @@ pub fn resolve(
         adapters,
         gpu_demand,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(engine: Engine, params: &str) -> String {
+        let p = engine.profile();
+        gpu_flags(p, &EngineArgs::parse_for(params, "params", p).unwrap())
+    }
+
+    #[test]
+    fn gpu_flags_are_the_ones_that_give_more_than_one_gpu_as_written() {
+        assert_eq!(flags(Engine::Vllm, "-tp 2 --max-model-len 4096"), "-tp 2");
+        assert_eq!(
+            flags(
+                Engine::Vllm,
+                "--tensor-parallel-size 1 --pipeline-parallel-size=2"
+            ),
+            "--pipeline-parallel-size=2"
+        );
+        assert_eq!(flags(Engine::Vllm, "--max-model-len 4096"), "");
+        assert_eq!(
+            flags(Engine::Sglang, "--tensor-parallel-size 2 --dp-size 2"),
+            "--tensor-parallel-size 2 --dp-size 2"
+        );
+        assert_eq!(
+            flags(
+                Engine::Sglang,
+                "--tp-size 2 --dp-size 2 --enable-dp-attention"
+            ),
+            "--tp-size 2"
+        );
+        assert_eq!(flags(Engine::Tgi, "--num-shard 4"), "--num-shard 4");
+        assert_eq!(
+            flags(Engine::Llamacpp, "-ngl 99 --tensor-split 3,1"),
+            "--tensor-split 3,1"
+        );
+        assert_eq!(flags(Engine::Llamacpp, "--tensor-split 1"), "");
+    }
 }

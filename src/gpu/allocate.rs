@@ -1,31 +1,16 @@
 //! Who gets which GPU: disjoint, deterministic, largest demand first, and a multi-GPU model
 //! gets GPUs that are close to each other (NVLink, then the nearest PCIe level).
 
-use super::{GpuError, GpuSource, Inventory};
+use super::{GpuError, GpuSource, Inventory, MemDemand, shortage};
 
 /// The old name of [`GpuError`], kept for callers that still use it.
 pub type AllocError = GpuError;
 
-/// One model's need.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Demand {
-    /// The model's name, for messages.
-    pub name: String,
-    /// How many GPUs it needs.
-    pub gpus: u32,
-}
-
-pub(super) fn describe(demands: &[Demand]) -> String {
-    demands
-        .iter()
-        .map(|d| format!("{} needs {}", d.name, d.gpus))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Shares the inventory's GPUs out. Returns, per demand in input order, positions into
-/// `inv.gpus`, ascending. With a disabled inventory (`MODELMUX_GPUS=none`) everyone gets none.
-pub fn allocate(demands: &[Demand], inv: &Inventory) -> Result<Vec<Vec<usize>>, GpuError> {
+/// Shares the inventory's GPUs out, whole: each model gets `gpus` of its own. Returns, per
+/// demand in input order, positions into `inv.gpus`, ascending. With a disabled inventory
+/// (`MODELMUX_GPUS=none`) everyone gets none. The error names every model's GPU count and
+/// estimate and every GPU's size.
+pub fn allocate(demands: &[MemDemand], inv: &Inventory) -> Result<Vec<Vec<usize>>, GpuError> {
     if inv.disabled {
         return Ok(vec![Vec::new(); demands.len()]);
     }
@@ -34,21 +19,10 @@ pub fn allocate(demands: &[Demand], inv: &Inventory) -> Result<Vec<Vec<usize>>, 
         if inv.gpus.is_empty() && inv.source == GpuSource::Unavailable {
             return Err(GpuError::NoGpus {
                 note: inv.note.clone().unwrap_or_else(|| "NVML found none".into()),
-                demands: describe(demands),
+                models: shortage::models(demands),
             });
         }
-        return Err(GpuError::Exceeded {
-            needed,
-            available: inv.gpus.len(),
-            supply: inv
-                .gpus
-                .iter()
-                .map(|g| g.visible_id.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            demands: describe(demands),
-            hint: String::new(),
-        });
+        return Err(shortage::exceeded(demands, inv, false));
     }
     let mut order: Vec<usize> = (0..demands.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(demands[i].gpus)); // stable: config order on ties
@@ -150,10 +124,19 @@ mod tests {
         }
     }
 
-    fn d(name: &str, gpus: u32) -> Demand {
-        Demand {
+    fn d(name: &str, gpus: u32) -> MemDemand {
+        MemDemand {
             name: name.into(),
             gpus,
+            need: None,
+            fixed_share: None,
+            fraction_flag: Some("--gpu-memory-utilization"),
+            gpu_flags: if gpus > 1 {
+                format!("-tp {gpus}")
+            } else {
+                String::new()
+            },
+            summary: "no estimate (not on disk): whole GPUs".into(),
         }
     }
 
@@ -174,12 +157,25 @@ mod tests {
     }
 
     #[test]
-    fn over_demand_lists_every_model_and_the_supply() {
-        let e = allocate(&[d("a", 4), d("b", 2)], &fake(4, 1)).unwrap_err();
+    fn over_demand_names_every_model_every_gpu_and_the_flags_to_lower() {
+        let e = allocate(&[d("a", 4), d("b", 2), d("c", 1)], &fake(4, 1)).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "the models need 6 GPUs but 4 are available (0,1,2,3): a needs 4, b needs 2; \
-             lower tensor/pipeline-parallel sizes or serve fewer models"
+            "the models need 7 GPUs but 4 are available; models: a on 4 GPUs (-tp 4): no \
+             estimate (not on disk): whole GPUs, b on 2 GPUs (-tp 2): no estimate (not on disk): \
+             whole GPUs, c on 1 GPU: no estimate (not on disk): whole GPUs; GPUs: 0 (size \
+             unknown), 1 (size unknown), 2 (size unknown), 3 (size unknown); fix: lower a's \
+             -tp 4, lower b's -tp 2, c's files on disk so that it has an estimate and can share \
+             a GPU, serve fewer models or a shape with more GPUs"
+        );
+        let e = allocate(&[d("a", 2)], &fake(1, 1)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("the models need 2 GPUs but 1 is available; models: a on 2 GPUs"),
+            "{e}"
+        );
+        assert!(
+            e.ends_with("fix: lower a's -tp 2 or a shape with more GPUs"),
+            "{e}"
         );
     }
 
@@ -193,7 +189,7 @@ mod tests {
             distance: vec![],
         };
         let e = allocate(&[d("a", 1)], &inv).unwrap_err().to_string();
-        assert!(e.starts_with("no GPU found (NVML is not available (x)) but the models need GPUs: a needs 1; set MODELMUX_GPUS"), "{e}");
+        assert!(e.starts_with("no GPU found (NVML is not available (x)) but the models need GPUs: a on 1 GPU: no estimate (not on disk): whole GPUs; set MODELMUX_GPUS"), "{e}");
     }
 
     proptest! {
@@ -204,7 +200,7 @@ mod tests {
             needs in proptest::collection::vec(0u32..5, 0..6),
         ) {
             let inv = fake(n, islands);
-            let demands: Vec<Demand> = needs.iter().enumerate().map(|(i, &g)| d(&format!("m{i}"), g)).collect();
+            let demands: Vec<MemDemand> = needs.iter().enumerate().map(|(i, &g)| d(&format!("m{i}"), g)).collect();
             let first = allocate(&demands, &inv);
             prop_assert_eq!(&first, &allocate(&demands, &inv));
             let total: u32 = needs.iter().sum();

@@ -6,6 +6,7 @@
 use super::allocate::best_set;
 use super::misfit::{self, Misfit, does_not_fit};
 use super::pack::{SHARE_STEP, capacity};
+use super::shortage;
 use super::{GpuError, Inventory, MemDemand, Placement};
 use crate::weights::{CUDA_CONTEXT, CUDA_GRAPHS};
 
@@ -83,17 +84,15 @@ pub fn place_beside(
     }
     let free: Vec<bool> = held.iter().map(Vec::is_empty).collect();
     let sizes_known = inv.gpus.iter().all(|g| g.memory_total > 0);
-    let named = |misfit: Misfit| does_not_fit(std::slice::from_ref(d), inv, limit, misfit);
+    // Errors name every model: the ones already placed, then this one.
+    let others: Vec<&MemDemand> = fixed.iter().map(|(fd, _)| *fd).collect();
+    let mut all: Vec<MemDemand> = others.iter().map(|fd| (*fd).clone()).collect();
+    all.push(d.clone());
+    let named = |misfit: Misfit| does_not_fit(&all, inv, limit, misfit);
     if !d.packable() || !sizes_known {
         let open = free.iter().filter(|f| **f).count();
         if open < d.gpus as usize {
-            return Err(named(Misfit {
-                problem: format!(
-                    "{} needs {} whole GPU(s) but {} GPU(s) are free beside the other models",
-                    d.name, d.gpus, open
-                ),
-                fix: "fewer models beside it, or a shape with more GPUs".into(),
-            }));
+            return Err(shortage::beside(&others, d, open, inv));
         }
         let set = best_set(inv, &free, d.gpus as usize);
         if let Some(&g) = set.first()
@@ -190,7 +189,8 @@ mod tests {
             }),
             fixed_share: None,
             fraction_flag: Some("--gpu-memory-utilization"),
-            summary: name.into(),
+            gpu_flags: String::new(),
+            summary: format!("{}.0 GiB", inside_gib + 1),
         }
     }
 
@@ -221,6 +221,36 @@ mod tests {
                  the other models is GPU 0 48.6 GiB"
             ),
             "{e}"
+        );
+        // Every model is listed, the placed one too, and every GPU.
+        assert!(
+            e.contains("; models: a on 1 GPU: 21.0 GiB, c on 1 GPU: 61.0 GiB; GPUs: 0 80.0 GiB"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_model_short_of_whole_gpus_names_every_model_and_its_flag() {
+        let inv = inv(&[80, 80]);
+        let a = demand("a", 20);
+        let pa = Placement {
+            gpus: vec![0],
+            share: None,
+            shared: false,
+        };
+        let big = MemDemand {
+            gpus: 2,
+            gpu_flags: "-tp 2".into(),
+            ..demand("big", 30)
+        };
+        let e = place_beside(&[(&a, &pa)], &big, &inv, 0.92)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "big needs 2 GPUs of its own but 1 is free beside the other models; models: a on \
+             1 GPU: 21.0 GiB, big on 2 GPUs (-tp 2): 31.0 GiB; GPUs: 0 80.0 GiB, 1 80.0 GiB; \
+             fix: lower big's -tp 2, fewer models beside it or a shape with more GPUs"
         );
     }
 

@@ -17,32 +17,29 @@ pub enum GpuError {
 
     /// No GPU could be discovered and no override was given.
     #[error(
-        "no GPU found ({note}) but the models need GPUs: {demands}; set MODELMUX_GPUS to a \
+        "no GPU found ({note}) but the models need GPUs: {models}; set MODELMUX_GPUS to a \
          count, indices or UUIDs, or to none to start engines without GPUs"
     )]
     NoGpus {
         /// Why discovery found nothing.
         note: String,
-        /// Every model's demand, e.g. `a needs 1, b needs 2`.
-        demands: String,
+        /// Every model's GPU count and estimate, e.g. `a on 1 GPU: 3.8 GiB (...)`.
+        models: String,
     },
 
-    /// More GPUs are needed than exist, and sharing cannot help.
-    #[error(
-        "the models need {needed} GPUs but {available} are available ({supply}): {demands}; \
-         lower tensor/pipeline-parallel sizes or serve fewer models{hint}"
-    )]
+    /// More GPUs are needed than exist, and sharing cannot help (SPEC §3): nothing starts.
+    #[error("{problem}; models: {models}; GPUs: {gpus}; fix: {fix}")]
     Exceeded {
-        /// Total demand.
-        needed: u32,
-        /// Total supply.
-        available: usize,
-        /// The GPUs available, e.g. `0,1,2,3`.
-        supply: String,
-        /// Every model's demand.
-        demands: String,
-        /// Extra advice (starts with `; `), empty when there is none.
-        hint: String,
+        /// How many GPUs are needed and how many there are, e.g. `the models need 3 GPUs
+        /// but 2 are available`.
+        problem: String,
+        /// Every model's GPU count and estimate, e.g. `llama on 2 GPUs (-tp 2): 24.5 GiB
+        /// (...)`, `hf on 1 GPU: no estimate (...): whole GPUs`.
+        models: String,
+        /// Every GPU's size, e.g. `0 24.0 GiB, 1 24.0 GiB`.
+        gpus: String,
+        /// What to change, naming the model and its flag.
+        fix: String,
     },
 
     /// The models' memory estimates do not fit the GPUs (SPEC §3.1): nothing starts.
@@ -53,7 +50,7 @@ pub enum GpuError {
     DoesNotFit {
         /// What does not fit where.
         problem: String,
-        /// Every model's estimate, e.g. `llama 17.5 GiB (weights 15.0 + KV cache 1.0 + overhead 1.5)`.
+        /// Every model's GPU count and estimate, e.g. `llama on 1 GPU: 17.5 GiB (weights ...)`.
         models: String,
         /// Every GPU's size, e.g. `0: 24.0 GiB, 1: 24.0 GiB`.
         gpus: String,

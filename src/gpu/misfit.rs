@@ -30,12 +30,12 @@ pub(super) struct Misfit {
 }
 
 /// Bytes in tenths of a GiB, rounded to the nearest.
-fn tenths(bytes: u64) -> u64 {
+pub(super) fn tenths(bytes: u64) -> u64 {
     (bytes as f64 / TENTH).round() as u64
 }
 
 /// Tenths of a GiB as `18.5 GiB`.
-fn shown(t: u64) -> String {
+pub(super) fn shown(t: u64) -> String {
     format!("{}.{} GiB", t / 10, t % 10)
 }
 
@@ -45,7 +45,7 @@ fn part(t: u64) -> String {
 }
 
 /// `a, b or c`.
-fn either(options: &[String]) -> String {
+pub(super) fn either(options: &[String]) -> String {
     match options {
         [] => String::new(),
         [one] => one.clone(),
@@ -199,17 +199,11 @@ pub(super) fn packing(
     limit: f64,
 ) -> Misfit {
     let names: Vec<&str> = items.iter().map(|&i| demands[i].name.as_str()).collect();
-    let Some(size) = open.iter().map(|&g| inv.gpus[g].memory_total).max() else {
-        return Misfit {
-            problem: format!(
-                "{} need a share of a GPU but the models that need whole GPUs took every GPU",
-                names.join(", ")
-            ),
-            fix: "lower -tp/-pp of the models with whole GPUs, serve fewer models or use a \
-                  shape with more GPUs"
-                .into(),
-        };
-    };
+    let size = open
+        .iter()
+        .map(|&g| inv.gpus[g].memory_total)
+        .max()
+        .expect("place leaves a GPU for the models that share (shortage::exceeded otherwise)");
     // The need: each model's figure, then the rounding the packer allows for, as printed.
     let mut parts: Vec<String> = Vec::new();
     let mut need_t = 0;
@@ -335,7 +329,7 @@ pub(super) fn beside(d: &MemDemand, inv: &Inventory, rooms: &[u64]) -> Misfit {
     }
 }
 
-/// The error for `misfit`, with every model's estimate and every GPU's size.
+/// The error for `misfit`, with every model's GPU count and estimate and every GPU's size.
 pub(super) fn does_not_fit(
     demands: &[MemDemand],
     inv: &Inventory,
@@ -344,17 +338,8 @@ pub(super) fn does_not_fit(
 ) -> GpuError {
     GpuError::DoesNotFit {
         problem: misfit.problem,
-        models: demands
-            .iter()
-            .map(|d| d.summary.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        gpus: inv
-            .gpus
-            .iter()
-            .map(|g| format!("{} {}", g.visible_id, shown(tenths(g.memory_total))))
-            .collect::<Vec<_>>()
-            .join(", "),
+        models: super::shortage::models(demands),
+        gpus: super::shortage::gpus(inv),
         limit: limit.to_string(),
         fix: misfit.fix,
     }

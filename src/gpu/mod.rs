@@ -12,8 +12,9 @@ mod misfit;
 mod nvml;
 mod overrides;
 mod pack;
+mod shortage;
 
-pub use allocate::{AllocError, Demand, allocate};
+pub use allocate::{AllocError, allocate};
 pub use beside::{Claim, fits, place_beside};
 pub use error::{GpuError, gib};
 pub use free::{GpuProcess, GpuTenant, GpuUse, check_free};

@@ -14,7 +14,7 @@
 
 use super::allocate::best_set;
 use super::misfit::{self, does_not_fit};
-use super::{Demand, GpuError, Inventory, allocate};
+use super::{GpuError, Inventory, allocate, shortage};
 
 /// vLLM's default `--gpu-memory-utilization` (`CacheConfig.gpu_memory_utilization`, 0.9, in
 /// vllm/config/cache.py): what an engine alone on its GPUs takes when nobody sets it.
@@ -51,7 +51,11 @@ pub struct MemDemand {
     /// needs (llama.cpp), so beside others it is given its estimate, not a part of what is
     /// left.
     pub fraction_flag: Option<&'static str>,
-    /// The estimate in words for messages, e.g. `llama 17.5 GiB (weights 15.0 GiB, ...)`.
+    /// The flags that give it more than one GPU, as written (`-tp 2`), for the fix a message
+    /// names; empty when none does.
+    pub gpu_flags: String,
+    /// The estimate in words for messages, without the name: `17.5 GiB (weights 15.0 GiB,
+    /// ...)`, or why there is none.
     pub summary: String,
 }
 
@@ -150,18 +154,11 @@ pub fn place(
             })
             .collect());
     }
-    let plain: Vec<Demand> = demands
-        .iter()
-        .map(|d| Demand {
-            name: d.name.clone(),
-            gpus: d.gpus,
-        })
-        .collect();
-    let needed: u32 = plain.iter().map(|d| d.gpus).sum();
+    let needed: u32 = demands.iter().map(|d| d.gpus).sum();
     let sizes_known = !inv.gpus.is_empty() && inv.gpus.iter().all(|g| g.memory_total > 0);
     let can_share = sizes_known && demands.iter().any(MemDemand::packable);
     if needed as usize <= inv.gpus.len() || !can_share {
-        let sets = allocate(&plain, inv).map_err(|e| with_hint(e, demands, sizes_known))?;
+        let sets = allocate(demands, inv)?;
         let placed: Vec<Placement> = sets
             .into_iter()
             .zip(demands)
@@ -171,19 +168,16 @@ pub fn place(
         return Ok(placed);
     }
 
-    // Sharing: models that need whole GPUs take theirs first, closest sets as usual.
+    // Sharing: models that need whole GPUs take theirs first, closest sets as usual, and
+    // at least one GPU must be left for the models that share.
     let mut placed: Vec<Placement> = demands.iter().map(|d| whole(Vec::new(), d)).collect();
     let mut free = vec![true; inv.gpus.len()];
     let whole_ones: Vec<usize> = (0..demands.len())
         .filter(|&i| !demands[i].packable())
         .collect();
     let whole_need: u32 = whole_ones.iter().map(|&i| demands[i].gpus).sum();
-    if whole_need as usize > inv.gpus.len() {
-        // Not enough even for them: the plain allocation names every demand and the supply.
-        let sub: Vec<Demand> = whole_ones.iter().map(|&i| plain[i].clone()).collect();
-        if let Err(e) = allocate(&sub, inv) {
-            return Err(with_hint(e, demands, sizes_known));
-        }
+    if whole_need as usize >= inv.gpus.len() {
+        return Err(shortage::exceeded(demands, inv, true));
     }
     let mut order = whole_ones.clone();
     order.sort_by_key(|&i| std::cmp::Reverse(demands[i].gpus)); // stable: config order on ties
@@ -363,35 +357,6 @@ fn check_alone(
         ));
     }
     Ok(())
-}
-
-/// Adds sharing advice to a plain "not enough GPUs" error.
-fn with_hint(e: GpuError, demands: &[MemDemand], sizes_known: bool) -> GpuError {
-    match e {
-        GpuError::Exceeded {
-            needed,
-            available,
-            supply,
-            demands: text,
-            ..
-        } => {
-            let hint = if !sizes_known && demands.iter().any(MemDemand::packable) {
-                "; or give GPU sizes in MODELMUX_GPUS (4x80GiB) so that models can share GPUs"
-            } else if demands.iter().any(|d| d.gpus == 1 && d.need.is_none()) {
-                "; models without a readable model directory (a Hugging Face id) cannot share a GPU"
-            } else {
-                ""
-            };
-            GpuError::Exceeded {
-                needed,
-                available,
-                supply,
-                demands: text,
-                hint: hint.into(),
-            }
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod planning;
 pub mod raw;
 pub mod runtime;
 pub mod tools;

@@ -39,17 +39,19 @@ fn model(name: &str, gpus: u32, inside_gib: f64) -> MemDemand {
         fraction_flag: Some("--gpu-memory-utilization"),
         // As `plan` words it: the estimate per GPU, what vLLM counts inside its utilization
         // and the CUDA context and graphs outside it together.
-        summary: format!(
-            "{name} {}",
-            crate::gpu::gib(((inside_gib + 1.0) * GIB as f64) as u64)
-        ),
+        gpu_flags: if gpus > 1 {
+            format!("-tp {gpus}")
+        } else {
+            String::new()
+        },
+        summary: crate::gpu::gib(((inside_gib + 1.0) * GIB as f64) as u64),
     }
 }
 
 fn hf(name: &str, gpus: u32) -> MemDemand {
     MemDemand {
         need: None,
-        summary: format!("{name} no estimate"),
+        summary: "no estimate (not on disk): whole GPUs".into(),
         ..model(name, gpus, 0.0)
     }
 }
@@ -202,7 +204,7 @@ fn what_cannot_fit_is_refused_in_one_line_with_every_model_and_gpu() {
         "{e}"
     );
     for part in [
-        "models: big 61.0 GiB, mid 31.0 GiB, small 11.0 GiB",
+        "models: big on 1 GPU: 61.0 GiB, mid on 1 GPU: 31.0 GiB, small on 1 GPU: 11.0 GiB",
         "GPUs: 0 48.0 GiB, 1 48.0 GiB",
         "MODELMUX_GPU_MEMORY_LIMIT=0.92",
         "-tp N in big's params",
@@ -244,11 +246,16 @@ fn unknown_sizes_cannot_share_and_say_how_to_fix_it() {
     let e = place(&[model("a", 1, 1.0), model("b", 1, 1.0)], &inv, 0.92)
         .unwrap_err()
         .to_string();
-    assert!(e.ends_with("serve fewer models; or give GPU sizes in MODELMUX_GPUS (4x80GiB) so that models can share GPUs"), "{e}");
+    assert!(e.ends_with("fix: GPU sizes in MODELMUX_GPUS (1x80GiB) so that models can share GPUs, serve fewer models or a shape with more GPUs"), "{e}");
     let e = place(&[hf("a", 1), hf("b", 1)], &machine(&[80]), 0.92)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("without a readable model directory"), "{e}");
+    assert!(
+        e.contains(
+            "fix: a's files on disk so that it has an estimate and can share a GPU, b's files"
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -277,6 +284,7 @@ fn demand_strategy() -> impl Strategy<Value = MemDemand> {
             }),
             fixed_share: fixed.filter(|_| !no_flag).map(|f| f64::from(f) / 100.0),
             fraction_flag: (!no_flag).then_some("--gpu-memory-utilization"),
+            gpu_flags: String::new(),
             summary: String::new(),
         })
 }
@@ -368,7 +376,12 @@ fn a_model_too_big_for_its_gpu_is_named_with_the_estimate_the_list_shows() {
             .unwrap_err()
             .to_string();
         let need = tenths_after(&e, "m needs ");
-        assert_eq!(need, tenths_after(&e, "models: m "), "{e}");
+        let listed = if gpus == 1 {
+            "models: m on 1 GPU: "
+        } else {
+            "models: m on 2 GPUs (-tp 2): "
+        };
+        assert_eq!(need, tenths_after(&e, listed), "{e}");
         // The parts add up to it as printed: inside the utilization + outside it.
         let within = tenths_after(&e, "per GPU: ");
         let outside = tenths_after(&e, "within vLLM's utilization 0.9 + ");
@@ -417,7 +430,10 @@ fn models_that_cannot_share_are_refused_with_figures_that_add_up() {
             }
         }
         // Each model counts with the estimate the models list prints for it.
-        let listed: Vec<String> = demands.iter().map(|d| d.summary.clone()).collect();
+        let listed: Vec<String> = demands
+            .iter()
+            .map(|d| format!("{} {}", d.name, d.summary))
+            .collect();
         assert_eq!(counted, listed, "{e}");
         assert_eq!(sum, total, "the parts add up to the printed total: {e}");
         let rooms: Vec<u64> = sizes
