@@ -6,7 +6,10 @@ engines of its own, nginx and HAProxy (served by the first build's engines), in 
 order, and prints per round: the latency spread (p1 and p10 over p50, from
 `mmx-loadgen --samples`), the rate, p50/p90/p99, and the proxy's scheduler statistics per
 request from /proc/PID/task/*/schedstat (time running, time waiting on the run queue, turns
-on a CPU). Then the medians. Nothing is asserted: numbers to read, measured in one run.
+on a CPU), and what the engines (schedstat again) and the load generator (getrusage of
+the child over its 6 s, warm-up included, over 6/5 of the requests of the 5 measured) spend
+per request. Then the medians. Nothing is
+asserted: numbers to read, measured in one run.
 
 Environment: R rounds (default 6), C concurrency (default 64), B path of a second modelmux
 build to compare against (labelled `b`), PEERS=0 to leave nginx and HAProxy out.
@@ -14,6 +17,7 @@ Build first: `cargo build --release --bins`; raise the open-files limit (`ulimit
 """
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -58,6 +62,7 @@ def main():
     mm, port = bench.start_modelmux(work, "mm", os.path.join(bench.BIN, "modelmux"), EXTRA)
     _, health = bench.http_json(f"http://127.0.0.1:{port}/health")
     ports = [m["port"] for m in health["models"]]
+    engines = [m["pid"] for m in health["models"]]
     targets["modelmux"], procs["modelmux"] = port, mm
     if os.environ.get("B"):
         b, bport = bench.start_modelmux(work, "b", os.environ["B"], EXTRA)
@@ -82,9 +87,14 @@ def main():
                 for body in bodies:
                     cmd += ["--body", json.dumps(body)]
                 pids = proxy_pids(name, procs[name])
-                before = schedstat(pids)
+                before, engines_before = schedstat(pids), schedstat(engines)
+                usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 out = json.loads(subprocess.run(cmd, capture_output=True, text=True).stdout)
+                usage = resource.getrusage(resource.RUSAGE_CHILDREN)
                 run, wait, turns = [b - a for a, b in zip(before, schedstat(pids))]
+                engines_run = schedstat(engines)[0] - engines_before[0]
+                loadgen = (usage.ru_utime + usage.ru_stime
+                           - usage_before.ru_utime - usage_before.ru_stime)
                 with open(samples) as f:
                     totals = sorted(int(line.split()[2]) for line in f if line.strip())
                 n, q = len(totals), out["requests"]
@@ -93,7 +103,9 @@ def main():
                 print(f"{r} {name:8} p1/p50 {p1:.2f} p10/p50 {p10:.2f} rps {out['rps']:.0f} "
                       f"p50 {out['p50_ms']:.2f} p90 {out['p90_ms']:.2f} p99 {out['p99_ms']:.2f} ms | "
                       f"run {run / q / 1e3:.1f} µs wait {wait / q / 1e3:.1f} µs "
-                      f"turns {turns / q * 1e3:.0f} per 1k requests", flush=True)
+                      f"turns {turns / q * 1e3:.0f} per 1k requests | engines "
+                      f"{engines_run / q / 1e3:.1f} µs, load generator {loadgen / (q * 6 / 5) * 1e6:.1f} µs",
+                      flush=True)
     finally:
         for p in procs.values():
             bench.stop(p)
