@@ -28,6 +28,31 @@ pub enum PlanError {
     /// The engine ports would run past 65535.
     #[error("{0}")]
     Ports(String),
+    /// An error about one model entry, with the variable or file the entry came from.
+    #[error("{source_name}: {error}")]
+    InSource {
+        /// `MULTI_MODEL_CONFIG`, `--config FILE` or OCI's metadata.
+        source_name: String,
+        /// The error about the entry.
+        error: Box<PlanError>,
+    },
+}
+
+impl PlanError {
+    /// This error with `source` in front when it names a model entry (as
+    /// [`ConfigError::in_source`]).
+    fn in_source(self, source: &crate::config::ConfigSource) -> Self {
+        let line = self.to_string();
+        if *source == crate::config::ConfigSource::SingleModel
+            || !crate::config::names_an_entry(&line)
+        {
+            return self;
+        }
+        PlanError::InSource {
+            source_name: source.to_string(),
+            error: Box::new(self),
+        }
+    }
 }
 
 /// How one model's engine is started and reached.
@@ -196,7 +221,7 @@ pub fn build(config: &Config, inv: &Inventory) -> Result<LaunchPlan, PlanError> 
         s.engine_base_port,
         &[s.port, s.health_port],
     )?;
-    build_with_ports(config, inv, &ports)
+    build_with_ports(config, inv, &ports).map_err(|e| e.in_source(&config.source))
 }
 
 /// Like [`build`] with the engine ports given (tests use fixed ones): one per model, then

@@ -158,3 +158,51 @@ fn help_shows_defaults_and_examples() {
         assert!(help.contains(expected), "{expected} missing from:\n{help}");
     }
 }
+
+#[test]
+fn an_error_about_a_model_entry_names_where_the_entries_came_from() {
+    let bad =
+        r#"{"models": [{"model_path": "org/a"}, {"model_path": "org/b", "params": "-tp two"}]}"#;
+    let wanted = r#"models[1].params: -tp must be a positive integer, got "two""#;
+    let out = plan(bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!(
+            "invalid configuration: MULTI_MODEL_CONFIG: {wanted}"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models.json");
+    std::fs::write(&file, bad).unwrap();
+    let out = run(
+        &["--config".as_ref(), file.as_os_str(), "plan".as_ref()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let named = format!(
+        "invalid configuration: --config {}: {wanted}",
+        file.display()
+    );
+    assert!(stderr(&out).contains(&named), "{}", stderr(&out));
+    // A model folder without weights: found by the planner, named the same way.
+    let empty = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"{{"models": [{{"model_path": "{}"}}]}}"#,
+        empty.path().display()
+    );
+    let out = run(
+        &["plan".as_ref()],
+        &[
+            ("MULTI_MODEL_CONFIG", config.as_ref()),
+            ("MODELMUX_GPUS", "1x80GiB".as_ref()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid configuration: MULTI_MODEL_CONFIG: models[0].model_path: "),
+        "{}",
+        stderr(&out)
+    );
+}

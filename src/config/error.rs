@@ -98,6 +98,22 @@ pub enum ConfigError {
     /// A GPU setting (`MODELMUX_GPUS`) is unusable; the gpu module says why.
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+
+    /// An error about one model entry (`models[N]...`), with the variable or file the
+    /// entry came from, so that the one line names both.
+    #[error("{source_name}: {error}")]
+    InSource {
+        /// `MULTI_MODEL_CONFIG`, `--config FILE` or OCI's metadata.
+        source_name: String,
+        /// The error about the entry.
+        error: Box<ConfigError>,
+    },
+}
+
+/// Whether an error's line starts at a model entry (`models[1].params: ...`) or names two
+/// of them: then it does not say yet which variable or file holds the entries.
+pub(crate) fn names_an_entry(line: &str) -> bool {
+    line.starts_with("models[") || line.starts_with("served name ")
 }
 
 /// For a path under the model root, where relative paths are resolved; nothing for a path
@@ -111,6 +127,18 @@ fn root_hint(path: &str, root: &str) -> String {
 }
 
 impl ConfigError {
+    /// This error with `source` in front when it names a model entry and not yet where the
+    /// entries came from (single-model mode names its variables itself).
+    pub fn in_source(self, source: &super::ConfigSource) -> Self {
+        if *source == super::ConfigSource::SingleModel || !names_an_entry(&self.to_string()) {
+            return self;
+        }
+        ConfigError::InSource {
+            source_name: source.to_string(),
+            error: Box::new(self),
+        }
+    }
+
     /// A shorthand for [`ConfigError::Field`].
     pub fn field(source: &str, field: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError::Field {

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 pub use error::ConfigError;
+pub(crate) use error::names_an_entry;
 pub use loading::{LoadMode, Loading, UnloadMode};
 pub use memory_args::MemoryArgs;
 pub use params::{Arg, EngineArgs};
@@ -110,8 +111,9 @@ pub fn load(raw: &RawConfig) -> Result<Config, ConfigError> {
     let models = raw_models
         .iter()
         .map(|m| resolve_model(m, &global, &settings, &mut warnings))
-        .collect::<Result<Vec<_>, _>>()?;
-    check_unique_names(&models)?;
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.in_source(&source))?;
+    check_unique_names(&models).map_err(|e| e.in_source(&source))?;
     Ok(Config {
         settings,
         source,

@@ -172,31 +172,31 @@ fn every_bad_input_has_its_own_clear_message() {
         ),
         (
             "{\"models\": [{\"model_path\": \"o/m\", \"params\": \"--chat-template 'x\"}]}",
-            "models[0].params: unterminated quote or trailing backslash; close every ' and \"",
+            "MULTI_MODEL_CONFIG: models[0].params: unterminated quote or trailing backslash; close every ' and \"",
         ),
         (
             "{\"models\": [{\"model_path\": \"o/m\", \"params\": \"-tp two\"}]}",
-            "models[0].params: -tp must be a positive integer, got \"two\"",
+            "MULTI_MODEL_CONFIG: models[0].params: -tp must be a positive integer, got \"two\"",
         ),
         (
             "{\"models\": [{\"model_path\": \"o/m\", \"params\": \"--tensor-parallel-size 0\"}]}",
-            "models[0].params: --tensor-parallel-size must be a positive integer, got \"0\"",
+            "MULTI_MODEL_CONFIG: models[0].params: --tensor-parallel-size must be a positive integer, got \"0\"",
         ),
         (
             "{\"models\": [{\"model_path\": \"o/a\", \"params\": \"--served-model-name x\"}, {\"model_path\": \"o/b\", \"params\": \"--served-model-name x\"}]}",
-            "served name \"x\" is used by both models[0] and models[1]: give each model a unique --served-model-name and each adapter a unique model_name",
+            "MULTI_MODEL_CONFIG: served name \"x\" is used by both models[0] and models[1]: give each model a unique --served-model-name and each adapter a unique model_name",
         ),
         (
             "{\"models\": [{\"model_path\": \"o/a\"}, {\"model_path\": \"o/b\", \"fine_tune_weights\": [{\"model_name\": \"o/a\", \"model_path\": \"o/l\"}]}]}",
-            "served name \"o/a\" is used by both models[0] and models[1] (adapter): give each model a unique --served-model-name and each adapter a unique model_name",
+            "MULTI_MODEL_CONFIG: served name \"o/a\" is used by both models[0] and models[1] (adapter): give each model a unique --served-model-name and each adapter a unique model_name",
         ),
         (
             "{\"models\": [{\"model_path\": \"llama/7b/weights\"}]}",
-            "models[0].model_path: model path \"/nonexistent-root/llama/7b/weights\" does not exist (relative paths resolve against MODELMUX_MODEL_ROOT=\"/nonexistent-root\"); fix the path or mount the model there",
+            "MULTI_MODEL_CONFIG: models[0].model_path: model path \"/nonexistent-root/llama/7b/weights\" does not exist (relative paths resolve against MODELMUX_MODEL_ROOT=\"/nonexistent-root\"); fix the path or mount the model there",
         ),
         (
             "{\"models\": [{\"model_path\": \"/abs/missing\"}]}",
-            "models[0].model_path: model path \"/abs/missing\" does not exist; fix the path or mount the model there",
+            "MULTI_MODEL_CONFIG: models[0].model_path: model path \"/abs/missing\" does not exist; fix the path or mount the model there",
         ),
         (
             "{\"models\": [{\"model_path\": \"o/m\", \"params\": \"--served-model-name a\\u0000b\"}]}",
@@ -216,7 +216,7 @@ fn every_bad_input_has_its_own_clear_message() {
         ),
         (
             "{\"models\": [{\"model_path\": \"o/m\", \"params\": \"--served-model-name a ''\"}]}",
-            "models[0].params: --served-model-name has an empty name; give every served name some characters",
+            "MULTI_MODEL_CONFIG: models[0].params: --served-model-name has an empty name; give every served name some characters",
         ),
         (
             "{\"models\": [{\"model_path\": \"o/m\", \"fine_tune_weights\": [{\"model_name\": \" \", \"model_path\": \"o/a\"}]}]}",

@@ -220,7 +220,7 @@ fn adapters_go_in_each_servers_one_flag() {
         raw.model_root = Some(r.clone())
     })
     .unwrap_err();
-    assert!(e.starts_with("models[0].params: llamacpp applies --lora adapters to every request and cannot serve adapter \"sql\""), "{e}");
+    assert!(e.starts_with("MULTI_MODEL_CONFIG: models[0].params: llamacpp applies --lora adapters to every request and cannot serve adapter \"sql\""), "{e}");
     let plain = plan_one("llamacpp", "--lora /x/a.gguf", "none");
     assert!(plain.models[0].argv.join(" ").contains("--lora /x/a.gguf"));
     assert!(plain.models[0].adapters.is_empty());
@@ -300,7 +300,7 @@ fn another_servers_flags_are_refused_with_this_servers_spelling() {
     for (engine, params, expected) in cases {
         let e = params_error(engine, params);
         assert!(
-            e.starts_with("models[0].params: "),
+            e.starts_with("MULTI_MODEL_CONFIG: models[0].params: "),
             "{engine} {params}: {e}"
         );
         assert!(e.contains(expected), "{engine} {params}: {e}");
@@ -401,7 +401,7 @@ fn engine_and_command_come_from_the_model_then_the_environment() {
     )
     .unwrap_err();
     assert!(
-        e.starts_with("models[0].engine_cmd=\"'x\": not a command line"),
+        e.starts_with("MULTI_MODEL_CONFIG: models[0].engine_cmd=\"'x\": not a command line"),
         "{e}"
     );
 }
@@ -767,16 +767,16 @@ fn memory_flags_are_checked_in_each_engines_spelling() {
     };
     assert_eq!(
         err("sglang", "--mem-fraction-static 1.5"),
-        "models[0].params: --mem-fraction-static must be a fraction above 0 and at most 1, got \"1.5\""
+        "MULTI_MODEL_CONFIG: models[0].params: --mem-fraction-static must be a fraction above 0 and at most 1, got \"1.5\""
     );
     assert_eq!(
         err("tgi", "--cuda-memory-fraction=0"),
-        "models[0].params: --cuda-memory-fraction must be a fraction above 0 and at most 1, got \"0\""
+        "MULTI_MODEL_CONFIG: models[0].params: --cuda-memory-fraction must be a fraction above 0 and at most 1, got \"0\""
     );
     // Suffixes are vLLM's own; the others take a plain number.
     assert_eq!(
         err("sglang", "--context-length 32k"),
-        "models[0].params: --context-length must be a positive whole number, got \"32k\""
+        "MULTI_MODEL_CONFIG: models[0].params: --context-length must be a positive whole number, got \"32k\""
     );
     assert!(err("llamacpp", "-c lots").contains("-c must be a positive whole number"));
     // vLLM's finer flags are vLLM's: another engine's own --kv-cache-dtype values pass.
