@@ -180,23 +180,47 @@ pub fn describe(inv: &Inventory) -> String {
         return out;
     }
     out.push_str(&format!("{} GPU(s) from {source}\n", inv.gpus.len()));
-    const GIB: f64 = (1u64 << 30) as f64;
     for g in &inv.gpus {
+        // A size given in MODELMUX_GPUS is a total, not a measurement of what is free.
+        let total = memory(g.memory_total > 0, g.memory_total);
+        let free = memory(g.memory_measured, g.memory_free);
         out.push_str(&format!(
-            "  {:>2}  {:<40}  {:<28}  {:>7.1} GiB total  {:>7.1} GiB free\n",
+            "  {:>2}  {:<40}  {:<28}  {total:>11} total  {free:>11} free\n",
             g.index,
             if g.uuid.is_empty() { "-" } else { &g.uuid },
             g.name,
-            g.memory_total as f64 / GIB,
-            g.memory_free as f64 / GIB
         ));
     }
     out
 }
 
+/// `12.3 GiB`, or `-` for a figure nobody measured or gave.
+fn memory(known: bool, bytes: u64) -> String {
+    if known {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        "-".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A machine where NVML does not load.
+    struct NoNvml;
+
+    impl GpuDiscovery for NoNvml {
+        fn discover(&self) -> Inventory {
+            Inventory {
+                source: GpuSource::Nvml,
+                note: Some("no NVML".into()),
+                disabled: false,
+                gpus: Vec::new(),
+                distance: Vec::new(),
+            }
+        }
+    }
 
     /// A fake NVML machine: GPUs 0-3 of 80 GiB with 70 GiB free, NVLink pairs (0,1), (2,3).
     struct FakeNvml;
@@ -249,6 +273,24 @@ mod tests {
         let sized = inventory(Some(&GpuOverride::parse("2x24GiB").unwrap()), &FakeNvml);
         assert_eq!(sized.gpus[0].memory_total, 24 << 30);
         assert!(!sized.gpus[0].memory_measured);
+        // `modelmux gpus` shows what was measured or given, and `-` for the rest.
+        let listed = |inv: &Inventory| describe(inv).lines().nth(1).unwrap().to_string();
+        assert!(
+            listed(&inv).ends_with("80.0 GiB total     70.0 GiB free"),
+            "{}",
+            listed(&inv)
+        );
+        assert!(
+            listed(&sized).ends_with("24.0 GiB total            - free"),
+            "{}",
+            listed(&sized)
+        );
+        let counted = inventory(Some(&GpuOverride::parse("2").unwrap()), &NoNvml);
+        assert!(
+            listed(&counted).ends_with("- total            - free"),
+            "{}",
+            listed(&counted)
+        );
         // An index NVML does not know keeps unknown sizes.
         let unknown = inventory(Some(&GpuOverride::parse("7").unwrap()), &FakeNvml);
         assert_eq!(unknown.gpus[6].memory_total, 0);
