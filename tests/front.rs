@@ -565,11 +565,15 @@ fn separate_health_port_serves_health_only() {
         let h = format!("http://127.0.0.1:{health_port}");
         assert_eq!(get(&c, &format!("{h}/health")).await.status, 200);
         assert_eq!(get(&c, &format!("{h}/livez")).await.status, 200);
-        assert_eq!(
-            post(&c, &format!("{h}/v1/completions"), r#"{"model": "chat"}"#)
-                .await
-                .status,
-            404
+        let elsewhere = post(&c, &format!("{h}/v1/completions"), r#"{"model": "chat"}"#).await;
+        assert_eq!(elsewhere.status, 404);
+        assert!(
+            elsewhere
+                .body
+                .contains("is not served on HEALTH_CHECK_PORT")
+                && elsewhere.body.contains("send requests to PORT"),
+            "{}",
+            elsewhere.body
         );
     });
     // The same header rule as on PORT: two request ids is a 400, not one of them echoed.

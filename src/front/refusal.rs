@@ -52,6 +52,13 @@ pub enum Refusal {
         /// Request path.
         path: String,
     },
+    /// Anything but health, liveness and metrics on a separate `HEALTH_CHECK_PORT` (404).
+    HealthListenerOnly {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
     /// An engine's control path (`/sleep`, `/collective_rpc`, ...): never passed on (404).
     ControlPath(String),
     /// An `/admin/` path while the admin API is off (`MODELMUX_ADMIN_KEY` unset): as if it
@@ -145,6 +152,7 @@ impl Refusal {
             DuplicateHeader(_) | MalformedBody(_) | MissingModel { .. } | BadRoute => 400,
             Unauthorized | AdminUnauthorized => 401,
             NotServed { .. }
+            | HealthListenerOnly { .. }
             | ControlPath(_)
             | NoSuchPath(_)
             | Removed { .. }
@@ -185,6 +193,12 @@ impl Refusal {
             }
             NotServed { method, path } => format!(
                 "{} {} is not served; inference routes take POST",
+                clip(method),
+                clip(path)
+            ),
+            HealthListenerOnly { method, path } => format!(
+                "{} {} is not served on HEALTH_CHECK_PORT, which answers GET /health, /ping, \
+                 /livez and /metrics only; send requests to PORT",
                 clip(method),
                 clip(path)
             ),

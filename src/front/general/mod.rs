@@ -147,7 +147,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, health_only: bool) ->
 fn health_only_path(app: &App, head: &Head) -> Result<Decision, Refusal> {
     match local::classify(head.path, &app.health_endpoint, head.browser) {
         Some(l) if l.is_health() && matches!(head.method, "GET" | "HEAD") => Ok(Decision::Local(l)),
-        _ => Err(Refusal::NotServed {
+        _ => Err(Refusal::HealthListenerOnly {
             method: head.method.to_string(),
             path: head.path.to_string(),
         }),
