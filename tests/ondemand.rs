@@ -573,7 +573,12 @@ fn requests_queue_in_order_for_the_slot_of_a_loading_model() {
     run_async(TEST, async {
         let m = Setup::new(&[on_demand(
             "q",
-            json!({"max_concurrency": 1, "env": {"MOCK_STARTUP_DELAY_MS": "2000"}}),
+            // Each answer that does not stream takes 300 ms at the engine, so that the order
+            // in which the clients see their answers end is the order the slot was given in
+            // (without it, a busy machine could run the next request before the previous
+            // client's task got to record its answer).
+            json!({"max_concurrency": 1,
+                   "env": {"MOCK_STARTUP_DELAY_MS": "2000", "MOCK_RESPONSE_DELAY_MS": "300"}}),
         )])
         .env("MODELMUX_SSE_KEEPALIVE", "0.5")
         .start();
