@@ -41,7 +41,7 @@ pub enum PlanError {
 impl PlanError {
     /// This error with `source` in front when it names a model entry (as
     /// [`ConfigError::in_source`]).
-    fn in_source(self, source: &crate::config::ConfigSource) -> Self {
+    pub fn in_source(self, source: &crate::config::ConfigSource) -> Self {
         let line = self.to_string();
         if *source == crate::config::ConfigSource::SingleModel
             || !crate::config::names_an_entry(&line)

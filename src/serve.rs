@@ -115,7 +115,8 @@ pub fn check_engine_programs(
     config: &crate::config::Config,
 ) -> Result<(), crate::config::ConfigError> {
     for m in &config.models {
-        check_engine_program(&m.engine_cmd[0], &m.engine_cmd_origin, m.engine)?;
+        check_engine_program(&m.engine_cmd[0], &m.engine_cmd_origin, m.engine)
+            .map_err(|e| e.in_source(&config.source))?;
     }
     Ok(())
 }

@@ -107,7 +107,11 @@ pub fn diff(
         return Ok(plan);
     }
     let limit = config.settings.gpu_memory_limit;
-    let (demands, estimates) = placement::demands(config, inv).map_err(|e| e.to_string())?;
+    let (demands, estimates) = placement::demands(config, inv).map_err(|e| {
+        crate::plan::PlanError::from(e)
+            .in_source(&config.source)
+            .to_string()
+    })?;
     // What stays holds its room: always-loaded models, and on-demand models that do not
     // take turns (they were planned to fit beside everything).
     let mut fixed: Vec<(MemDemand, Placement)> = kept

@@ -246,6 +246,14 @@ fn every_bad_input_has_its_own_clear_message() {
         ..raw_with("{\"models\": [{\"model_path\": \"o/m\"}]}")
     };
     assert!(err(bad_global).starts_with("VLLM_PARAMS: unterminated quote"));
+    let blank_global_name = RawConfig {
+        vllm_params: Some("--served-model-name ''".into()),
+        ..raw_with("{\"models\": [{\"model_path\": \"o/m\"}]}")
+    };
+    assert_eq!(
+        err(blank_global_name),
+        "VLLM_PARAMS: --served-model-name has an empty name; give every served name some characters"
+    );
     let bad_oci = RawConfig {
         oci_metadata: Some("{\"key\": 1}".into()),
         ..Default::default()

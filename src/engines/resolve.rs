@@ -181,6 +181,15 @@ pub fn resolve(
     let mut own = input.own;
     drop_launcher_flags(p, &mut own, input.origin, warnings);
     check_vocabulary(p, &own, origin)?;
+    // Served names given only in VLLM_PARAMS are VLLM_PARAMS's to answer for.
+    let names_flag = match p.served_name {
+        ServedName::Many(f) | ServedName::One(f) | ServedName::Comma(f) => dashed(f),
+        ServedName::Absent => "--served-model-name".to_string(),
+    };
+    let names_origin = match input.global {
+        Some(global) if !own.has(&names_flag) && global.has(&names_flag) => "VLLM_PARAMS",
+        _ => origin,
+    };
     let mut args = match input.global {
         Some(global) => {
             let mut global = global.clone();
@@ -190,7 +199,7 @@ pub fn resolve(
         }
         None => own,
     };
-    let served_names = place_served_names(p, &mut args, input.default_name, origin)?;
+    let served_names = place_served_names(p, &mut args, input.default_name, names_origin)?;
     let adapters = place_adapters(p, &mut args, input.fine_tune, origin)?;
     let gpu_demand = gpu_demand(p, &args, origin)?;
     if let Some(tp) = p.flag(Concept::TensorParallel) {
