@@ -1,8 +1,8 @@
 //! The `Authorization` an engine gets, on both wires, through the real binary and
 //! `mock-vllm` (which checks `--api-key` as vLLM's `AuthenticationMiddleware` does).
-//! With `MODELMUX_API_KEY` set, the front's key stays at the front: an engine with its own
-//! key gets that one, an engine without gets none. Without it, the client's header passes
-//! as it came and the engine's own key is the client's to send.
+//! With `MODELMUX_API_KEY` set, an engine with a key of its own gets that key instead of
+//! the client's (the front's); otherwise the client's header passes as it came, and without
+//! `MODELMUX_API_KEY` the engine's own key is the client's to send.
 
 mod common;
 
@@ -34,18 +34,29 @@ fn seen_by_engine(a: &Answer) -> Vec<String> {
         .collect()
 }
 
-fn models() -> [(&'static str, serde_json::Value); 2] {
+fn models() -> [(&'static str, serde_json::Value); 3] {
     [
+        // A space inside is fine for vLLM (`Bearer engine k3y`), and so for modelmux.
         (
             "locked",
-            json!({"params": "--served-model-name locked --api-key engine-k3y"}),
+            json!({"params": "--served-model-name locked --api-key 'engine k3y'"}),
         ),
         ("open", json!({})),
+        // TGI's launcher takes its key as `--api-key` too (its router checks it).
+        (
+            "tgi",
+            json!({"engine": "tgi", "engine_cmd": format!("{} --mock-dialect tgi", common::MOCK),
+                   "params": "--served-model-name tgi --api-key tgi-k3y"}),
+        ),
     ]
 }
 
+fn has_authorization(a: &Answer) -> bool {
+    seen_by_engine(a).contains(&"authorization".to_string())
+}
+
 #[test]
-fn with_a_front_key_each_engine_gets_its_own_key_or_none() {
+fn with_a_front_key_an_engine_with_its_own_key_gets_that_key() {
     let m = Setup::new(&models())
         .env("MODELMUX_API_KEY", "front-k3y")
         .start();
@@ -54,20 +65,15 @@ fn with_a_front_key_each_engine_gets_its_own_key_or_none() {
     for general in [false, true] {
         let a = ask(m.port, general, "locked", front);
         assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+        let a = ask(m.port, general, "tgi", front);
+        assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+        // An engine without a key of its own gets the client's header as it came.
         let a = ask(m.port, general, "open", front);
         assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
-        assert!(
-            !seen_by_engine(&a).contains(&"authorization".to_string()),
-            "the front's key reached an engine without a key of its own (general wire: {general}): {:?}",
-            seen_by_engine(&a)
-        );
+        assert!(has_authorization(&a), "general wire: {general}");
         // The engine's key does not open the front.
-        let a = ask(
-            m.port,
-            general,
-            "locked",
-            "Authorization: Bearer engine-k3y\r\n",
-        );
+        let engine = "Authorization: Bearer engine k3y\r\n";
+        let a = ask(m.port, general, "locked", engine);
         assert_eq!(a.status, 401, "general wire: {general}");
     }
 }
@@ -77,12 +83,8 @@ fn without_a_front_key_the_clients_header_reaches_the_engine() {
     let m = Setup::new(&models()).start();
     m.wait_ready(T);
     for general in [false, true] {
-        let a = ask(
-            m.port,
-            general,
-            "locked",
-            "Authorization: Bearer engine-k3y\r\n",
-        );
+        let engine = "Authorization: Bearer engine k3y\r\n";
+        let a = ask(m.port, general, "locked", engine);
         assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
         let a = ask(m.port, general, "locked", "Authorization: Bearer wrong\r\n");
         assert_eq!(
@@ -97,6 +99,6 @@ fn without_a_front_key_the_clients_header_reaches_the_engine() {
             "Authorization: Bearer anything\r\n",
         );
         assert_eq!(a.status, 200, "general wire: {general}");
-        assert!(seen_by_engine(&a).contains(&"authorization".to_string()));
+        assert!(has_authorization(&a), "general wire: {general}");
     }
 }

@@ -32,6 +32,9 @@ pub static PROFILE: Profile = Profile {
         (Concept::Adapters, "--lora-adapters"),
         (Concept::GpuMemoryFraction, "--cuda-memory-fraction"),
         (Concept::MaxContext, "--max-total-tokens"),
+        // The launcher's `--api-key` (env `API_KEY`), passed to the router, which then wants
+        // `Authorization: Bearer KEY` on its inference routes (`router/src/server.rs`).
+        (Concept::ApiKey, "--api-key"),
     ],
     gpu_count: GpuCount::Shards {
         flag: "--num-shard",
@@ -64,7 +67,7 @@ pub static PROFILE: Profile = Profile {
         PerInstance::Port("--master-port"),
     ],
     cpu_bind: CpuBind::None,
-    api_key_env: None,
+    api_key_env: Some("API_KEY"),
     models_list: ModelsList::ModelPath,
     request_model: Some("tgi"),
     uuid_request_ids: false,

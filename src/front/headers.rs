@@ -46,15 +46,17 @@ fn listed_in(name: &str, list: &[&str]) -> bool {
 }
 
 /// The `Authorization` header an engine gets. With `MODELMUX_API_KEY` set the front has
-/// checked the client's key, which is the front's and stays there: the engine gets its own
-/// key (`--api-key`), or none. Without it the client's header passes as it came, and the
-/// engine's own key, if it has one, is for the client to send.
+/// checked the client's key; an engine started with a key of its own that modelmux reads
+/// (`--api-key`, `VLLM_API_KEY`, ...) gets that key instead. Otherwise the client's header
+/// passes as it came: without `MODELMUX_API_KEY` the engine's own key is the client's to
+/// send, and a key modelmux cannot read (a key file, a wrapper script) may be the same as
+/// the front's.
 #[derive(Debug, Clone)]
 pub enum EngineAuthorization {
     /// The client's header (if any), as it came.
     Client,
-    /// This value (`Bearer KEY`) or none, instead of the client's.
-    Replaced(Option<Arc<str>>),
+    /// This value (`Bearer KEY`) instead of the client's.
+    Replaced(Arc<str>),
 }
 
 impl EngineAuthorization {
@@ -66,7 +68,7 @@ impl EngineAuthorization {
     /// The value the front adds itself, if any.
     pub fn added(&self) -> Option<&str> {
         match self {
-            EngineAuthorization::Replaced(v) => v.as_deref(),
+            EngineAuthorization::Replaced(v) => Some(v),
             EngineAuthorization::Client => None,
         }
     }

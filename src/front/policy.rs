@@ -298,9 +298,9 @@ pub fn on_body<'a>(
     readiness(status.load, status.state, &route.model, || {
         status.last_exit.clone()
     })?;
-    let authorization = match app.api_key {
-        Some(_) => EngineAuthorization::Replaced(route.engine_authorization.clone()),
-        None => EngineAuthorization::Client,
+    let authorization = match (&app.api_key, &route.engine_authorization) {
+        (Some(_), Some(own)) => EngineAuthorization::Replaced(own.clone()),
+        _ => EngineAuthorization::Client,
     };
     Ok(Target {
         route: route.clone(),

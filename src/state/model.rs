@@ -164,10 +164,11 @@ impl ModelStatus {
 }
 
 /// `Bearer KEY` for the engine's own API key, when it has one that a header can carry
-/// (visible ASCII; a key with anything else could not be sent by any client either).
+/// (ASCII without control characters, as the supervisor's own calls send it; a key with
+/// anything else could not be sent by any client either).
 fn engine_authorization(m: &ModelLaunch) -> Option<String> {
     let key = crate::engines::api_key(m.engine, &m.argv, &m.env)?;
     key.bytes()
-        .all(|b| b.is_ascii_graphic())
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
         .then(|| format!("Bearer {key}"))
 }

@@ -63,6 +63,7 @@ const TGI: Spec = &[
     (&["--max-total-tokens"], One, ""),
     (&["--max-input-tokens"], One, ""),
     (&["--json-output"], Zero, ""),
+    (&["--api-key"], One, "api_key"),
 ];
 const LLAMACPP: Spec = &[
     (&["-m", "--model"], One, "model"),
@@ -111,8 +112,9 @@ pub struct Cli {
     /// llama.cpp's `--cpu-mask` and `--threads`, as given (for the report file).
     pub cpu_mask: Option<String>,
     pub threads: Option<String>,
-    /// vLLM's `--api-key` values and `VLLM_API_KEY`: generation requests need one of them
-    /// as `Authorization: Bearer KEY` (vLLM's `AuthenticationMiddleware`).
+    /// vLLM's `--api-key` values and `VLLM_API_KEY` (TGI: `--api-key` or `API_KEY`):
+    /// generation requests need one of them as `Authorization: Bearer KEY` (vLLM's
+    /// `AuthenticationMiddleware`, TGI's router).
     pub api_keys: Vec<String>,
 }
 
@@ -422,7 +424,14 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
         },
         cpu_mask: last("cpu_mask"),
         threads: last("threads"),
-        api_keys: Vec::new(),
+        // TGI's launcher takes `--api-key` or `API_KEY` and its router checks it.
+        api_keys: match d {
+            Dialect::Tgi => last("api_key")
+                .or_else(|| std::env::var("API_KEY").ok())
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        },
     })
 }
 
