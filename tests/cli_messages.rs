@@ -186,6 +186,14 @@ fn an_error_about_a_model_entry_names_where_the_entries_came_from() {
         file.display()
     );
     assert!(stderr(&out).contains(&named), "{}", stderr(&out));
+    // A model's own engine program that is not there: checked before anything starts.
+    let out = plan(r#"{"models": [{"model_path": "org/a", "engine_cmd": "/no/such/engine"}]}"#);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid configuration: MULTI_MODEL_CONFIG: models[0].engine_cmd"),
+        "{}",
+        stderr(&out)
+    );
     // A model folder without weights: found by the planner, named the same way.
     let empty = tempfile::tempdir().unwrap();
     let config = format!(
