@@ -226,7 +226,7 @@ async fn proxy(
         }
     }
     if let Some(value) = target.authorization.added() {
-        let value = HeaderValue::from_str(value).expect("checked visible ASCII");
+        let value = HeaderValue::from_str(value).expect("no control characters (checked)");
         h.insert(header::AUTHORIZATION, value);
     }
     let authority = &target.route.authority;
