@@ -534,8 +534,10 @@ fn reload_starts_stops_restarts_and_leaves_the_rest_alone_under_load() {
         );
         // Requests to the unchanged model, without a pause, all through the reload.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let load = {
-            let (c, url, stop) = (c.clone(), m.url("/v1/completions"), stop.clone());
+            let (c, url) = (c.clone(), m.url("/v1/completions"));
+            let (stop, done) = (stop.clone(), done.clone());
             tokio::spawn(async move {
                 let mut codes = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -544,6 +546,7 @@ fn reload_starts_stops_restarts_and_leaves_the_rest_alone_under_load() {
                             .await
                             .status,
                     );
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 codes
             })
@@ -567,6 +570,12 @@ fn reload_starts_stops_restarts_and_leaves_the_rest_alone_under_load() {
         );
         state_becomes(&m, "new", "ready", T).await;
         state_becomes(&m, "change", "ready", T).await;
+        // A reload of mock engines can be over within a few requests: the load goes on
+        // until it has sent enough to count (those after the reload must succeed too).
+        wait_for(T, "eleven requests sent", || {
+            done.load(std::sync::atomic::Ordering::Relaxed) > 10
+        })
+        .await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let codes = load.await.unwrap();
         assert!(
