@@ -342,6 +342,50 @@ fn a_client_that_leaves_the_queue_still_gets_its_access_line_on_both_wires() {
 }
 
 #[test]
+fn a_client_that_stops_reading_is_cut_after_the_send_timeout_on_both_wires() {
+    let m = Setup::new(&[("gate", json!({"max_concurrency": 1}))])
+        .env("MODELMUX_SEND_TIMEOUT", "0.5")
+        .env("MODELMUX_QUEUE_TIMEOUT", "120")
+        .start();
+    m.wait_ready(T);
+    let endless = json!({"model": "gate", "stream": true, "mock_chunks": 1_000_000_000u64, "mock_delay_ms": 0});
+    for (wire, mut stalled) in wires(m.port) {
+        // An endless stream that the client never reads: once the buffers between are
+        // full the front can send nothing more, and after the send timeout it closes both
+        // connections, which frees the model's only slot.
+        stalled.send(&post("/v1/completions", "", &endless.to_string()));
+        // Its head arrives once the engine answers, so the slot is taken.
+        while !stalled.buf.windows(4).any(|x| x == b"\r\n\r\n") {
+            assert!(stalled.fill(), "{wire}");
+        }
+        let mut next = Wire::connect(m.port);
+        next.stream.set_read_timeout(Some(T)).unwrap();
+        next.send(&post("/v1/completions", "", r#"{"model": "gate"}"#));
+        // Without the limit this waits the whole queue timeout, then gets 429.
+        let a = next.answer();
+        assert_eq!(a.status, 200, "{wire}: {}", a.text());
+        assert!(
+            stalled.closed_within(T),
+            "{wire}: the stalled client's connection"
+        );
+        let text = String::from_utf8_lossy(&stalled.buf).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200"), "{wire}");
+        assert!(
+            !text.contains("[DONE]"),
+            "{wire}: a cut stream does not look whole"
+        );
+    }
+    wait_until(ACT, "a warning from each wire", || {
+        let log = m.log();
+        let cut = |wire: &str| {
+            log.lines()
+                .any(|l| l.contains("MODELMUX_SEND_TIMEOUT") && l.contains(wire))
+        };
+        cut("wire=\"pass\"") && cut("wire=\"general\"")
+    });
+}
+
+#[test]
 fn a_request_waits_for_a_slot_no_longer_than_the_queue_timeout() {
     let m = Setup::new(&[("gate", json!({"max_concurrency": 1}))])
         .env("MODELMUX_QUEUE_TIMEOUT", "0.3")

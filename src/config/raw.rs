@@ -164,6 +164,11 @@ pub struct RawConfig {
     /// Seconds a client may pause while sending a request body (default 30).
     #[arg(long, env = "MODELMUX_BODY_TIMEOUT", global = true)]
     pub body_timeout: Option<String>,
+
+    /// Seconds a client may take no bytes of a response that has bytes waiting for it;
+    /// then its connection (and its engine request) is closed (default 60).
+    #[arg(long, env = "MODELMUX_SEND_TIMEOUT", global = true)]
+    pub send_timeout: Option<String>,
     /// The engine profile of models that name none: vllm (default), sglang, tgi, llamacpp
     /// or llamacpp-python.
     #[arg(long, env = "MODELMUX_ENGINE", global = true)]

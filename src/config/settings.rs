@@ -90,6 +90,9 @@ pub struct Settings {
     pub sse_keepalive: Option<Duration>,
     /// Time a client may pause while sending a request body.
     pub body_timeout: Duration,
+    /// Time a client may take no bytes of a response waiting for it (nginx's
+    /// `send_timeout`).
+    pub send_timeout: Duration,
     /// The first engine port (`MODELMUX_ENGINE_BASE_PORT`, default `PORT + 1`): model `i`
     /// gets the `i`-th port from here that is neither `PORT` nor `HEALTH_CHECK_PORT`.
     pub engine_base_port: u16,
@@ -406,6 +409,12 @@ impl Settings {
                 30.0,
                 0.1,
             )?,
+            send_timeout: seconds(
+                "MODELMUX_SEND_TIMEOUT",
+                raw.send_timeout.as_deref(),
+                60.0,
+                0.1,
+            )?,
             engine_base_port,
             stall_timeout: Some(seconds(
                 "MODELMUX_STALL_TIMEOUT",
@@ -518,6 +527,7 @@ mod tests {
         assert_eq!(s.queue_timeout, Duration::from_secs(60));
         assert_eq!(s.sse_keepalive, Some(Duration::from_secs(15)));
         assert_eq!(s.body_timeout, Duration::from_secs(30));
+        assert_eq!(s.send_timeout, Duration::from_secs(60));
         assert_eq!(s.engine_base_port, 8081);
         assert_eq!(s.stall_timeout, Some(Duration::from_secs(120)));
         assert_eq!(s.progress_interval, Duration::from_secs(10));

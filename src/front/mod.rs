@@ -58,6 +58,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time a client may pause while sending a body.
     pub body_timeout: Duration,
+    /// Time a client may take none of a response's waiting bytes before it is cut off.
+    pub send_timeout: Duration,
     /// Client connections held at once.
     pub max_connections: usize,
     /// Time a request may wait for a concurrency slot.
@@ -73,6 +75,7 @@ impl Limits {
             header_timeout: s.header_timeout,
             idle_timeout: s.idle_timeout,
             body_timeout: s.body_timeout,
+            send_timeout: s.send_timeout,
             max_connections: s.max_connections,
             queue_timeout: s.queue_timeout,
             sse_keepalive: s.sse_keepalive,

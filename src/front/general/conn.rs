@@ -1,8 +1,9 @@
 //! One client connection served by hyper, with the front's time limits: a head must
-//! arrive within `MODELMUX_HEADER_TIMEOUT` of its first byte (checked at least every
-//! header timeout, so a slow head is cut after at most twice that), an idle keep-alive
-//! connection is closed after `MODELMUX_IDLE_TIMEOUT`, and shutdown closes it between
-//! requests.
+//! arrive within `MODELMUX_HEADER_TIMEOUT` of its first byte, an idle keep-alive
+//! connection is closed after `MODELMUX_IDLE_TIMEOUT`, a client that takes no bytes of its
+//! response for `MODELMUX_SEND_TIMEOUT` is cut off (each checked at least every shortest
+//! of the three, so a limit acts after at most twice its time), and shutdown closes the
+//! connection between requests.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::io::{Clock, Due, Rewind};
+use super::io::{Clock, Due, Limits, Rewind};
 use crate::front::App;
 
 /// A response body that marks the connection idle once it is dropped (sent or abandoned).
@@ -62,8 +63,13 @@ pub async fn serve(
     health_only: bool,
     mut stop: watch::Receiver<bool>,
 ) {
-    let limits = (app.limits.header_timeout, app.limits.idle_timeout);
-    let far = limits.0.max(limits.1);
+    let limits = Limits {
+        header: app.limits.header_timeout,
+        idle: app.limits.idle_timeout,
+        send: app.limits.send_timeout,
+    };
+    let check = limits.check_every();
+    let peer = io.peer();
     let service_clock = clock.clone();
     let service_app = app.clone();
     let service = service_fn(move |req| {
@@ -79,26 +85,41 @@ pub async fn serve(
         .keep_alive(!stopping)
         .serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
-    if stopping {
-        let _ = conn.await;
-        return;
-    }
-    let timer = tokio::time::sleep(limits.0.min(limits.1));
+    // Once closing, hyper closes at once when idle, else after the response under way.
+    let mut closing = stopping;
+    let timer = tokio::time::sleep(check);
     let mut timer = std::pin::pin!(timer);
     loop {
         tokio::select! {
             _ = conn.as_mut() => return,
-            () = crate::front::stopped(&mut stop) => break,
-            // An idle connection may start a head at any moment without waking this
-            // loop, so it looks again at least every header timeout.
-            () = &mut timer => match clock.due(limits.0, limits.1, far) {
-                Due::At(at) => timer.as_mut().reset(at.min(Instant::now() + limits.0)),
-                Due::Idle => break,
-                Due::Head => return,
-            },
+            () = crate::front::stopped(&mut stop), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut timer => {
+                let soon = Instant::now() + check;
+                let next = match clock.due(&limits) {
+                    Due::At(at) => at.min(soon),
+                    Due::Idle if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        soon
+                    }
+                    Due::Idle => soon,
+                    Due::Head => return,
+                    Due::Stalled => {
+                        tracing::warn!(
+                            client = %peer,
+                            wire = "general",
+                            "the client took no bytes of its response for {:.1} s: closed its \
+                             connection and its request (MODELMUX_SEND_TIMEOUT)",
+                            limits.send.as_secs_f64()
+                        );
+                        return;
+                    }
+                };
+                timer.as_mut().reset(next);
+            }
         }
     }
-    // Closes at once when idle, else after the response under way.
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }

@@ -1,6 +1,7 @@
 //! A client connection as hyper sees it: bytes the pass-through wire already read are put
 //! back in front, and every read is noted on the connection's [`Clock`], which tells the
-//! header and idle timeouts apart.
+//! header and idle timeouts apart; a write that finds the socket full is noted too, for
+//! the send timeout.
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +25,28 @@ pub struct Clock {
     base: Instant,
     phase: AtomicU8,
     since_ms: AtomicU64,
+    /// Since when (ms after `base`, plus one) the client has taken none of the bytes
+    /// waiting for it; 0 while writes go through.
+    blocked_ms: AtomicU64,
+}
+
+/// A connection's time limits (SPEC §2).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `MODELMUX_HEADER_TIMEOUT`.
+    pub header: Duration,
+    /// `MODELMUX_IDLE_TIMEOUT`.
+    pub idle: Duration,
+    /// `MODELMUX_SEND_TIMEOUT`.
+    pub send: Duration,
+}
+
+impl Limits {
+    /// How often a connection looks at its clock at least: a head may start, or a write
+    /// block, at any moment without waking its loop.
+    pub fn check_every(&self) -> Duration {
+        self.header.min(self.idle).min(self.send)
+    }
 }
 
 /// What a connection's time limit says now.
@@ -35,6 +58,8 @@ pub enum Due {
     Idle,
     /// A head took longer than `MODELMUX_HEADER_TIMEOUT`: drop it.
     Head,
+    /// The client took no bytes for `MODELMUX_SEND_TIMEOUT`: drop it.
+    Stalled,
 }
 
 impl Clock {
@@ -45,6 +70,7 @@ impl Clock {
             base,
             phase: AtomicU8::new(if started.is_some() { HEAD } else { IDLE }),
             since_ms: AtomicU64::new(0),
+            blocked_ms: AtomicU64::new(0),
         })
     }
 
@@ -74,20 +100,45 @@ impl Clock {
         self.set(IDLE);
     }
 
+    /// A write found the socket full.
+    pub fn write_blocked(&self) {
+        if self.blocked_ms.load(Relaxed) == 0 {
+            self.blocked_ms.store(self.now_ms() + 1, Relaxed);
+        }
+    }
+
+    /// A write went through.
+    pub fn wrote(&self) {
+        if self.blocked_ms.load(Relaxed) != 0 {
+            self.blocked_ms.store(0, Relaxed);
+        }
+    }
+
     /// The limit that applies now.
-    pub fn due(&self, header: Duration, idle: Duration, far: Duration) -> Due {
+    pub fn due(&self, limits: &Limits) -> Due {
+        let now = Instant::now();
+        let blocked = match self.blocked_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(self.base + Duration::from_millis(ms - 1) + limits.send),
+        };
+        if blocked.is_some_and(|at| now >= at) {
+            return Due::Stalled;
+        }
         let since = self.base + Duration::from_millis(self.since_ms.load(Relaxed));
         let (limit, expired) = match self.phase.load(Relaxed) {
-            IDLE => (idle, Due::Idle),
-            HEAD => (header, Due::Head),
+            IDLE => (limits.idle, Due::Idle),
+            HEAD => (limits.header, Due::Head),
             // A request is under way; its body read has a limit of its own.
-            _ => return Due::At(Instant::now() + far),
+            _ => {
+                let far = now + limits.header.max(limits.idle);
+                return Due::At(blocked.map_or(far, |at| at.min(far)));
+            }
         };
         let at = since + limit;
-        if Instant::now() >= at {
+        if now >= at {
             expired
         } else {
-            Due::At(at)
+            Due::At(blocked.map_or(at, |b| b.min(at)))
         }
     }
 }
@@ -107,6 +158,23 @@ impl Rewind {
             stream,
             clock,
         }
+    }
+}
+
+impl Rewind {
+    /// Notes on the clock whether a write went through or found the socket full.
+    fn note(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.clock.write_blocked(),
+            Poll::Ready(_) => self.clock.wrote(),
+        }
+    }
+
+    /// The client's address, for logs.
+    pub fn peer(&self) -> String {
+        self.stream
+            .peer_addr()
+            .map_or_else(|_| "-".to_string(), |a| a.to_string())
     }
 }
 
@@ -137,7 +205,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.note(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -145,7 +215,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.note(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -167,26 +239,51 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_clock_tells_idle_from_a_slow_head() {
-        let (h, i, far) = (
-            Duration::from_secs(3),
-            Duration::from_secs(10),
-            Duration::from_secs(100),
-        );
+        let l = Limits {
+            header: Duration::from_secs(3),
+            idle: Duration::from_secs(10),
+            send: Duration::from_secs(5),
+        };
         let c = Clock::new(None);
-        assert!(matches!(c.due(h, i, far), Due::At(_)));
+        assert!(matches!(c.due(&l), Due::At(_)));
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(c.due(h, i, far), Due::Idle);
+        assert_eq!(c.due(&l), Due::Idle);
         c.read();
-        assert!(matches!(c.due(h, i, far), Due::At(_)));
+        assert!(matches!(c.due(&l), Due::At(_)));
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(c.due(h, i, far), Due::Head);
+        assert_eq!(c.due(&l), Due::Head);
         c.busy();
         tokio::time::advance(Duration::from_secs(50)).await;
-        assert!(
-            matches!(c.due(h, i, far), Due::At(_)),
-            "no limit while busy"
-        );
+        assert!(matches!(c.due(&l), Due::At(_)), "no limit while busy");
         c.idle();
-        assert!(matches!(c.due(h, i, far), Due::At(_)));
+        assert!(matches!(c.due(&l), Due::At(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_for_the_send_timeout_is_stalled() {
+        let l = Limits {
+            header: Duration::from_secs(3),
+            idle: Duration::from_secs(10),
+            send: Duration::from_secs(5),
+        };
+        let c = Clock::new(Some(Instant::now()));
+        c.busy();
+        c.write_blocked();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        // Still blocked: the first block counts, not the last.
+        c.write_blocked();
+        match c.due(&l) {
+            Due::At(at) => assert!(at <= Instant::now() + Duration::from_secs(1)),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(c.due(&l), Due::Stalled);
+        // A write that goes through starts the count again, in any phase.
+        c.wrote();
+        c.idle();
+        assert!(matches!(c.due(&l), Due::At(_)));
+        c.write_blocked();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(c.due(&l), Due::Stalled, "a stall wins over the idle limit");
     }
 }

@@ -20,6 +20,7 @@ use super::engines::connect;
 use super::reads;
 use super::request::Forward;
 use super::response::{self, Head};
+use super::writes;
 use crate::front::access::{Inflight, Record};
 use crate::front::policy::Turn;
 use crate::front::refusal::Refusal;
@@ -79,7 +80,8 @@ pub async fn exchange(
                 Ok(conn) => conn,
                 Err(e) => {
                     let why = format!("cannot connect: {e}");
-                    return bad_gateway(client, record, &route.model, why, id, close).await;
+                    let limit = app.limits.send_timeout;
+                    return bad_gateway(client, record, &route.model, why, id, close, limit).await;
                 }
             },
         };
@@ -90,7 +92,16 @@ pub async fn exchange(
                 delivered: false, ..
             }) if reused => {}
             Err(Failure::Engine { why, .. }) => {
-                return bad_gateway(client, record, &route.model, why, id, close).await;
+                return bad_gateway(
+                    client,
+                    record,
+                    &route.model,
+                    why,
+                    id,
+                    close,
+                    app.limits.send_timeout,
+                )
+                .await;
             }
         }
     };
@@ -101,11 +112,21 @@ pub async fn exchange(
     let body = &b.engine[head.len..];
     let Ok((take, mut done)) = framing.feed(body) else {
         let why = "sent a malformed chunked body".to_string();
-        return bad_gateway(client, record, &route.model, why, id, close).await;
+        return bad_gateway(
+            client,
+            record,
+            &route.model,
+            why,
+            id,
+            close,
+            app.limits.send_timeout,
+        )
+        .await;
     };
     let mut reusable = head.reusable && take == body.len();
     b.head.extend_from_slice(&body[..take]);
-    if client.write_all(&b.head).await.is_err() {
+    let limit = app.limits.send_timeout;
+    if !writes::send(client, &b.head, limit, id).await {
         return Next::Close;
     }
     record.sent(app, take);
@@ -131,7 +152,7 @@ pub async fn exchange(
                 }
                 timer.as_mut().reset(now + every);
                 if framing.between_events() {
-                    if client.write_all(KEEPALIVE_CHUNK).await.is_err() {
+                    if !writes::send(client, KEEPALIVE_CHUNK, limit, id).await {
                         return Next::Close;
                     }
                     last_sent = now;
@@ -150,7 +171,7 @@ pub async fn exchange(
         };
         reusable &= take == n;
         done = end;
-        if client.write_all(&b.engine[..take]).await.is_err() {
+        if !writes::send(client, &b.engine[..take], limit, id).await {
             return Next::Close;
         }
         if keepalive.is_some() {
@@ -259,6 +280,7 @@ async fn bad_gateway(
     why: String,
     id: &[u8],
     close: bool,
+    limit: std::time::Duration,
 ) -> Next {
     let refusal = Refusal::BadGateway {
         model: model.to_string(),
@@ -267,7 +289,7 @@ async fn bad_gateway(
     let mut out = Vec::with_capacity(512);
     refusal.write(&mut out, id, close);
     record.status = 502;
-    if client.write_all(&out).await.is_err() {
+    if !writes::send(client, &out, limit, id).await {
         return Next::Close;
     }
     record.complete = true;

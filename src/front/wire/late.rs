@@ -4,13 +4,13 @@
 //! when it goes away the stream's task ends (leaving the queue, or closing the engine
 //! connection).
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::Front;
 use super::buffers::Scratch;
 use super::exchange::{Next, client_gone};
 use super::request::Forward;
+use super::writes;
 use crate::front::access::Record;
 use crate::front::early::{self, TurnWait};
 
@@ -28,13 +28,14 @@ pub async fn late(
     let app = &front.app;
     let id = fwd.id.bytes(request);
     let close = fwd.close || app.state.borrow().stopping;
+    let limit = app.limits.send_timeout;
     let Some(engine_request) = early::request_from_raw(&b.out, &fwd.route.authority) else {
         // Never: the wire wrote that request itself.
         return Next::Close;
     };
     let mut out = Vec::with_capacity(256);
     early::write_head(&mut out, id, close);
-    if client.write_all(&out).await.is_err() {
+    if !writes::send(client, &out, limit, id).await {
         return Next::Close;
     }
     record.status = 200;
@@ -50,7 +51,7 @@ pub async fn late(
         out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         out.extend_from_slice(&data);
         out.extend_from_slice(b"\r\n");
-        if client.write_all(&out).await.is_err() {
+        if !writes::send(client, &out, limit, id).await {
             return Next::Close;
         }
         if !early::is_keepalive(&data) {
@@ -65,7 +66,7 @@ pub async fn late(
         record.status = outcome.status;
     }
     // A cut stream is closed without its last chunk: the client sees it was cut.
-    if !outcome.complete || client.write_all(b"0\r\n\r\n").await.is_err() {
+    if !outcome.complete || !writes::send(client, b"0\r\n\r\n", limit, id).await {
         return Next::Close;
     }
     record.complete = true;

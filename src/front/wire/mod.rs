@@ -14,6 +14,7 @@
 //! - [`engines`]: idle engine connections, per front thread.
 //! - [`buffers`]: buffers lent to connections while they work, per front thread.
 //! - [`reads`]: socket reads that spare the `EAGAIN` system call.
+//! - [`writes`]: writes to a client, cut off after `MODELMUX_SEND_TIMEOUT` without progress.
 
 pub mod balance;
 pub mod buffers;
@@ -24,6 +25,7 @@ pub mod late;
 pub mod reads;
 pub mod request;
 pub mod response;
+pub mod writes;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -120,10 +122,11 @@ pub async fn serve(
 }
 
 /// Answers a connection over `MODELMUX_MAX_CONNECTIONS` with a 503 and closes it.
-pub(crate) async fn turn_away(mut stream: TcpStream, app: Arc<App>) {
+pub(crate) async fn turn_away(stream: TcpStream, app: Arc<App>) {
     let mut out = Vec::with_capacity(256);
-    Refusal::TooManyConnections.write(&mut out, &app.ids.make(), true);
-    if stream.write_all(&out).await.is_ok() {
+    let id = app.ids.make();
+    Refusal::TooManyConnections.write(&mut out, &id, true);
+    if writes::send(&stream, &out, app.limits.send_timeout, &id).await {
         linger(stream).await;
     }
 }
@@ -246,7 +249,8 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                 let written = {
                     let request = &b.read;
                     let id = r.id.bytes(request);
-                    let ok = write_refusal(&mut client, &r.refusal, id, !keep).await;
+                    let ok =
+                        write_refusal(&client, &r.refusal, id, !keep, limits.send_timeout).await;
                     record.status = r.refusal.status();
                     record.complete = ok;
                     log(
@@ -332,7 +336,9 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                     }
                     Err(Err(refusal)) => {
                         let id = fwd.id.bytes(&b.read);
-                        let ok = write_refusal(&mut client, &refusal, id, fwd.close).await;
+                        let ok =
+                            write_refusal(&client, &refusal, id, fwd.close, limits.send_timeout)
+                                .await;
                         record.status = refusal.status();
                         record.complete = ok;
                         if ok { Next::KeepAlive } else { Next::Close }
@@ -408,14 +414,20 @@ async fn discard(
 }
 
 /// Writes a refusal; false when the client is gone.
-async fn write_refusal(client: &mut TcpStream, r: &Refusal, id: &[u8], close: bool) -> bool {
+async fn write_refusal(
+    client: &TcpStream,
+    r: &Refusal,
+    id: &[u8],
+    close: bool,
+    limit: Duration,
+) -> bool {
     let mut out = Vec::with_capacity(512);
     r.write(&mut out, id, close);
-    client.write_all(&out).await.is_ok()
+    writes::send(client, &out, limit, id).await
 }
 
 /// Answers 408 to a client that stopped sending its body, and closes.
-async fn body_timed_out(mut client: TcpStream, app: &App, record: &mut Record, read: &[u8]) {
+async fn body_timed_out(client: TcpStream, app: &App, record: &mut Record, read: &[u8]) {
     let made = app.ids.make();
     let (method, path, id) = match request::meta(read) {
         Some(m) => (
@@ -427,7 +439,7 @@ async fn body_timed_out(mut client: TcpStream, app: &App, record: &mut Record, r
     };
     let r = Refusal::BodyTimeout;
     record.status = r.status();
-    record.complete = write_refusal(&mut client, &r, id, true).await;
+    record.complete = write_refusal(&client, &r, id, true, app.limits.send_timeout).await;
     log(record, app, method, path, id);
     linger(client).await;
 }
