@@ -34,8 +34,11 @@ fn seen_by_engine(a: &Answer) -> Vec<String> {
         .collect()
 }
 
-fn models() -> [(&'static str, serde_json::Value); 3] {
-    [
+/// The models, with llama.cpp's key file written into `dir`.
+fn models(dir: &std::path::Path) -> Vec<(&'static str, serde_json::Value)> {
+    let keys = dir.join("llama-keys");
+    std::fs::write(&keys, "# the key file's first key\nllama-k3y\n").unwrap();
+    vec![
         // A space inside is fine for vLLM (`Bearer engine k3y`), and so for modelmux.
         (
             "locked",
@@ -48,6 +51,12 @@ fn models() -> [(&'static str, serde_json::Value); 3] {
             json!({"engine": "tgi", "engine_cmd": format!("{} --mock-dialect tgi", common::MOCK),
                    "params": "--served-model-name tgi --api-key tgi-k3y"}),
         ),
+        // llama.cpp also reads its keys from a file.
+        (
+            "llama",
+            json!({"engine": "llamacpp", "engine_cmd": format!("{} --mock-dialect llamacpp", common::MOCK),
+                   "params": format!("--alias llama --api-key-file {}", keys.display())}),
+        ),
     ]
 }
 
@@ -57,7 +66,8 @@ fn has_authorization(a: &Answer) -> bool {
 
 #[test]
 fn with_a_front_key_an_engine_with_its_own_key_gets_that_key() {
-    let m = Setup::new(&models())
+    let dir = tempfile::tempdir().unwrap();
+    let m = Setup::new(&models(dir.path()))
         .env("MODELMUX_API_KEY", "front-k3y")
         .start();
     m.wait_ready(T);
@@ -66,6 +76,8 @@ fn with_a_front_key_an_engine_with_its_own_key_gets_that_key() {
         let a = ask(m.port, general, "locked", front);
         assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
         let a = ask(m.port, general, "tgi", front);
+        assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+        let a = ask(m.port, general, "llama", front);
         assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
         // An engine without a key of its own gets the client's header as it came.
         let a = ask(m.port, general, "open", front);
@@ -80,7 +92,8 @@ fn with_a_front_key_an_engine_with_its_own_key_gets_that_key() {
 
 #[test]
 fn without_a_front_key_the_clients_header_reaches_the_engine() {
-    let m = Setup::new(&models()).start();
+    let dir = tempfile::tempdir().unwrap();
+    let m = Setup::new(&models(dir.path())).start();
     m.wait_ready(T);
     for general in [false, true] {
         let engine = "Authorization: Bearer engine k3y\r\n";
@@ -92,6 +105,15 @@ fn without_a_front_key_the_clients_header_reaches_the_engine() {
             "the engine's own check (general wire: {general})"
         );
         assert_eq!(a.text(), r#"{"error":"Unauthorized"}"#);
+        let a = ask(
+            m.port,
+            general,
+            "llama",
+            "Authorization: Bearer llama-k3y\r\n",
+        );
+        assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+        let a = ask(m.port, general, "llama", "Authorization: Bearer wrong\r\n");
+        assert_eq!(a.status, 401, "general wire: {general}");
         let a = ask(
             m.port,
             general,

@@ -314,11 +314,31 @@ fn llama_server_profile_against_the_real_llama_server() {
         skip("llama_server_profile", why);
         return;
     }
+    // The engine takes its key from a file; the front has a key of its own, so modelmux
+    // must send the engine's key (requests, its metrics scrape) in place of the client's.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "# llama-server's keys\nllama-k3y\n").unwrap();
+    let params = format!(
+        "--alias tiny,tiny2 -c 512 -np 1 --api-key-file {}",
+        keys.display()
+    );
     let setup = Setup {
         models: vec![json!({"model_path": model, "engine": "llamacpp",
-                            "engine_cmd": server, "params": "--alias tiny,tiny2 -c 512 -np 1"})],
-        env: BTreeMap::new(),
+                            "engine_cmd": server, "params": params})],
+        env: [("MODELMUX_API_KEY".to_string(), "front-k3y".to_string())].into(),
         args: Vec::new(),
+    };
+    let ask = |c: &common::HttpClient, url: String, body: String| {
+        let c = c.clone();
+        async move {
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-request-id", "0c6c52f3-a1b3-4cbf-8bd4-b4a4b7f1a0a1"),
+                ("authorization", "Bearer front-k3y"),
+            ];
+            common::request(&c, "POST", &url, &headers, &body).await
+        }
     };
     let started = Instant::now();
     let mut mm = setup.start();
@@ -330,14 +350,14 @@ fn llama_server_profile_against_the_real_llama_server() {
     common::run_async(Duration::from_secs(120), async {
         let c = common::client();
         for name in ["tiny", "tiny2"] {
-            let a = post_uuid(&c, &mm.url("/v1/chat/completions"),
-                &json!({"model": name, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}).to_string()).await;
+            let a = ask(&c, mm.url("/v1/chat/completions"),
+                json!({"model": name, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}).to_string()).await;
             assert_eq!(a.status, 200, "{name}: {}", a.body);
         }
-        let a = post_uuid(
+        let a = ask(
             &c,
-            &mm.url("/v1/completions"),
-            r#"{"model": "tiny", "prompt": "hello", "max_tokens": 16, "stream": true}"#,
+            mm.url("/v1/completions"),
+            r#"{"model": "tiny", "prompt": "hello", "max_tokens": 16, "stream": true}"#.into(),
         )
         .await;
         assert_eq!(a.status, 200, "{}", a.body);
@@ -345,7 +365,11 @@ fn llama_server_profile_against_the_real_llama_server() {
         // The engine's own metrics carry the profile's prefix (--metrics was added).
         let health = common::get(&c, &mm.url("/health")).await.json();
         let port = health["models"][0]["port"].as_u64().unwrap();
-        let text = common::get(&c, &format!("http://127.0.0.1:{port}/metrics"))
+        let direct = format!("http://127.0.0.1:{port}/metrics");
+        let a = common::get(&c, &direct).await;
+        assert_eq!(a.status, 401, "llama-server checks its key: {}", a.body);
+        let engine_key = [("authorization", "Bearer llama-k3y")];
+        let text = common::request(&c, "GET", &direct, &engine_key, "")
             .await
             .body;
         assert!(text.contains("llamacpp:prompt_tokens_total"), "{text}");

@@ -9,29 +9,50 @@ use super::{Concept, Engine};
 
 /// The API key the engine requires of its clients (modelmux's own probe of its
 /// `/v1/models` included): its flag in the engine's command line, else the profile's
-/// variable in the engine's environment or modelmux's. llama.cpp takes a comma list; the
-/// first key is used.
+/// variable in the engine's environment or modelmux's. llama.cpp takes a comma list (the
+/// first key is used) and also keys from a file (`--api-key-file`).
 pub fn api_key(engine: Engine, argv: &[String], env: &BTreeMap<String, String>) -> Option<String> {
     let p = engine.profile();
-    let from_flag = p.flag(Concept::ApiKey).and_then(|flag| {
-        let inline = format!("{flag}=");
-        argv.iter().enumerate().rev().find_map(|(i, a)| {
-            a.strip_prefix(&inline)
-                .map(str::to_string)
-                .or_else(|| (a == flag).then(|| argv.get(i + 1).cloned()).flatten())
-        })
-    });
-    let from_env = || {
-        let var = p.api_key_env?;
-        env.get(var).cloned().or_else(|| std::env::var(var).ok())
-    };
-    from_flag
+    let var = |name: &str| env.get(name).cloned().or_else(|| std::env::var(name).ok());
+    let from_flag = p
+        .flag(Concept::ApiKey)
+        .and_then(|flag| flag_value(argv, flag));
+    let from_env = || var(p.api_key_env?);
+    let key = from_flag
         .or_else(from_env)
         .map(|k| match engine {
             Engine::Llamacpp => k.split(',').next().unwrap_or("").trim().to_string(),
             _ => k,
         })
-        .filter(|k| !k.is_empty())
+        .filter(|k| !k.is_empty());
+    match engine {
+        Engine::Llamacpp => key.or_else(|| {
+            let file =
+                flag_value(argv, "--api-key-file").or_else(|| var("LLAMA_ARG_API_KEY_FILE"))?;
+            first_key_in_file(&file)
+        }),
+        _ => key,
+    }
+}
+
+/// The last value given to `flag` (`--flag V` or `--flag=V`).
+fn flag_value(argv: &[String], flag: &str) -> Option<String> {
+    let inline = format!("{flag}=");
+    argv.iter().enumerate().rev().find_map(|(i, a)| {
+        a.strip_prefix(&inline)
+            .map(str::to_string)
+            .or_else(|| (a == flag).then(|| argv.get(i + 1).cloned()).flatten())
+    })
+}
+
+/// The first key of a llama.cpp key file: its first line that is neither empty nor starts
+/// with `#` (llama.cpp's `common/arg.cpp`). `None` when it cannot be read: the engine then
+/// fails to start with its own message.
+fn first_key_in_file(path: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
 }
 
 /// The engine's own `/v1/models` entries completed for modelmux's list: every served name

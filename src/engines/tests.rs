@@ -893,6 +893,38 @@ fn the_engines_api_key_is_read_in_its_own_spelling() {
         crate::engines::api_key(Engine::Llamacpp, &argv("llama-server"), &env).as_deref(),
         Some("k4")
     );
+    // llama.cpp's key file: the first line that is neither empty nor a comment; a key on
+    // the command line comes first.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, "# rotated monthly\n\nfile k5\nk6\n").unwrap();
+    let line = format!("llama-server --api-key-file {}", file.display());
+    assert_eq!(key(Engine::Llamacpp, &line).as_deref(), Some("file k5"));
+    let line = format!(
+        "llama-server --api-key-file={} --api-key k7",
+        file.display()
+    );
+    assert_eq!(key(Engine::Llamacpp, &line).as_deref(), Some("k7"));
+    let env: BTreeMap<String, String> = [(
+        "LLAMA_ARG_API_KEY_FILE".to_string(),
+        file.display().to_string(),
+    )]
+    .into();
+    assert_eq!(
+        crate::engines::api_key(Engine::Llamacpp, &argv("llama-server"), &env).as_deref(),
+        Some("file k5")
+    );
+    assert_eq!(
+        key(Engine::Llamacpp, "llama-server --api-key-file /nonexistent"),
+        None
+    );
+    assert_eq!(
+        key(
+            Engine::Vllm,
+            &format!("vllm --api-key-file {}", file.display())
+        ),
+        None
+    );
     // The other-vocabulary check knows the spelling too.
     assert!(params_error("llamacpp-python", "--api-key k").contains("use --api_key"));
 }

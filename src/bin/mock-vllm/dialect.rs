@@ -81,7 +81,8 @@ const LLAMACPP: Spec = &[
     (&["-t", "--threads"], One, "threads"),
     (&["-C", "--cpu-mask"], One, "cpu_mask"),
     (&["-Cr", "--cpu-range"], One, ""),
-    (&["--api-key"], One, ""),
+    (&["--api-key"], One, "api_key"),
+    (&["--api-key-file"], One, "api_key_file"),
 ];
 const LLAMACPP_PYTHON: Spec = &[
     (&["--model"], One, "model"),
@@ -112,9 +113,9 @@ pub struct Cli {
     /// llama.cpp's `--cpu-mask` and `--threads`, as given (for the report file).
     pub cpu_mask: Option<String>,
     pub threads: Option<String>,
-    /// vLLM's `--api-key` values and `VLLM_API_KEY` (TGI: `--api-key` or `API_KEY`):
-    /// generation requests need one of them as `Authorization: Bearer KEY` (vLLM's
-    /// `AuthenticationMiddleware`, TGI's router).
+    /// vLLM's `--api-key` values and `VLLM_API_KEY` (TGI: `--api-key` or `API_KEY`;
+    /// llama.cpp: its list and key file): generation requests need one of them as
+    /// `Authorization: Bearer KEY` (vLLM's `AuthenticationMiddleware`, TGI's router).
     pub api_keys: Vec<String>,
 }
 
@@ -430,9 +431,35 @@ pub fn parse(d: Dialect, args: &[String]) -> Result<Cli, String> {
                 .or_else(|| std::env::var("API_KEY").ok())
                 .into_iter()
                 .collect(),
+            Dialect::Llamacpp => llamacpp_keys(
+                last("api_key").or_else(|| std::env::var("LLAMA_API_KEY").ok()),
+                last("api_key_file").or_else(|| std::env::var("LLAMA_ARG_API_KEY_FILE").ok()),
+            )?,
             _ => Vec::new(),
         },
     })
+}
+
+/// llama-server's keys: `--api-key` (or `LLAMA_API_KEY`) is a comma list, and every line of
+/// `--api-key-file` (or `LLAMA_ARG_API_KEY_FILE`) that is neither empty nor starts with `#`
+/// is one more key (llama.cpp's `common/arg.cpp`); a file it cannot open stops it.
+fn llamacpp_keys(list: Option<String>, file: Option<String>) -> Result<Vec<String>, String> {
+    let mut keys: Vec<String> = list
+        .iter()
+        .flat_map(|l| l.split(','))
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|_| format!("error: failed to open file '{path}'"))?;
+        keys.extend(
+            text.lines()
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(keys)
 }
 
 /// The server's `GET /v1/models` list, with the fields each server adds to its entries
