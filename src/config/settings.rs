@@ -172,10 +172,15 @@ pub fn endpoint_path(var: &str, value: &str) -> Result<String, ConfigError> {
     if super::is_plain_path(&path) {
         Ok(path)
     } else {
+        let example = if var.contains("HEALTH") {
+            "/health"
+        } else {
+            "/v1/completions"
+        };
         Err(ConfigError::var(
             var,
             value,
-            "not a plain path such as /v1/completions",
+            format!("not a plain path such as {example}"),
         ))
     }
 }
@@ -552,6 +557,19 @@ mod tests {
         );
         assert!(err(|r| r.idle_timeout = Some("-1".into())).starts_with("MODELMUX_IDLE_TIMEOUT="));
         assert!(err(|r| r.queue_timeout = Some("x".into())).starts_with("MODELMUX_QUEUE_TIMEOUT="));
+        assert!(err(|r| r.send_timeout = Some("0".into())).starts_with("MODELMUX_SEND_TIMEOUT="));
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_refused_with_an_example_of_its_kind() {
+        assert_eq!(
+            err(|r| r.health_endpoint = Some("".into())),
+            "MODEL_DEPLOY_HEALTH_ENDPOINT=\"\": not a plain path such as /health"
+        );
+        assert_eq!(
+            err(|r| r.predict_endpoint = Some("http://x/v1".into())),
+            "MODEL_DEPLOY_PREDICT_ENDPOINT=\"http://x/v1\": not a plain path such as /v1/completions"
+        );
     }
 
     #[test]
