@@ -124,3 +124,42 @@ fn without_a_front_key_the_clients_header_reaches_the_engine() {
         assert!(has_authorization(&a), "general wire: {general}");
     }
 }
+
+/// The llama model's engine pid while it is ready.
+fn ready_pid(port: u16) -> Option<i64> {
+    let mut w = Wire::connect(port);
+    w.send(b"GET /health HTTP/1.1\r\nHost: f\r\n\r\n");
+    let health: serde_json::Value = serde_json::from_slice(&w.answer().body).ok()?;
+    let models = health["models"].as_array()?;
+    let llama = models.iter().find(|m| m["name"] == "llama")?;
+    (llama["state"] == "ready")
+        .then(|| llama["pid"].as_i64())
+        .flatten()
+}
+
+#[test]
+fn a_rotated_key_file_is_read_again_when_the_engine_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Setup::new(&models(dir.path()))
+        .env("MODELMUX_API_KEY", "front-k3y")
+        .env("MODELMUX_RESTART_DELAY", "0.1")
+        .start();
+    m.wait_ready(T);
+    let front = "Authorization: Bearer front-k3y\r\n";
+    assert_eq!(ask(m.port, false, "llama", front).status, 200);
+    // The operator rotates the key; the engine reads it when it starts again.
+    std::fs::write(dir.path().join("llama-keys"), "rotated-k3y\n").unwrap();
+    let old = ready_pid(m.port).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    common::wait_until(T, "the llama engine ready again", || {
+        ready_pid(m.port).is_some_and(|p| p != old)
+    });
+    for general in [false, true] {
+        let a = ask(m.port, general, "llama", front);
+        assert_eq!(a.status, 200, "general wire: {general}: {}", a.text());
+    }
+}

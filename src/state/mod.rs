@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::plan::LaunchPlan;
-pub use model::{ModelStatus, RuntimeAdapter};
+pub use model::{ModelStatus, RuntimeAdapter, engine_authorization};
 pub use phase::Phase;
 pub use routing::{Lookup, Route, RoutingTable, ServedName};
 pub use timestamps::{now_unix, rfc3339};

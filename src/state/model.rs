@@ -129,7 +129,9 @@ impl ModelStatus {
             metrics_path: m.metrics_path.clone(),
             request_model: m.request_model.clone(),
             uuid_request_ids: m.uuid_request_ids,
-            engine_authorization: engine_authorization(m),
+            engine_authorization: engine_authorization(
+                crate::engines::api_key(m.engine, &m.argv, &m.env).as_deref(),
+            ),
             max_concurrency: m.max_concurrency,
             max_queue: m.max_queue,
             retired: false,
@@ -166,8 +168,8 @@ impl ModelStatus {
 /// `Bearer KEY` for the engine's own API key, when it has one that a header can carry
 /// (ASCII without control characters, as the supervisor's own calls send it; a key with
 /// anything else could not be sent by any client either).
-fn engine_authorization(m: &ModelLaunch) -> Option<String> {
-    let key = crate::engines::api_key(m.engine, &m.argv, &m.env)?;
+pub fn engine_authorization(key: Option<&str>) -> Option<String> {
+    let key = key?;
     key.bytes()
         .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
         .then(|| format!("Bearer {key}"))

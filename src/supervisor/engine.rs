@@ -109,6 +109,10 @@ pub struct EngineTask {
     /// Start at once (an always-loaded model of the first plan); otherwise wait for
     /// [`Order::Start`].
     pub autostart: bool,
+    /// The engine's own API key, read as the engine reads it, when it is spawned (a
+    /// llama.cpp key file may have changed since the last run): modelmux's own calls
+    /// send it, and the front's routes get it published.
+    pub api_key: Option<String>,
 }
 
 pub(super) type Pumps = Vec<std::io::Result<JoinHandle<()>>>;
@@ -396,7 +400,7 @@ impl EngineTask {
         };
         let authority = format!("127.0.0.1:{}", self.launch.port);
         let timeout = self.settings.health_timeout;
-        let key = engine_api_key(&self.launch).map(|k| format!("Bearer {k}"));
+        let key = self.api_key.as_ref().map(|k| format!("Bearer {k}"));
         let reading = match scrape::fetch_within(&authority, path, key, timeout).await {
             Ok(text) => progress.read(&text).ok_or_else(|| {
                 format!(
@@ -421,12 +425,6 @@ impl EngineTask {
             }
         }
     }
-}
-
-/// The engine's own API key (its profile's flag in its command line, else its variable),
-/// which its `/v1/models` and control endpoints require.
-pub(super) fn engine_api_key(launch: &ModelLaunch) -> Option<String> {
-    engines::api_key(launch.engine, &launch.argv, &launch.env)
 }
 
 /// Resolves once shutdown has begun.

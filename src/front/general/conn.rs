@@ -69,7 +69,6 @@ pub async fn serve(
         send: app.limits.send_timeout,
     };
     let check = limits.check_every();
-    let peer = io.peer();
     let service_clock = clock.clone();
     let service_app = app.clone();
     let service = service_fn(move |req| {
@@ -109,7 +108,7 @@ pub async fn serve(
                     Due::Head => return,
                     Due::Stalled => {
                         tracing::warn!(
-                            client = %peer,
+                            client = %clock.cut(),
                             wire = "general",
                             "the client took no bytes of its response for {:.1} s: closed its \
                              connection and its request (MODELMUX_SEND_TIMEOUT)",

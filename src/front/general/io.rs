@@ -4,9 +4,11 @@
 //! the send timeout.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +30,10 @@ pub struct Clock {
     /// Since when (ms after `base`, plus one) the client has taken none of the bytes
     /// waiting for it; 0 while writes go through.
     blocked_ms: AtomicU64,
+    /// The client's address, looked up the first time a write blocks (for the warning).
+    peer: OnceLock<Option<SocketAddr>>,
+    /// Set when the connection is cut for the send timeout: it is reset when dropped.
+    cut: AtomicBool,
 }
 
 /// A connection's time limits (SPEC §2).
@@ -71,6 +77,8 @@ impl Clock {
             phase: AtomicU8::new(if started.is_some() { HEAD } else { IDLE }),
             since_ms: AtomicU64::new(0),
             blocked_ms: AtomicU64::new(0),
+            peer: OnceLock::new(),
+            cut: AtomicBool::new(false),
         })
     }
 
@@ -100,11 +108,24 @@ impl Clock {
         self.set(IDLE);
     }
 
-    /// A write found the socket full.
-    pub fn write_blocked(&self) {
-        if self.blocked_ms.load(Relaxed) == 0 {
+    /// A write found the socket full; true when writes went through until now.
+    pub fn write_blocked(&self) -> bool {
+        let newly = self.blocked_ms.load(Relaxed) == 0;
+        if newly {
             self.blocked_ms.store(self.now_ms() + 1, Relaxed);
         }
+        newly
+    }
+
+    /// The connection is cut for the send timeout: its socket is reset when dropped, so
+    /// that the kernel does not keep its unsent bytes. Returns the client's address.
+    pub fn cut(&self) -> String {
+        self.cut.store(true, Relaxed);
+        self.peer
+            .get()
+            .copied()
+            .flatten()
+            .map_or_else(|| "-".to_string(), |a| a.to_string())
     }
 
     /// A write went through.
@@ -165,16 +186,21 @@ impl Rewind {
     /// Notes on the clock whether a write went through or found the socket full.
     fn note(&self, polled: &Poll<io::Result<usize>>) {
         match polled {
-            Poll::Pending => self.clock.write_blocked(),
+            Poll::Pending => {
+                if self.clock.write_blocked() {
+                    self.clock.peer.get_or_init(|| self.stream.peer_addr().ok());
+                }
+            }
             Poll::Ready(_) => self.clock.wrote(),
         }
     }
+}
 
-    /// The client's address, for logs.
-    pub fn peer(&self) -> String {
-        self.stream
-            .peer_addr()
-            .map_or_else(|_| "-".to_string(), |a| a.to_string())
+impl Drop for Rewind {
+    fn drop(&mut self) {
+        if self.clock.cut.load(Relaxed) {
+            let _ = self.stream.set_zero_linger();
+        }
     }
 }
 
@@ -282,8 +308,8 @@ mod tests {
         c.wrote();
         c.idle();
         assert!(matches!(c.due(&l), Due::At(_)));
-        c.write_blocked();
-        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(c.write_blocked(), "blocked anew");
+        tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(c.due(&l), Due::Stalled, "a stall wins over the idle limit");
     }
 }

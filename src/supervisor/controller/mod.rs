@@ -148,6 +148,7 @@ impl Controller {
             progress: launch.engine.profile().metrics.map(|m| m.progress),
             orders,
             autostart,
+            api_key: None,
         };
         self.tasks.spawn(task.run());
         debug_assert_eq!(index, self.slots.len());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::state::RuntimeAdapter;
 use crate::supervisor::calls::CallError;
-use crate::supervisor::engine::{EngineTask, engine_api_key};
+use crate::supervisor::engine::EngineTask;
 use crate::supervisor::orders::AdapterError;
 
 /// How long an adapter load or unload may take.
@@ -22,7 +22,7 @@ impl EngineTask {
             .prober
             .models(
                 self.launch.port,
-                engine_api_key(&self.launch).as_deref(),
+                self.api_key.clone().as_deref(),
                 Duration::from_secs(5),
             )
             .await?;
@@ -46,7 +46,7 @@ impl EngineTask {
 
     /// Loads an adapter into the ready engine; on success it routes there from now on.
     pub(super) async fn add_adapter(&self, adapter: RuntimeAdapter) -> Result<(), AdapterError> {
-        let key = engine_api_key(&self.launch);
+        let key = self.api_key.clone();
         self.calls
             .load_adapter(
                 self.launch.port,
@@ -81,7 +81,7 @@ impl EngineTask {
         if !known {
             return Err(AdapterError::Unknown);
         }
-        let key = engine_api_key(&self.launch);
+        let key = self.api_key.clone();
         match self
             .calls
             .unload_adapter(self.launch.port, key.as_deref(), name, ADAPTER_CALL)
@@ -100,7 +100,7 @@ impl EngineTask {
         let adapters = self.state.borrow().models[self.index]
             .runtime_adapters
             .clone();
-        let key = engine_api_key(&self.launch);
+        let key = self.api_key.clone();
         for a in adapters {
             let loaded = self
                 .calls

@@ -29,6 +29,7 @@ use super::machine::{self, Event};
 use super::orders::{Order, Rest};
 use super::reaper::{SpawnRequest, Spawned};
 use super::stall::StallWatch;
+use crate::engines;
 use crate::state::{Phase, update};
 use triage::Triage;
 
@@ -67,6 +68,8 @@ impl EngineTask {
             );
             return not_started(reason, Vec::new());
         }
+        // Read as the engine is about to read it (a llama.cpp key file is read at start).
+        self.api_key = engines::api_key(self.launch.engine, &self.launch.argv, &self.launch.env);
         let req = SpawnRequest {
             argv: self.launch.argv.clone(),
             env: self.launch.env.clone(),
@@ -100,7 +103,15 @@ impl EngineTask {
         };
         let pid = engine.pid;
         tracing::info!(model = %name, pid, guardian, port = self.launch.port, gpus = %self.launch.gpus.join(","), "engine started");
-        update(&self.state, self.index, |m| m.pid = Some(pid));
+        let authorization = crate::state::engine_authorization(self.api_key.as_deref());
+        self.state.send_modify(|s| {
+            let m = &mut s.models[self.index];
+            m.pid = Some(pid);
+            if m.engine_authorization != authorization {
+                m.engine_authorization = authorization;
+                s.rebuild_table();
+            }
+        });
 
         let started = Instant::now();
         let deadline = started + self.settings.startup_timeout;

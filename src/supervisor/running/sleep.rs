@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::supervisor::engine::{EngineTask, engine_api_key};
+use crate::supervisor::engine::EngineTask;
 use crate::supervisor::machine::{self, Event};
 
 impl EngineTask {
@@ -15,7 +15,7 @@ impl EngineTask {
     /// nothing counts on that memory too early; then requests ask for a wake.
     pub(super) async fn put_to_sleep(&self, name: &str) -> Result<(), String> {
         let began = Instant::now();
-        let key = engine_api_key(&self.launch);
+        let key = self.api_key.clone();
         self.calls
             .sleep(
                 self.launch.port,
@@ -35,7 +35,7 @@ impl EngineTask {
     pub(super) async fn wake(&self, name: &str) -> Result<(), String> {
         let began = Instant::now();
         let _ = machine::apply(&self.state, self.index, Event::Wake, |_| {});
-        let key = engine_api_key(&self.launch);
+        let key = self.api_key.clone();
         let timeout = self.settings.startup_timeout;
         self.calls
             .wake_up(self.launch.port, key.as_deref(), timeout)
