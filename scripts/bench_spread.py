@@ -12,7 +12,9 @@ per request. Then the medians. Nothing is
 asserted: numbers to read, measured in one run.
 
 Environment: R rounds (default 6), C concurrency (default 64), B path of a second modelmux
-build to compare against (labelled `b`), PEERS=0 to leave nginx and HAProxy out.
+build to compare against (labelled `b`), PEERS=0 to leave nginx and HAProxy out, DIRECT=1 to
+add the load generator against one engine with no proxy at all (`direct`: the ceiling that
+no proxy, however cheap, can reach, since it adds a hop).
 Build first: `cargo build --release --bins`; raise the open-files limit (`ulimit -n 20000`).
 """
 import json
@@ -47,6 +49,8 @@ def schedstat(pids):
 
 def proxy_pids(name, proc):
     """modelmux alone (its children are guardians and engines); nginx with its workers."""
+    if proc is None:
+        return []
     pids = [proc.pid]
     if name == "nginx":
         with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
@@ -71,6 +75,8 @@ def main():
         for name, start in (("nginx", bench.start_nginx), ("haproxy", bench.start_haproxy)):
             p, pport = start(ports, work)
             targets[name], procs[name] = pport, p
+    if os.environ.get("DIRECT") == "1":
+        targets["direct"], procs["direct"] = None, None
     results = {n: [] for n in targets}
     try:
         for r in range(rounds):
@@ -79,6 +85,10 @@ def main():
                 kind = "modelmux" if name == "b" else name
                 urls, bodies = bench.target_urls(kind, targets, ports, targets[name],
                                                  "/v1/completions", BODIES)
+                if name == "direct":
+                    # Both engines, each with its own model, as the proxies use them.
+                    urls = [f"http://127.0.0.1:{p}/v1/completions" for p in ports]
+                    bodies = BODIES
                 samples = os.path.join(work, f"{name}-{r}.txt")
                 cmd = [os.path.join(bench.BIN, "mmx-loadgen"), "--concurrency", str(concurrency),
                        "--label", name, "--duration", "5", "--warmup", "1", "--samples", samples]
@@ -108,7 +118,8 @@ def main():
                       flush=True)
     finally:
         for p in procs.values():
-            bench.stop(p)
+            if p is not None:
+                bench.stop(p)
         bench.cleanup()
     for name, rows in results.items():
         print(f"{name:8} median rps {statistics.median(x[0] for x in rows):.0f} "
