@@ -70,6 +70,7 @@ pub async fn exchange(
     let _inflight = Inflight::new(app, fwd.model, turn.lease);
     record.proxied = true;
     let close = fwd.close || app.state.borrow().stopping;
+    let limit = app.limits.send_timeout;
 
     let mut pooled = front.engines.checkout(fwd.model);
     let (engine, head) = loop {
@@ -80,7 +81,6 @@ pub async fn exchange(
                 Ok(conn) => conn,
                 Err(e) => {
                     let why = format!("cannot connect: {e}");
-                    let limit = app.limits.send_timeout;
                     return bad_gateway(client, record, &route.model, why, id, close, limit).await;
                 }
             },
@@ -92,16 +92,7 @@ pub async fn exchange(
                 delivered: false, ..
             }) if reused => {}
             Err(Failure::Engine { why, .. }) => {
-                return bad_gateway(
-                    client,
-                    record,
-                    &route.model,
-                    why,
-                    id,
-                    close,
-                    app.limits.send_timeout,
-                )
-                .await;
+                return bad_gateway(client, record, &route.model, why, id, close, limit).await;
             }
         }
     };
@@ -112,20 +103,10 @@ pub async fn exchange(
     let body = &b.engine[head.len..];
     let Ok((take, mut done)) = framing.feed(body) else {
         let why = "sent a malformed chunked body".to_string();
-        return bad_gateway(
-            client,
-            record,
-            &route.model,
-            why,
-            id,
-            close,
-            app.limits.send_timeout,
-        )
-        .await;
+        return bad_gateway(client, record, &route.model, why, id, close, limit).await;
     };
     let mut reusable = head.reusable && take == body.len();
     b.head.extend_from_slice(&body[..take]);
-    let limit = app.limits.send_timeout;
     if !writes::send(client, &b.head, limit, id).await {
         return Next::Close;
     }
