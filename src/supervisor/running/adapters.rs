@@ -22,7 +22,7 @@ impl EngineTask {
             .prober
             .models(
                 self.launch.port,
-                self.api_key.clone().as_deref(),
+                self.api_key.as_deref(),
                 Duration::from_secs(5),
             )
             .await?;
