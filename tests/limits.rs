@@ -359,7 +359,9 @@ fn a_client_that_stops_reading_is_cut_after_the_send_timeout_on_both_wires() {
             assert!(stalled.fill(), "{wire}");
         }
         let mut next = Wire::connect(m.port);
-        next.stream.set_read_timeout(Some(T)).unwrap();
+        // Filling the buffers takes seconds; the cut follows half a second later (on the
+        // general wire too, where a blocked write wakes the connection's timer).
+        next.stream.set_read_timeout(Some(ACT)).unwrap();
         next.send(&post("/v1/completions", "", r#"{"model": "gate"}"#));
         // Without the limit this waits the whole queue timeout, then gets 429.
         let a = next.answer();

@@ -1,9 +1,9 @@
 //! One client connection served by hyper, with the front's time limits: a head must
 //! arrive within `MODELMUX_HEADER_TIMEOUT` of its first byte, an idle keep-alive
-//! connection is closed after `MODELMUX_IDLE_TIMEOUT`, a client that takes no bytes of its
-//! response for `MODELMUX_SEND_TIMEOUT` is cut off (each checked at least every shortest
-//! of the three, so a limit acts after at most twice its time), and shutdown closes the
-//! connection between requests.
+//! connection is closed after `MODELMUX_IDLE_TIMEOUT` (both checked at least every shorter
+//! of the two, so a limit acts after at most twice its time), a client that takes no bytes
+//! of its response for `MODELMUX_SEND_TIMEOUT` is cut off (a write that blocks sets the
+//! timer), and shutdown closes the connection between requests.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -94,6 +94,12 @@ pub async fn serve(
             () = crate::front::stopped(&mut stop), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            () = clock.blocked.notified() => {
+                let at = Instant::now() + limits.send;
+                if at < timer.deadline() {
+                    timer.as_mut().reset(at);
+                }
             }
             () = &mut timer => {
                 let soon = Instant::now() + check;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const IDLE: u8 = 0;
@@ -34,6 +35,9 @@ pub struct Clock {
     peer: OnceLock<Option<SocketAddr>>,
     /// Set when the connection is cut for the send timeout: it is reset when dropped.
     cut: AtomicBool,
+    /// Woken when writes start to block, so that the connection's loop sets its timer
+    /// for the send timeout.
+    pub blocked: Notify,
 }
 
 /// A connection's time limits (SPEC §2).
@@ -48,10 +52,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// How often a connection looks at its clock at least: a head may start, or a write
-    /// block, at any moment without waking its loop.
+    /// How often a connection looks at its clock at least: a head may start at any moment
+    /// without waking its loop (a write that blocks wakes it: [`Clock::blocked`]).
     pub fn check_every(&self) -> Duration {
-        self.header.min(self.idle).min(self.send)
+        self.header.min(self.idle)
     }
 }
 
@@ -79,6 +83,7 @@ impl Clock {
             blocked_ms: AtomicU64::new(0),
             peer: OnceLock::new(),
             cut: AtomicBool::new(false),
+            blocked: Notify::new(),
         })
     }
 
@@ -113,6 +118,7 @@ impl Clock {
         let newly = self.blocked_ms.load(Relaxed) == 0;
         if newly {
             self.blocked_ms.store(self.now_ms() + 1, Relaxed);
+            self.blocked.notify_one();
         }
         newly
     }
