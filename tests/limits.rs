@@ -42,6 +42,8 @@ fn heads_that_never_complete_are_dropped_on_both_wires() {
         w.send(b"POST /v1/completions HTTP/1.1\r\nHost: f\r\nContent-Ty");
         assert!(w.closed_within(ACT), "{wire}: a head that never completes");
     }
+    // All three are counted for operators.
+    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"header\"} 3"));
     // A head sent in time is served as usual.
     let mut w = Wire::connect(m.port);
     w.send(&post("/v1/completions", "", r#"{"model": "alpha"}"#));
@@ -77,6 +79,7 @@ fn a_stalled_body_gets_408_on_both_wires() {
         assert_eq!(a.header("x-request-id"), Some("stalled"), "{wire}");
         assert!(w.closed_within(ACT), "{wire}");
     }
+    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"body\"} 2"));
 }
 
 #[test]
@@ -385,6 +388,8 @@ fn a_client_that_stops_reading_is_cut_after_the_send_timeout_on_both_wires() {
         };
         cut("wire=\"pass\"") && cut("wire=\"general\"")
     });
+    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"send\"} 2"));
+    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"header\"} 0"));
 }
 
 #[test]

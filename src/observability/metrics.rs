@@ -133,6 +133,29 @@ impl ModelMetrics {
     }
 }
 
+/// A client time limit that cut a connection (SPEC §2's `MODELMUX_*_TIMEOUT` rows).
+#[derive(Debug, Clone, Copy)]
+pub enum ClientLimit {
+    /// A head not sent within `MODELMUX_HEADER_TIMEOUT` (dropped without an answer).
+    Header,
+    /// A body paused past `MODELMUX_BODY_TIMEOUT` (408).
+    Body,
+    /// A response not taken within `MODELMUX_SEND_TIMEOUT` (reset).
+    Send,
+}
+
+impl ClientLimit {
+    const ALL: [ClientLimit; 3] = [ClientLimit::Header, ClientLimit::Body, ClientLimit::Send];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ClientLimit::Header => "header",
+            ClientLimit::Body => "body",
+            ClientLimit::Send => "send",
+        }
+    }
+}
+
 /// All metrics: one entry per model (by its index in the snapshot, made when first used)
 /// plus one for requests that reached no model. Names come from the snapshot.
 pub struct Metrics {
@@ -140,6 +163,8 @@ pub struct Metrics {
     unrouted: ModelMetrics,
     /// Failed scrapes of each engine's own metrics.
     pub engine_scrape_errors: super::scrape::ScrapeErrors,
+    /// Client connections cut by each time limit, in [`ClientLimit::ALL`]'s order.
+    client_timeouts: [AtomicU64; 3],
 }
 
 fn escape(s: &str) -> String {
@@ -156,7 +181,13 @@ impl Metrics {
             models: (0..MAX_MODELS).map(|_| OnceLock::new()).collect(),
             unrouted: ModelMetrics::default(),
             engine_scrape_errors: super::scrape::ScrapeErrors::new(names),
+            client_timeouts: Default::default(),
         }
+    }
+
+    /// Counts a client connection cut by `limit`.
+    pub fn client_timed_out(&self, limit: ClientLimit) {
+        self.client_timeouts[limit as usize].fetch_add(1, Relaxed);
     }
 
     /// Reports the length of model `index`'s queue from `waiting` (kept by the queue).
@@ -201,6 +232,20 @@ impl Metrics {
                     );
                 }
             }
+        }
+        out.push_str(
+            "# HELP modelmux_client_timeouts_total Client connections cut by a time limit: \
+             header (MODELMUX_HEADER_TIMEOUT), body (MODELMUX_BODY_TIMEOUT, answered 408), \
+             send (MODELMUX_SEND_TIMEOUT).\n",
+        );
+        out.push_str("# TYPE modelmux_client_timeouts_total counter\n");
+        for limit in ClientLimit::ALL {
+            let n = self.client_timeouts[limit as usize].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "modelmux_client_timeouts_total{{limit=\"{}\"}} {n}",
+                limit.as_str()
+            );
         }
         out.push_str("# HELP modelmux_request_duration_seconds Time from request to the end of the response.\n");
         out.push_str("# TYPE modelmux_request_duration_seconds histogram\n");

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::io::{Clock, Due, Limits, Rewind};
 use crate::front::App;
+use crate::observability::metrics::ClientLimit;
 
 /// A response body that marks the connection idle once it is dropped (sent or abandoned).
 struct Tracked {
@@ -111,8 +112,12 @@ pub async fn serve(
                         soon
                     }
                     Due::Idle => soon,
-                    Due::Head => return,
+                    Due::Head => {
+                        app.metrics.client_timed_out(ClientLimit::Header);
+                        return;
+                    }
                     Due::Stalled => {
+                        app.metrics.client_timed_out(ClientLimit::Send);
                         tracing::warn!(
                             client = %clock.cut(),
                             wire = "general",

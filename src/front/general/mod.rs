@@ -35,6 +35,7 @@ use super::local::{self, Local};
 use super::page;
 use super::policy::{self, Decision, Head, Seen};
 use super::refusal::{DISCARD_LIMIT, Refusal};
+use crate::observability::metrics::ClientLimit;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -377,7 +378,10 @@ async fn read_body(mut body: Incoming, length: Option<u64>, app: &App) -> Result
     let mut single: Option<Bytes> = None;
     loop {
         let frame = match tokio::time::timeout(pause, body.frame()).await {
-            Err(_) => return Err((Refusal::BodyTimeout, true)),
+            Err(_) => {
+                app.metrics.client_timed_out(ClientLimit::Body);
+                return Err((Refusal::BodyTimeout, true));
+            }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 let why = format!("cannot read the request body: {e}");

@@ -21,6 +21,7 @@ use super::reads;
 use super::request::Forward;
 use super::response::{self, Head};
 use super::writes;
+use crate::front::App;
 use crate::front::access::{Inflight, Record};
 use crate::front::policy::Turn;
 use crate::front::refusal::Refusal;
@@ -70,7 +71,6 @@ pub async fn exchange(
     let _inflight = Inflight::new(app, fwd.model, turn.lease);
     record.proxied = true;
     let close = fwd.close || app.state.borrow().stopping;
-    let limit = app.limits.send_timeout;
 
     let mut pooled = front.engines.checkout(fwd.model);
     let (engine, head) = loop {
@@ -81,7 +81,7 @@ pub async fn exchange(
                 Ok(conn) => conn,
                 Err(e) => {
                     let why = format!("cannot connect: {e}");
-                    return bad_gateway(client, record, &route.model, why, id, close, limit).await;
+                    return bad_gateway(client, record, &route.model, why, id, close, app).await;
                 }
             },
         };
@@ -92,7 +92,7 @@ pub async fn exchange(
                 delivered: false, ..
             }) if reused => {}
             Err(Failure::Engine { why, .. }) => {
-                return bad_gateway(client, record, &route.model, why, id, close, limit).await;
+                return bad_gateway(client, record, &route.model, why, id, close, app).await;
             }
         }
     };
@@ -103,11 +103,11 @@ pub async fn exchange(
     let body = &b.engine[head.len..];
     let Ok((take, mut done)) = framing.feed(body) else {
         let why = "sent a malformed chunked body".to_string();
-        return bad_gateway(client, record, &route.model, why, id, close, limit).await;
+        return bad_gateway(client, record, &route.model, why, id, close, app).await;
     };
     let mut reusable = head.reusable && take == body.len();
     b.head.extend_from_slice(&body[..take]);
-    if !writes::send(client, &b.head, limit, id).await {
+    if !writes::send(client, &b.head, app, id).await {
         return Next::Close;
     }
     record.sent(app, take);
@@ -133,7 +133,7 @@ pub async fn exchange(
                 }
                 timer.as_mut().reset(now + every);
                 if framing.between_events() {
-                    if !writes::send(client, KEEPALIVE_CHUNK, limit, id).await {
+                    if !writes::send(client, KEEPALIVE_CHUNK, app, id).await {
                         return Next::Close;
                     }
                     last_sent = now;
@@ -152,7 +152,7 @@ pub async fn exchange(
         };
         reusable &= take == n;
         done = end;
-        if !writes::send(client, &b.engine[..take], limit, id).await {
+        if !writes::send(client, &b.engine[..take], app, id).await {
             return Next::Close;
         }
         if keepalive.is_some() {
@@ -261,7 +261,7 @@ async fn bad_gateway(
     why: String,
     id: &[u8],
     close: bool,
-    limit: std::time::Duration,
+    app: &App,
 ) -> Next {
     let refusal = Refusal::BadGateway {
         model: model.to_string(),
@@ -270,7 +270,7 @@ async fn bad_gateway(
     let mut out = Vec::with_capacity(512);
     refusal.write(&mut out, id, close);
     record.status = 502;
-    if !writes::send(client, &out, limit, id).await {
+    if !writes::send(client, &out, app, id).await {
         return Next::Close;
     }
     record.complete = true;

@@ -28,14 +28,13 @@ pub async fn late(
     let app = &front.app;
     let id = fwd.id.bytes(request);
     let close = fwd.close || app.state.borrow().stopping;
-    let limit = app.limits.send_timeout;
     let Some(engine_request) = early::request_from_raw(&b.out, &fwd.route.authority) else {
         // Never: the wire wrote that request itself.
         return Next::Close;
     };
     let mut out = Vec::with_capacity(256);
     early::write_head(&mut out, id, close);
-    if !writes::send(client, &out, limit, id).await {
+    if !writes::send(client, &out, app, id).await {
         return Next::Close;
     }
     record.status = 200;
@@ -51,7 +50,7 @@ pub async fn late(
         out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         out.extend_from_slice(&data);
         out.extend_from_slice(b"\r\n");
-        if !writes::send(client, &out, limit, id).await {
+        if !writes::send(client, &out, app, id).await {
             return Next::Close;
         }
         if !early::is_keepalive(&data) {
@@ -66,7 +65,7 @@ pub async fn late(
         record.status = outcome.status;
     }
     // A cut stream is closed without its last chunk: the client sees it was cut.
-    if !outcome.complete || !writes::send(client, b"0\r\n\r\n", limit, id).await {
+    if !outcome.complete || !writes::send(client, b"0\r\n\r\n", app, id).await {
         return Next::Close;
     }
     record.complete = true;

@@ -44,6 +44,7 @@ use super::early::{TurnWait, Waited};
 use super::general;
 use super::policy;
 use super::refusal::{DISCARD_LIMIT, Refusal};
+use crate::observability::metrics::ClientLimit;
 use buffers::Buffers;
 use exchange::Next;
 use request::Step;
@@ -126,7 +127,7 @@ pub(crate) async fn turn_away(stream: TcpStream, app: Arc<App>) {
     let mut out = Vec::with_capacity(256);
     let id = app.ids.make();
     Refusal::TooManyConnections.write(&mut out, &id, true);
-    if writes::send(&stream, &out, app.limits.send_timeout, &id).await {
+    if writes::send(&stream, &out, &app, &id).await {
         linger(stream).await;
     }
 }
@@ -190,6 +191,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
     // A new connection must send its first head within the header timeout; later, the
     // idle timeout runs from the end of each response.
     let mut idle_until = Instant::now() + limits.header_timeout;
+    let mut fresh = true;
     // Lent while the connection works on a request; an idle connection holds none.
     let mut lent: Option<Buffers> = None;
     loop {
@@ -201,7 +203,12 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                 }
                 tokio::select! {
                     r = client.readable() => if r.is_err() { return },
-                    () = deadline.until(idle_until) => return,
+                    () = deadline.until(idle_until) => {
+                        if fresh {
+                            app.metrics.client_timed_out(ClientLimit::Header);
+                        }
+                        return;
+                    }
                     () = crate::front::stopped(&mut stop) => return,
                 }
                 let b = lent.insert(buffers::lend());
@@ -231,7 +238,11 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                             return body_timed_out(client, app, &mut record, &b.read).await;
                         }
                         // A head that never completes is dropped without an answer.
-                        Err(_) => return,
+                        Err(Wait::TimedOut) => {
+                            app.metrics.client_timed_out(ClientLimit::Header);
+                            return;
+                        }
+                        Err(Wait::Closed) => return,
                     }
                 }
                 other => break other,
@@ -249,8 +260,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                 let written = {
                     let request = &b.read;
                     let id = r.id.bytes(request);
-                    let ok =
-                        write_refusal(&client, &r.refusal, id, !keep, limits.send_timeout).await;
+                    let ok = write_refusal(&client, &r.refusal, id, !keep, app).await;
                     record.status = r.refusal.status();
                     record.complete = ok;
                     log(
@@ -336,9 +346,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
                     }
                     Err(Err(refusal)) => {
                         let id = fwd.id.bytes(&b.read);
-                        let ok =
-                            write_refusal(&client, &refusal, id, fwd.close, limits.send_timeout)
-                                .await;
+                        let ok = write_refusal(&client, &refusal, id, fwd.close, app).await;
                         record.status = refusal.status();
                         record.complete = ok;
                         if ok { Next::KeepAlive } else { Next::Close }
@@ -356,6 +364,7 @@ async fn connection(mut client: TcpStream, front: &Front, mut stop: watch::Recei
             return;
         }
         idle_until = Instant::now() + limits.idle_timeout;
+        fresh = false;
     }
 }
 
@@ -414,16 +423,10 @@ async fn discard(
 }
 
 /// Writes a refusal; false when the client is gone.
-async fn write_refusal(
-    client: &TcpStream,
-    r: &Refusal,
-    id: &[u8],
-    close: bool,
-    limit: Duration,
-) -> bool {
+async fn write_refusal(client: &TcpStream, r: &Refusal, id: &[u8], close: bool, app: &App) -> bool {
     let mut out = Vec::with_capacity(512);
     r.write(&mut out, id, close);
-    writes::send(client, &out, limit, id).await
+    writes::send(client, &out, app, id).await
 }
 
 /// Answers 408 to a client that stopped sending its body, and closes.
@@ -438,8 +441,9 @@ async fn body_timed_out(client: TcpStream, app: &App, record: &mut Record, read:
         None => (&b"-"[..], &b"-"[..], &made[..]),
     };
     let r = Refusal::BodyTimeout;
+    app.metrics.client_timed_out(ClientLimit::Body);
     record.status = r.status();
-    record.complete = write_refusal(&client, &r, id, true, app.limits.send_timeout).await;
+    record.complete = write_refusal(&client, &r, id, true, app).await;
     log(record, app, method, path, id);
     linger(client).await;
 }

@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use crate::front::App;
+use crate::observability::metrics::ClientLimit;
+
 /// Why a write to a client did not complete.
 #[derive(Debug)]
 pub enum Unsent {
@@ -22,12 +25,14 @@ pub enum Unsent {
 }
 
 /// Writes all of `bytes` to `client`; false when the client is gone or was cut off for
-/// taking nothing for `limit` (logged with the request's id; the connection is then reset
+/// taking nothing for `MODELMUX_SEND_TIMEOUT` (counted and logged with the request's id; the connection is then reset
 /// when it is dropped).
-pub async fn send(client: &TcpStream, bytes: &[u8], limit: Duration, id: &[u8]) -> bool {
+pub async fn send(client: &TcpStream, bytes: &[u8], app: &App, id: &[u8]) -> bool {
+    let limit = app.limits.send_timeout;
     match write(client, bytes, limit).await {
         Ok(()) => true,
         Err(Unsent::Stalled) => {
+            app.metrics.client_timed_out(ClientLimit::Send);
             let _ = client.set_zero_linger();
             let peer = client
                 .peer_addr()
