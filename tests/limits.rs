@@ -43,7 +43,10 @@ fn heads_that_never_complete_are_dropped_on_both_wires() {
         assert!(w.closed_within(ACT), "{wire}: a head that never completes");
     }
     // All three are counted for operators.
-    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"header\"} 3"));
+    assert!(metric(
+        &m,
+        "modelmux_client_timeouts_total{limit=\"header\"} 3"
+    ));
     // A head sent in time is served as usual.
     let mut w = Wire::connect(m.port);
     w.send(&post("/v1/completions", "", r#"{"model": "alpha"}"#));
@@ -79,7 +82,10 @@ fn a_stalled_body_gets_408_on_both_wires() {
         assert_eq!(a.header("x-request-id"), Some("stalled"), "{wire}");
         assert!(w.closed_within(ACT), "{wire}");
     }
-    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"body\"} 2"));
+    assert!(metric(
+        &m,
+        "modelmux_client_timeouts_total{limit=\"body\"} 2"
+    ));
 }
 
 #[test]
@@ -388,8 +394,14 @@ fn a_client_that_stops_reading_is_cut_after_the_send_timeout_on_both_wires() {
         };
         cut("wire=\"pass\"") && cut("wire=\"general\"")
     });
-    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"send\"} 2"));
-    assert!(metric(&m, "modelmux_client_timeouts_total{limit=\"header\"} 0"));
+    assert!(metric(
+        &m,
+        "modelmux_client_timeouts_total{limit=\"send\"} 2"
+    ));
+    assert!(metric(
+        &m,
+        "modelmux_client_timeouts_total{limit=\"header\"} 0"
+    ));
 }
 
 #[test]
