@@ -28,6 +28,21 @@ impl Wire {
     }
 }
 
+/// A client cut off for taking none of its response for `MODELMUX_SEND_TIMEOUT`: counted
+/// and logged the same way on both wires (`request_id` where the wire knows it).
+pub fn send_timed_out(app: &App, wire: Wire, client: &str, request_id: &str) {
+    app.metrics
+        .client_timed_out(crate::observability::metrics::ClientLimit::Send);
+    tracing::warn!(
+        request_id = %request_id,
+        client = %client,
+        wire = wire.as_str(),
+        "the client took no bytes of its response for {:.1} s: closed its connection and \
+         its request (MODELMUX_SEND_TIMEOUT)",
+        app.limits.send_timeout.as_secs_f64()
+    );
+}
+
 /// What happened to one request.
 #[derive(Debug)]
 pub struct Record {

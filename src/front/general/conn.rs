@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::io::{Clock, Due, Limits, Rewind};
 use crate::front::App;
+use crate::front::access::{Wire, send_timed_out};
 use crate::observability::metrics::ClientLimit;
 
 /// A response body that marks the connection idle once it is dropped (sent or abandoned).
@@ -117,14 +118,7 @@ pub async fn serve(
                         return;
                     }
                     Due::Stalled => {
-                        app.metrics.client_timed_out(ClientLimit::Send);
-                        tracing::warn!(
-                            client = %clock.cut(),
-                            wire = "general",
-                            "the client took no bytes of its response for {:.1} s: closed its \
-                             connection and its request (MODELMUX_SEND_TIMEOUT)",
-                            limits.send.as_secs_f64()
-                        );
+                        send_timed_out(&app, Wire::General, &clock.cut(), "-");
                         return;
                     }
                 };

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::front::App;
-use crate::observability::metrics::ClientLimit;
+use crate::front::access::{self, Wire};
 
 /// Why a write to a client did not complete.
 #[derive(Debug)]
@@ -25,26 +25,19 @@ pub enum Unsent {
 }
 
 /// Writes all of `bytes` to `client`; false when the client is gone or was cut off for
-/// taking nothing for `MODELMUX_SEND_TIMEOUT` (counted and logged with the request's id; the connection is then reset
-/// when it is dropped).
+/// taking nothing for `MODELMUX_SEND_TIMEOUT` (counted and logged with the request's id;
+/// the connection is then reset when it is dropped).
 pub async fn send(client: &TcpStream, bytes: &[u8], app: &App, id: &[u8]) -> bool {
     let limit = app.limits.send_timeout;
     match write(client, bytes, limit).await {
         Ok(()) => true,
         Err(Unsent::Stalled) => {
-            app.metrics.client_timed_out(ClientLimit::Send);
             let _ = client.set_zero_linger();
             let peer = client
                 .peer_addr()
                 .map_or_else(|_| "-".to_string(), |a| a.to_string());
-            tracing::warn!(
-                request_id = %String::from_utf8_lossy(id),
-                client = %peer,
-                wire = "pass",
-                "the client took no bytes of its response for {:.1} s: closed its connection \
-                 and its request (MODELMUX_SEND_TIMEOUT)",
-                limit.as_secs_f64()
-            );
+            let id = String::from_utf8_lossy(id);
+            access::send_timed_out(app, Wire::Pass, &peer, &id);
             false
         }
         Err(Unsent::Failed(_)) => false,
